@@ -1,0 +1,209 @@
+// Blobs through the cache: warm from disk, cold through one shared Download per
+// (upstream, repository, digest). A blob stored for one repository is served for another
+// only after the upstream confirms (HEAD) that repository has it, so the mirror never widens
+// what the upstream's own access rules allow.
+
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import parseRange from 'range-parser';
+import type { Logger } from 'pino';
+import { RegistryError } from '../errors.js';
+import type { MirrorMetrics } from '../metrics.js';
+import type { Digest } from '../reference.js';
+import type { ContentStore } from '../store/content-store.js';
+import { Download, type TailReader } from '../store/download.js';
+import type { RepoIndex } from '../store/repo-index.js';
+import { upstreamError } from '../upstream/client.js';
+import type { Target } from './target.js';
+
+export interface BlobBody {
+  status: 200 | 206;
+  /** Size of the whole blob, when known. */
+  size: number | undefined;
+  /** Content-Range for 206. */
+  range?: { start: number; end: number };
+  /** Length of this body, when known. */
+  length: number | undefined;
+  stream: Readable;
+  result: 'hit' | 'miss' | 'pass';
+}
+
+export interface BlobHead {
+  size: number;
+  result: 'hit' | 'miss';
+}
+
+export interface BlobCacheOptions {
+  /** Blobs larger than this stream through uncached; 0 = no bound. */
+  maxBytes: number;
+  /** Called before a blob is committed, to make room under the size bound. */
+  makeRoom?: (bytes: number) => Promise<void>;
+}
+
+const warmReadChunk = 1 << 20;
+
+export class BlobCache {
+  private readonly inflight = new Map<string, Promise<Download>>();
+
+  constructor(
+    private readonly store: ContentStore,
+    private readonly repos: RepoIndex,
+    private readonly metrics: MirrorMetrics,
+    private readonly log: Logger,
+    private readonly options: BlobCacheOptions,
+  ) {}
+
+  async head(t: Target, digest: Digest): Promise<BlobHead> {
+    const entry = this.store.get(digest.value);
+    if (entry?.kind === 'blob' && (await this.confirmedFor(t, digest))) {
+      return { size: entry.size, result: 'hit' };
+    }
+    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/blobs/${digest.value}`, repository: t.name });
+    await res.body.dump().catch(() => undefined);
+    if (res.status !== 200) throw this.failure(t, res.status, digest);
+    const size = Number(res.headers['content-length']);
+    if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UNAVAILABLE', 'upstream sent no blob size');
+    return { size, result: 'miss' };
+  }
+
+  async get(t: Target, digest: Digest, rangeHeader: string | undefined): Promise<BlobBody> {
+    if (this.store.has('blob', digest.value) && (await this.confirmedFor(t, digest))) {
+      const warm = this.serveWarm(digest, rangeHeader, 'hit');
+      if (warm) return warm;
+    }
+    if (rangeHeader) {
+      // A range of a cold blob is served from the verified file: bytes of a partial range
+      // cannot be checked against the digest while the download is still running.
+      const dl = await this.download(t, digest);
+      if (dl.tmpPath !== undefined) {
+        const outcome = await dl.done;
+        if (!outcome.ok && !dl.noSpace) throw outcome.error;
+        const warm = outcome.ok && outcome.cached ? this.serveWarm(digest, rangeHeader, 'miss') : undefined;
+        if (warm) return warm;
+      }
+      // Not cacheable (size bound, disk full): a whole 200 body is a valid answer to Range.
+    }
+    return this.serveCold(t, digest, true);
+  }
+
+  /** The blob is in the store; is it linked to this repository or confirmed by upstream? */
+  private async confirmedFor(t: Target, digest: Digest): Promise<boolean> {
+    if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;
+    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/blobs/${digest.value}`, repository: t.name });
+    await res.body.dump().catch(() => undefined);
+    if (res.status === 200) {
+      await this.repos.link(t.upstream.name, t.name, digest);
+      return true;
+    }
+    throw this.failure(t, res.status, digest);
+  }
+
+  private serveWarm(digest: Digest, rangeHeader: string | undefined, result: 'hit' | 'miss'): BlobBody | undefined {
+    const entry = this.store.get(digest.value);
+    if (entry?.kind !== 'blob') return undefined;
+    const size = entry.size;
+    let start = 0;
+    let end = size - 1;
+    let status: 200 | 206 = 200;
+    if (rangeHeader) {
+      const ranges = parseRange(size, rangeHeader, { combine: true });
+      if (ranges === -1) throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
+      // -2 (malformed) and multiple ranges are answered with the whole blob, as HTTP allows.
+      if (ranges !== -2 && ranges.type === 'bytes' && ranges.length === 1) {
+        start = ranges[0]!.start;
+        end = ranges[0]!.end;
+        status = 206;
+      }
+    }
+    const release = this.store.pin(digest.value);
+    this.store.touch(digest.value);
+    const stream =
+      size === 0
+        ? createReadStream('/dev/null', { end: -1 })
+        : createReadStream(this.store.pathOf('blob', digest), { start, end, highWaterMark: warmReadChunk });
+    stream.once('close', release);
+    return {
+      status,
+      size,
+      range: status === 206 ? { start, end } : undefined,
+      length: size === 0 ? 0 : end - start + 1,
+      stream,
+      result,
+    };
+  }
+
+  private async serveCold(t: Target, digest: Digest, join: boolean): Promise<BlobBody> {
+    let dl = join ? await this.download(t, digest) : undefined;
+    if (!dl || !dl.joinable) dl = await this.startDownload(t, digest, false);
+    const reader: TailReader = dl.attach();
+    return { status: 200, size: dl.size, length: dl.size, stream: reader, result: dl.tmpPath ? 'miss' : 'pass' };
+  }
+
+  /** Joins the running download of this blob for this repository, or starts it. */
+  private async download(t: Target, digest: Digest): Promise<Download> {
+    const key = `${t.upstream.name}/${t.name}@${digest.value}`;
+    const running = this.inflight.get(key);
+    if (running) {
+      const dl = await running;
+      if (dl.joinable) return dl;
+    }
+    const started = this.startDownload(t, digest, true);
+    this.inflight.set(key, started);
+    started.then(
+      (dl) => dl.done.finally(() => this.inflight.get(key) === started && this.inflight.delete(key)),
+      () => this.inflight.get(key) === started && this.inflight.delete(key),
+    );
+    return started;
+  }
+
+  private async startDownload(t: Target, digest: Digest, cache: boolean): Promise<Download> {
+    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/blobs/${digest.value}`, repository: t.name });
+    if (res.status !== 200) {
+      await res.body.dump().catch(() => undefined);
+      throw this.failure(t, res.status, digest);
+    }
+    const length = Number(res.headers['content-length']);
+    const size = Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+    const bound = this.options.maxBytes;
+    const cacheable = cache && !(bound > 0 && size !== undefined && size > bound);
+    const dl = new Download(digest, size, cacheable ? this.store.tempPath() : undefined);
+    try {
+      await dl.prepare();
+    } catch (err) {
+      res.body.destroy();
+      throw err;
+    }
+    const release = this.store.pin(digest.value);
+    this.metrics.inflightDownloads.inc();
+    const commit = async (tmp: string, bytes: number) => {
+      if (bound > 0 && bytes > bound) throw Object.assign(new Error('larger than the store bound'), { code: 'ENOSPC' });
+      await this.options.makeRoom?.(bytes);
+      await this.store.commitBlob(tmp, digest, bytes);
+      await this.repos.link(t.upstream.name, t.name, digest);
+    };
+    // The first reader attaches in the same tick (serveCold), before any chunk can arrive.
+    setImmediate(() => {
+      dl.run({ body: res.body, size }, commit).then((outcome) => {
+        release();
+        this.metrics.inflightDownloads.dec();
+        // A failed transfer counts too: it shows what the upstream cost.
+        this.metrics.fromUpstream(dl.received);
+        if (!outcome.ok) {
+          this.metrics.upstreamError(t.upstream.name);
+          this.log.warn({ upstream: t.upstream.name, repository: t.name, digest: digest.value, err: outcome.error.message }, 'blob download failed; nothing cached');
+        } else if (dl.noSpace) {
+          this.metrics.upstreamError(t.upstream.name);
+          this.log.error({ digest: digest.value }, 'store is full: blob served without caching');
+        } else if (dl.error) {
+          this.log.error({ digest: digest.value, err: dl.error.message }, 'blob verified but could not be cached');
+        }
+      });
+    });
+    return dl;
+  }
+
+  private failure(t: Target, status: number, digest: Digest): RegistryError {
+    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
+    return upstreamError(status, t.upstream.name, new RegistryError('BLOB_UNKNOWN', undefined, { digest: digest.value }));
+  }
+}

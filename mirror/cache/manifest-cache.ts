@@ -1,0 +1,219 @@
+// Manifests through the cache. By digest they are immutable: served from the store once
+// there. By tag the mapping is trusted for cache.tagTTL, then revalidated with a HEAD (Docker
+// Hub does not count HEADs against pull limits); when the upstream is unreachable, 5xx or
+// 429, the last known manifest is served stale rather than failing a pod start.
+
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { RegistryError } from '../errors.js';
+import type { MirrorMetrics } from '../metrics.js';
+import { parseDigest, type Digest, type ManifestReference } from '../reference.js';
+import type { ContentStore, StoredManifest } from '../store/content-store.js';
+import type { RepoIndex } from '../store/repo-index.js';
+import { upstreamError, type UpstreamResponse } from '../upstream/client.js';
+import type { Target } from './target.js';
+
+export const maxManifestBytes = 4 << 20;
+
+/** What the mirror asks for when the client did not say: every type it can pass through. */
+export const defaultAccept = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  'application/vnd.docker.distribution.manifest.v1+json',
+].join(', ');
+
+const schema1Signed = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
+
+export interface ManifestAnswer {
+  manifest: StoredManifest;
+  result: 'hit' | 'miss' | 'stale';
+}
+
+export class ManifestCache {
+  private readonly fetching = new Map<string, Promise<StoredManifest>>();
+
+  constructor(
+    private readonly store: ContentStore,
+    private readonly repos: RepoIndex,
+    private readonly metrics: MirrorMetrics,
+    private readonly log: Logger,
+    private readonly tagTTLMs: number,
+  ) {}
+
+  async get(t: Target, ref: ManifestReference, accept: string | undefined): Promise<ManifestAnswer> {
+    return ref.kind === 'digest' ? this.byDigest(t, ref.digest, accept) : this.byTag(t, ref.tag, accept);
+  }
+
+  private async byDigest(t: Target, digest: Digest, accept: string | undefined): Promise<ManifestAnswer> {
+    const stored = await this.store.getManifest(digest);
+    if (stored && (await this.confirmedFor(t, digest, accept))) {
+      this.store.touch(digest.value);
+      return { manifest: stored, result: 'hit' };
+    }
+    const manifest = await this.fetch(t, digest.value, accept, digest);
+    return { manifest, result: 'miss' };
+  }
+
+  private async byTag(t: Target, tag: string, accept: string | undefined): Promise<ManifestAnswer> {
+    const up = t.upstream.name;
+    const record = await this.repos.getTag(up, t.name, tag);
+    const cached = record ? await this.store.getManifest(parseDigest(record.digest)) : undefined;
+    const usable = cached && acceptable(cached.mediaType, accept) ? cached : undefined;
+    if (usable && record && Date.now() - record.checkedAt < this.tagTTLMs) {
+      this.store.touch(usable.digest);
+      return { manifest: usable, result: 'hit' };
+    }
+    if (usable && record) {
+      let res: UpstreamResponse;
+      try {
+        res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: accept ?? defaultAccept });
+      } catch (err) {
+        return this.stale(t, tag, usable, err);
+      }
+      await res.body.dump().catch(() => undefined);
+      if (res.status === 200 && res.headers['docker-content-digest'] === usable.digest) {
+        await this.repos.setTag(up, t.name, tag, { ...record, checkedAt: Date.now() });
+        this.store.touch(usable.digest);
+        return { manifest: usable, result: 'hit' };
+      }
+      if (res.status >= 500 || res.status === 429) return this.stale(t, tag, usable, upstreamError(res.status, up, notFound(tag)));
+      if (res.status === 404) {
+        await this.repos.removeTag(up, t.name, tag);
+        throw notFound(tag);
+      }
+      if (res.status !== 200) throw upstreamError(res.status, up, notFound(tag));
+    }
+    try {
+      const manifest = await this.fetch(t, tag, accept, undefined);
+      if (acceptable(manifest.mediaType, accept) || !accept) {
+        await this.repos.setTag(up, t.name, tag, { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: Date.now() });
+      }
+      return { manifest, result: 'miss' };
+    } catch (err) {
+      if (usable && isUpstreamTrouble(err)) return this.stale(t, tag, usable, err);
+      throw err;
+    }
+  }
+
+  private stale(t: Target, tag: string, manifest: StoredManifest, err: unknown): ManifestAnswer {
+    this.metrics.upstreamError(t.upstream.name);
+    this.log.warn({ upstream: t.upstream.name, repository: t.name, tag, err: (err as Error).message }, 'upstream unavailable: serving stale manifest');
+    this.store.touch(manifest.digest);
+    return { manifest, result: 'stale' };
+  }
+
+  private async confirmedFor(t: Target, digest: Digest, accept: string | undefined): Promise<boolean> {
+    if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;
+    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${digest.value}`, repository: t.name, accept: accept ?? defaultAccept });
+    await res.body.dump().catch(() => undefined);
+    if (res.status !== 200) throw this.failure(t, res.status, digest.value);
+    await this.repos.link(t.upstream.name, t.name, digest);
+    return true;
+  }
+
+  /** One upstream GET per (repository, reference, accept) at a time. */
+  private fetch(t: Target, reference: string, accept: string | undefined, expected: Digest | undefined): Promise<StoredManifest> {
+    const key = `${t.upstream.name}/${t.name}:${reference}|${accept ?? ''}`;
+    let p = this.fetching.get(key);
+    if (!p) {
+      p = this.fetchOnce(t, reference, accept, expected).finally(() => this.fetching.delete(key));
+      this.fetching.set(key, p);
+    }
+    return p;
+  }
+
+  private async fetchOnce(t: Target, reference: string, accept: string | undefined, expected: Digest | undefined): Promise<StoredManifest> {
+    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/manifests/${reference}`, repository: t.name, accept: accept ?? defaultAccept });
+    if (res.status !== 200) {
+      await res.body.dump().catch(() => undefined);
+      throw this.failure(t, res.status, reference);
+    }
+    const bytes = await readLimited(res, maxManifestBytes);
+    this.metrics.fromUpstream(bytes.length);
+    const mediaType = contentType(res.headers['content-type'], bytes);
+    const header = typeof res.headers['docker-content-digest'] === 'string' ? res.headers['docker-content-digest'] : undefined;
+    const digest = verify(bytes, mediaType, expected ?? (header ? tryDigest(header) : undefined));
+    if (!digest) {
+      this.metrics.upstreamError(t.upstream.name);
+      throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match its digest', { reference });
+    }
+    await this.store.putManifest(digest, mediaType, bytes);
+    await this.repos.link(t.upstream.name, t.name, digest);
+    return { digest: digest.value, mediaType, bytes };
+  }
+
+  private failure(t: Target, status: number, reference: string): RegistryError {
+    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
+    return upstreamError(status, t.upstream.name, notFound(reference));
+  }
+}
+
+function notFound(reference: string): RegistryError {
+  return new RegistryError('MANIFEST_UNKNOWN', undefined, { reference });
+}
+
+function isUpstreamTrouble(err: unknown): boolean {
+  const code = (err as RegistryError)?.code;
+  return code === 'UNAVAILABLE' || code === 'TOOMANYREQUESTS';
+}
+
+async function readLimited(res: UpstreamResponse, limit: number): Promise<Buffer> {
+  const declared = Number(res.headers['content-length']);
+  if (declared > limit) {
+    res.body.destroy();
+    throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
+  }
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of res.body) {
+    total += (chunk as Buffer).length;
+    if (total > limit) {
+      res.body.destroy();
+      throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** The digest the manifest is stored under, or undefined when it fails verification. */
+function verify(bytes: Buffer, mediaType: string, expected: Digest | undefined): Digest | undefined {
+  const algorithm = expected?.algorithm ?? 'sha256';
+  const actual = parseDigest(`${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`);
+  if (!expected || expected.value === actual.value) return actual;
+  // Signed schema1 digests cover the payload without its signatures, so the bytes' own hash
+  // differs by design: trust the upstream's digest for that legacy type only.
+  return mediaType.startsWith(schema1Signed) ? expected : undefined;
+}
+
+function tryDigest(value: string): Digest | undefined {
+  try {
+    return parseDigest(value);
+  } catch {
+    return undefined;
+  }
+}
+
+function contentType(header: string | string[] | undefined, bytes: Buffer): string {
+  if (typeof header === 'string' && header.trim() && !header.startsWith('application/octet-stream')) return header.trim();
+  try {
+    const mt = (JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown }).mediaType;
+    if (typeof mt === 'string') return mt;
+  } catch {
+    /* fall through */
+  }
+  return 'application/vnd.oci.image.manifest.v1+json';
+}
+
+/** Whether a client's Accept header admits a media type (no header admits anything). */
+export function acceptable(mediaType: string, accept: string | undefined): boolean {
+  if (!accept) return true;
+  const want = mediaType.split(';')[0]!.trim();
+  return accept.split(',').some((a) => {
+    const t = a.split(';')[0]!.trim();
+    return t === '*/*' || t === want;
+  });
+}

@@ -1,0 +1,201 @@
+// The mirror's configuration: YAML (every key optional) merged over the embedded default,
+// then MIRROR_* environment overrides. Parsing is pure; a bad value raises ConfigError naming
+// the key so start-up can fail with one clear line.
+
+import { parse as parseYaml } from 'yaml';
+import { parseBytes, parseDuration } from './duration.js';
+import { isValidRegistryHost } from './reference.js';
+
+export interface UpstreamConfig {
+  /** The registry host clients use for it (the key in `upstreams`, containerd's ?ns=). */
+  name: string;
+  url: string;
+  username?: string;
+  password?: string;
+  usernameFile?: string;
+  passwordFile?: string;
+  /** A docker config.json (what a kubernetes.io/dockerconfigjson Secret mounts). */
+  credentialsFile?: string;
+}
+
+export interface MirrorConfig {
+  listen: { host: string; port: number };
+  logLevel: string;
+  storage: { path: string; maxBytes: number };
+  cache: { ttlMs: number; tagTTLMs: number };
+  defaultUpstream: string;
+  upstreams: Record<string, UpstreamConfig>;
+  v1: { enabled: boolean; source: string; tagsCacheTTLMs: number };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly key: string, message: string) {
+    super(`config: ${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export const embeddedDefault = {
+  listen: '0.0.0.0:5000',
+  logLevel: 'info',
+  storage: { path: './data', maxBytes: 0 },
+  cache: { ttl: '168h', tagTTL: '5m' },
+  defaultUpstream: 'docker.io',
+  upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
+  v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
+};
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1'];
+const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile'];
+
+type Env = Record<string, string | undefined>;
+type Obj = Record<string, unknown>;
+
+export function parseConfigText(text: string, env: Env = {}): MirrorConfig {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new ConfigError('(file)', `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return parseConfig(doc, env);
+}
+
+export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
+  const user = object(doc, '(root)');
+  unknownKeys(user, topKeys, '');
+  const storage = object(user.storage ?? {}, 'storage');
+  const cache = object(user.cache ?? {}, 'cache');
+  const v1 = object(user.v1 ?? {}, 'v1');
+  unknownKeys(storage, ['path', 'maxBytes'], 'storage.');
+  unknownKeys(cache, ['ttl', 'tagTTL'], 'cache.');
+  unknownKeys(v1, ['enabled', 'source', 'tagsCacheTTL'], 'v1.');
+
+  // A user who lists upstreams replaces the embedded docker.io entry rather than merging with
+  // it, so a private-registry mirror never silently proxies Docker Hub too.
+  const rawUpstreams = object(user.upstreams ?? embeddedDefault.upstreams, 'upstreams');
+  const defaultUpstream = str(
+    env.MIRROR_DEFAULTUPSTREAM ?? user.defaultUpstream ?? firstKeyOr(rawUpstreams, embeddedDefault.defaultUpstream),
+    'defaultUpstream',
+  );
+
+  const upstreams: Record<string, UpstreamConfig> = {};
+  for (const [name, value] of Object.entries(rawUpstreams)) {
+    upstreams[name] = parseUpstream(name, value);
+  }
+  if (env.MIRROR_UPSTREAM_URL !== undefined || !upstreams[defaultUpstream]) {
+    if (env.MIRROR_UPSTREAM_URL === undefined) {
+      throw new ConfigError('defaultUpstream', `"${defaultUpstream}" is not a key of upstreams`);
+    }
+    upstreams[defaultUpstream] = parseUpstream(defaultUpstream, { ...upstreams[defaultUpstream], url: env.MIRROR_UPSTREAM_URL });
+  }
+  const d = upstreams[defaultUpstream]!;
+  if (env.MIRROR_UPSTREAM_USERNAME !== undefined) d.username = env.MIRROR_UPSTREAM_USERNAME;
+  if (env.MIRROR_UPSTREAM_PASSWORD !== undefined) d.password = env.MIRROR_UPSTREAM_PASSWORD;
+
+  const logLevel = str(env.MIRROR_LOGLEVEL ?? user.logLevel ?? embeddedDefault.logLevel, 'logLevel');
+  if (!logLevels.includes(logLevel)) throw new ConfigError('logLevel', `must be one of ${logLevels.join(', ')}`);
+
+  return {
+    listen: listenAddress(str(env.MIRROR_LISTEN ?? user.listen ?? embeddedDefault.listen, 'listen')),
+    logLevel,
+    storage: {
+      path: nonEmpty(env.MIRROR_STORAGE_PATH ?? storage.path ?? embeddedDefault.storage.path, 'storage.path'),
+      maxBytes: bytes(env.MIRROR_STORAGE_MAXBYTES ?? storage.maxBytes ?? 0, 'storage.maxBytes'),
+    },
+    cache: {
+      ttlMs: duration(env.MIRROR_CACHE_TTL ?? cache.ttl ?? embeddedDefault.cache.ttl, 'cache.ttl'),
+      tagTTLMs: duration(env.MIRROR_CACHE_TAGTTL ?? cache.tagTTL ?? embeddedDefault.cache.tagTTL, 'cache.tagTTL'),
+    },
+    defaultUpstream,
+    upstreams,
+    v1: {
+      enabled: bool(v1.enabled ?? embeddedDefault.v1.enabled, 'v1.enabled'),
+      source: url(v1.source ?? embeddedDefault.v1.source, 'v1.source'),
+      tagsCacheTTLMs: duration(v1.tagsCacheTTL ?? embeddedDefault.v1.tagsCacheTTL, 'v1.tagsCacheTTL'),
+    },
+  };
+}
+
+function parseUpstream(name: string, value: unknown): UpstreamConfig {
+  const key = `upstreams.${name}`;
+  if (!isValidRegistryHost(name)) throw new ConfigError(key, 'the key must be a registry host such as docker.io or ghcr.io');
+  const o = object(value, key);
+  unknownKeys(o, upstreamKeys, `${key}.`);
+  const u: UpstreamConfig = { name, url: url(o.url, `${key}.url`) };
+  for (const k of ['username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile'] as const) {
+    if (o[k] !== undefined) u[k] = nonEmpty(o[k], `${key}.${k}`);
+  }
+  if ((u.username === undefined) !== (u.password === undefined)) {
+    throw new ConfigError(`${key}.username`, 'username and password go together');
+  }
+  if ((u.usernameFile === undefined) !== (u.passwordFile === undefined)) {
+    throw new ConfigError(`${key}.usernameFile`, 'usernameFile and passwordFile go together');
+  }
+  return u;
+}
+
+function object(v: unknown, key: string): Obj {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ConfigError(key, 'must be a mapping');
+  return v as Obj;
+}
+
+function unknownKeys(o: Obj, known: string[], prefix: string): void {
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) throw new ConfigError(`${prefix}${k}`, `unknown key (known: ${known.join(', ')})`);
+  }
+}
+
+function str(v: unknown, key: string): string {
+  if (typeof v !== 'string') throw new ConfigError(key, 'must be a string');
+  return v;
+}
+
+function nonEmpty(v: unknown, key: string): string {
+  const s = str(v, key);
+  if (s.length === 0) throw new ConfigError(key, 'must not be empty');
+  return s;
+}
+
+function bool(v: unknown, key: string): boolean {
+  if (typeof v === 'boolean') return v;
+  if (v === 'true' || v === 'false') return v === 'true';
+  throw new ConfigError(key, 'must be true or false');
+}
+
+function duration(v: unknown, key: string): number {
+  const ms = typeof v === 'string' ? parseDuration(v) : undefined;
+  if (ms === undefined) throw new ConfigError(key, `"${String(v)}" is not a duration such as 168h, 5m or 30s`);
+  return ms;
+}
+
+function bytes(v: unknown, key: string): number {
+  const n = parseBytes(typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v);
+  if (n === undefined) throw new ConfigError(key, `"${String(v)}" is not a byte count such as 10737418240 or 10Gi`);
+  return n;
+}
+
+function url(v: unknown, key: string): string {
+  const s = nonEmpty(v, key);
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw new ConfigError(key, `"${s}" is not a URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(key, 'must be an http:// or https:// URL');
+  if (u.username || u.password) throw new ConfigError(key, 'must not carry credentials; use username/password or credentialsFile');
+  return s.replace(/\/+$/, '');
+}
+
+function listenAddress(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ConfigError('listen', `"${s}" is not host:port such as 0.0.0.0:5000`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function firstKeyOr(o: Obj, fallback: string): string {
+  return Object.keys(o)[0] ?? fallback;
+}

@@ -1,0 +1,77 @@
+// `registry-mirror serve [--config FILE]`: loads the config (embedded default when no file),
+// starts the mirror and drains it on SIGTERM/SIGINT.
+
+import { readFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { ConfigError, parseConfigText, type MirrorConfig } from './config.js';
+import { createMirror, loggerOptions } from './server.js';
+
+const shutdownGraceMs = 25_000;
+
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): MirrorConfig {
+  let file: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--config' || a === '-c') file = argv[++i];
+    else if (a.startsWith('--config=')) file = a.slice('--config='.length);
+    else throw new ConfigError('(arguments)', `unknown argument "${a}" (usage: registry-mirror serve [--config FILE])`);
+  }
+  if (file === undefined && argv.includes('--config')) throw new ConfigError('(arguments)', '--config needs a file');
+  let text = '';
+  if (file !== undefined) {
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError('(file)', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
+  return parseConfigText(text, env);
+}
+
+export async function runServe(argv: string[]): Promise<void> {
+  let config: MirrorConfig;
+  try {
+    config = loadConfig(argv, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`registry-mirror: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logger = pino(loggerOptions(config.logLevel));
+  let mirror;
+  try {
+    mirror = await createMirror(config, logger);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`registry-mirror: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  await mirror.app.listen({ host: config.listen.host, port: config.listen.port });
+  logger.info(
+    { listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
+    'registry-mirror serving',
+  );
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'draining in-flight requests');
+    const force = setTimeout(() => {
+      logger.warn('grace period over: closing remaining connections');
+      mirror.app.server.closeAllConnections();
+    }, shutdownGraceMs);
+    force.unref();
+    await mirror.app.close();
+    await mirror.shutdown();
+    clearTimeout(force);
+    logger.info('stopped');
+    logger.flush?.();
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}

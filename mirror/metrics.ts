@@ -1,0 +1,132 @@
+// Cache metrics: Prometheus exposition on /metrics (prom-client) and the JSON figures on
+// /stats that the operator copies into a RegistryMirror's status. One object records both so
+// the two can never disagree.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type Api = 'v2' | 'v1';
+export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image';
+export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass';
+
+export interface Stats {
+  hits: number;
+  misses: number;
+  staleServed: number;
+  bytesServed: number;
+  bytesFromUpstream: number;
+  storedBytes: number;
+  blobs: number;
+  upstreamErrors: number;
+  since: string;
+}
+
+export class MirrorMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'api' | 'kind' | 'result'>;
+  private readonly bytesServedCounter: Counter<'source'>;
+  private readonly upstreamRequests: Counter<'upstream' | 'status'>;
+  private readonly upstreamErrorsCounter: Counter<'upstream'>;
+  private readonly evictions: Counter<'reason'>;
+  readonly inflightDownloads: Gauge;
+  readonly duration: Histogram<'api' | 'kind'>;
+  private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
+  private readonly since = new Date().toISOString();
+
+  constructor(private readonly storeTotals: () => { storedBytes: number; blobs: number }) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'registry_mirror_' });
+    this.requests = new Counter({
+      name: 'registry_mirror_requests_total',
+      help: 'Registry API requests by API, object kind and cache result',
+      labelNames: ['api', 'kind', 'result'],
+      registers: [r],
+    });
+    this.bytesServedCounter = new Counter({
+      name: 'registry_mirror_bytes_served_total',
+      help: 'Bytes of blobs and manifests sent to clients, by where they came from',
+      labelNames: ['source'],
+      registers: [r],
+    });
+    this.upstreamRequests = new Counter({
+      name: 'registry_mirror_upstream_requests_total',
+      help: 'Requests sent to upstream registries, by upstream and response status',
+      labelNames: ['upstream', 'status'],
+      registers: [r],
+    });
+    this.upstreamErrorsCounter = new Counter({
+      name: 'registry_mirror_upstream_errors_total',
+      help: 'Upstream failures: unreachable, 5xx, 429, or content that failed verification',
+      labelNames: ['upstream'],
+      registers: [r],
+    });
+    this.evictions = new Counter({
+      name: 'registry_mirror_evictions_total',
+      help: 'Cached objects removed, by reason (ttl, size)',
+      labelNames: ['reason'],
+      registers: [r],
+    });
+    this.inflightDownloads = new Gauge({
+      name: 'registry_mirror_inflight_downloads',
+      help: 'Blob downloads from upstreams in progress',
+      registers: [r],
+    });
+    this.duration = new Histogram({
+      name: 'registry_mirror_request_duration_seconds',
+      help: 'Time to answer registry API requests (headers sent for streamed bodies)',
+      labelNames: ['api', 'kind'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+      registers: [r],
+    });
+    new Gauge({
+      name: 'registry_mirror_stored_bytes',
+      help: 'Bytes of content in the store',
+      registers: [r],
+      collect() {
+        this.set(storeTotals().storedBytes);
+      },
+    });
+    new Gauge({
+      name: 'registry_mirror_stored_blobs',
+      help: 'Blobs in the store',
+      registers: [r],
+      collect() {
+        this.set(storeTotals().blobs);
+      },
+    });
+  }
+
+  request(api: Api, kind: Kind, result: CacheResult): void {
+    this.requests.inc({ api, kind, result });
+    if (result === 'hit') this.counts.hits++;
+    else if (result === 'miss') this.counts.misses++;
+    else if (result === 'stale') this.counts.staleServed++;
+  }
+
+  served(source: 'cache' | 'upstream', bytes: number): void {
+    if (bytes <= 0) return;
+    this.bytesServedCounter.inc({ source }, bytes);
+    this.counts.bytesServed += bytes;
+  }
+
+  fromUpstream(bytes: number): void {
+    this.counts.bytesFromUpstream += bytes;
+  }
+
+  upstreamRequest(upstream: string, status: number | 'error'): void {
+    this.upstreamRequests.inc({ upstream, status: String(status) });
+  }
+
+  upstreamError(upstream: string): void {
+    this.upstreamErrorsCounter.inc({ upstream });
+    this.counts.upstreamErrors++;
+  }
+
+  evicted(reason: 'ttl' | 'size', n = 1): void {
+    this.evictions.inc({ reason }, n);
+  }
+
+  stats(): Stats {
+    const t = this.storeTotals();
+    return { ...this.counts, storedBytes: t.storedBytes, blobs: t.blobs, since: this.since };
+  }
+}

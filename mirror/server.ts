@@ -1,0 +1,150 @@
+// Assembles the mirror: store, upstream clients, caches and routes in one fastify instance.
+// Fastify's logger is pino; the per-request line is written in onResponse so it carries the
+// cache result and byte count, and no request header is ever logged.
+
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { BlobCache } from './cache/blob-cache.js';
+import { ManifestCache } from './cache/manifest-cache.js';
+import type { MirrorConfig } from './config.js';
+import { RegistryError } from './errors.js';
+import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
+import { UpstreamRouter } from './routing.js';
+import { ContentStore } from './store/content-store.js';
+import { RepoIndex } from './store/repo-index.js';
+import { UpstreamClient } from './upstream/client.js';
+import { loadCredentials } from './upstream/credentials.js';
+import { registerV2 } from './v2/routes.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    mirror?: { api: Api; kind: Kind; upstream?: string; result?: CacheResult; source?: 'cache' | 'upstream' };
+  }
+}
+
+export interface Mirror {
+  app: FastifyInstance;
+  store: ContentStore;
+  repos: RepoIndex;
+  metrics: MirrorMetrics;
+  /** Stops background work and flushes state; the HTTP server is closed by app.close(). */
+  shutdown(): Promise<void>;
+}
+
+export const loggerOptions = (level: string) => ({
+  level,
+  // Belt and braces: nothing logs headers, but if a future line does, secrets stay out.
+  redact: {
+    paths: ['req.headers.authorization', 'headers.authorization', '*.password', 'password', '*.token', 'token'],
+    censor: '[redacted]',
+  },
+});
+
+const accessFlushMs = 30_000;
+
+export async function createMirror(config: MirrorConfig, logger: Logger): Promise<Mirror> {
+  const store = new ContentStore(config.storage.path);
+  const { sweptTemp } = await store.open();
+  if (sweptTemp > 0) logger.info({ sweptTemp }, 'removed unfinished downloads of a previous run');
+  const repos = new RepoIndex(config.storage.path, store.tmpDir);
+  const metrics = new MirrorMetrics(() => store.totals());
+
+  const dispatcher = UpstreamClient.agent();
+  const clients = new Map<string, UpstreamClient>();
+  for (const u of Object.values(config.upstreams)) {
+    clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status)));
+  }
+  const router = new UpstreamRouter(clients, config.defaultUpstream);
+  const blobs = new BlobCache(store, repos, metrics, logger, { maxBytes: config.storage.maxBytes });
+  const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs);
+
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: true,
+    // Registry clients send long repository paths; the reference grammar caps them anyway.
+    routerOptions: { maxParamLength: 1024 },
+  });
+  app.removeAllContentTypeParsers();
+  // The mirror accepts no request bodies; pushes are refused before their body is read.
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+
+  app.addHook('onResponse', async (req, reply) => {
+    const m = req.mirror;
+    const bytes = Number(reply.getHeader('content-length')) || 0;
+    const complete = reply.raw.writableFinished && req.method === 'GET' && reply.statusCode < 300;
+    if (m) {
+      metrics.request(m.api, m.kind, reply.statusCode >= 400 ? 'error' : (m.result ?? 'pass'));
+      metrics.duration.observe({ api: m.api, kind: m.kind }, reply.elapsedTime / 1000);
+      if (complete && (m.kind === 'blob' || m.kind === 'manifest' || m.kind === 'image')) metrics.served(m.source ?? 'cache', bytes);
+    }
+    req.log.info(
+      {
+        method: req.method,
+        url: req.url,
+        status: reply.statusCode,
+        cache: m?.result,
+        upstream: m?.upstream,
+        bytes: complete ? bytes : undefined,
+        aborted: !reply.raw.writableFinished || undefined,
+        ms: Math.round(reply.elapsedTime),
+      },
+      'request',
+    );
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const e = toRegistryError(err);
+    if (e.status >= 500 && !(err instanceof RegistryError)) req.log.error({ err }, 'internal error');
+    if (reply.sent || reply.raw.headersSent) {
+      reply.raw.destroy();
+      return;
+    }
+    if (req.url.startsWith('/v2')) reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    return reply.code(e.status).header('Content-Type', 'application/json').send(e.body());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send(new RegistryError('NAME_UNKNOWN', 'no such route').body());
+  });
+
+  let ready = false;
+  let closing = false;
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => (ready && !closing ? { status: 'ready' } : reply.code(503).send({ status: 'not ready' })));
+  app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
+  app.get('/stats', async () => metrics.stats());
+  registerV2(app, { router, blobs, manifests, repos, metrics });
+
+  const flushTimer = setInterval(() => {
+    store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
+  }, accessFlushMs);
+  flushTimer.unref();
+  app.addHook('onReady', async () => {
+    ready = true;
+  });
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+
+  return {
+    app,
+    store,
+    repos,
+    metrics,
+    async shutdown() {
+      clearInterval(flushTimer);
+      await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
+      await dispatcher.close().catch(() => undefined);
+    },
+  };
+}
+
+function toRegistryError(err: unknown): RegistryError {
+  if (err instanceof RegistryError) return err;
+  const e = err as { statusCode?: number; code?: string; message?: string };
+  if (e.statusCode === 404) return new RegistryError('NAME_UNKNOWN', 'no such route');
+  if (e.statusCode === 405) return new RegistryError('UNSUPPORTED');
+  if (e.statusCode === 431 || e.statusCode === 414) return new RegistryError('NAME_INVALID', 'request too large', undefined, e.statusCode);
+  if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) return new RegistryError('NAME_INVALID', 'bad request', undefined, e.statusCode);
+  return new RegistryError('UNKNOWN', 'internal error');
+}

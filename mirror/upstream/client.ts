@@ -1,0 +1,186 @@
+// The HTTP client for one upstream registry: token and Basic auth handled here so callers
+// only ask for paths. undici's Agent pools connections; redirects are followed by hand so
+// that Authorization is only ever sent to the upstream's own origin (blob storage behind a
+// redirect gets a pre-signed URL and must not see our token).
+
+import { Agent, request, type Dispatcher } from 'undici';
+import type { UpstreamConfig } from '../config.js';
+import { RegistryError } from '../errors.js';
+import { parseChallenge, type Challenge } from './challenge.js';
+import type { Credentials } from './credentials.js';
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+export interface UpstreamRequest {
+  method: 'GET' | 'HEAD';
+  /** Path under the upstream's /v2/ (e.g. "library/x/manifests/latest"), or "" for /v2/. */
+  path: string;
+  /** The repository the request is for: the token scope. */
+  repository?: string;
+  accept?: string;
+  query?: string;
+}
+
+interface CachedToken {
+  value: string;
+  expiresAt: number;
+}
+
+const maxRedirects = 5;
+const tokenMarginMs = 10_000;
+
+export class UpstreamClient {
+  readonly name: string;
+  readonly origin: string;
+  private readonly base: string;
+  private challenge: Challenge | undefined;
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly tokenRequests = new Map<string, Promise<CachedToken>>();
+
+  constructor(
+    readonly config: UpstreamConfig,
+    private readonly credentials: Credentials | undefined,
+    private readonly dispatcher: Dispatcher,
+    private readonly onRequest: (upstream: string, status: number | 'error') => void = () => undefined,
+  ) {
+    this.name = config.name;
+    const u = new URL(config.url);
+    this.origin = u.origin;
+    this.base = `${config.url}/v2/`;
+  }
+
+  static agent(): Agent {
+    return new Agent({
+      connections: 64,
+      keepAliveTimeout: 30_000,
+      headersTimeout: 30_000,
+      // Idle time between body chunks: a stalled upstream aborts the transfer.
+      bodyTimeout: 60_000,
+      connect: { timeout: 10_000 },
+    });
+  }
+
+  /** Sends one request with auth; the caller owns (and must consume or destroy) the body. */
+  async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
+    let res = await this.sendOnce(req, await this.authorization(scope, false));
+    if (res.status === 401) {
+      const challenge = parseChallenge(res.headers['www-authenticate']);
+      await res.body.dump().catch(() => undefined);
+      if (!challenge) return res401();
+      this.challenge = challenge;
+      const auth = await this.authorization(scope, true);
+      if (auth === undefined) return res401();
+      res = await this.sendOnce(req, auth);
+      if (res.status === 401) {
+        await res.body.dump().catch(() => undefined);
+        if (this.challenge?.scheme === 'bearer') this.tokens.delete(scope ?? '');
+        throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} refused the credentials`);
+      }
+    }
+    return res;
+
+    function res401(): never {
+      throw new RegistryError('UNAUTHORIZED', 'upstream requires authentication the mirror cannot provide');
+    }
+  }
+
+  private async sendOnce(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse> {
+    let url = this.base + req.path + (req.query ? `?${req.query}` : '');
+    for (let hop = 0; ; hop++) {
+      const sameOrigin = new URL(url).origin === this.origin;
+      const headers: Record<string, string> = { 'user-agent': 'registry-mirror' };
+      if (req.accept) headers.accept = req.accept;
+      if (authorization && sameOrigin) headers.authorization = authorization;
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher });
+      } catch (err) {
+        this.onRequest(this.name, 'error');
+        throw new RegistryError('UNAVAILABLE', `upstream ${this.name} unreachable: ${describe(err)}`);
+      }
+      this.onRequest(this.name, res.statusCode);
+      const location = res.headers.location;
+      if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string') {
+        await res.body.dump().catch(() => undefined);
+        if (hop >= maxRedirects) throw new RegistryError('UNAVAILABLE', `upstream ${this.name} redirected too often`);
+        url = new URL(location, url).toString();
+        continue;
+      }
+      return { status: res.statusCode, headers: res.headers, body: res.body };
+    }
+  }
+
+  /** The Authorization header for a scope, once the upstream has told us its scheme. */
+  private async authorization(scope: string | undefined, refresh: boolean): Promise<string | undefined> {
+    const c = this.challenge;
+    if (!c) return undefined;
+    if (c.scheme === 'basic') {
+      if (!this.credentials) return undefined;
+      return `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
+    }
+    const key = scope ?? '';
+    const cached = this.tokens.get(key);
+    if (cached && !refresh && cached.expiresAt > Date.now()) return `Bearer ${cached.value}`;
+    let pending = this.tokenRequests.get(key);
+    if (!pending) {
+      pending = this.fetchToken(c, scope).finally(() => this.tokenRequests.delete(key));
+      this.tokenRequests.set(key, pending);
+    }
+    const token = await pending;
+    this.tokens.set(key, token);
+    return `Bearer ${token.value}`;
+  }
+
+  private async fetchToken(c: Challenge, scope: string | undefined): Promise<CachedToken> {
+    const realm = c.params.realm;
+    if (!realm) throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} sent a Bearer challenge without realm`);
+    const u = new URL(realm);
+    if (c.params.service) u.searchParams.set('service', c.params.service);
+    if (scope) u.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': 'registry-mirror' };
+    if (this.credentials) {
+      headers.authorization = `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
+    }
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(u, { method: 'GET', headers, dispatcher: this.dispatcher });
+    } catch (err) {
+      throw new RegistryError('UNAVAILABLE', `token service of ${this.name} unreachable: ${describe(err)}`);
+    }
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump().catch(() => undefined);
+      throw new RegistryError('UNAUTHORIZED', `token service of ${this.name} refused the credentials`);
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump().catch(() => undefined);
+      throw new RegistryError('UNAVAILABLE', `token service of ${this.name} answered ${res.statusCode}`);
+    }
+    const doc = (await res.body.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    const value = doc.token ?? doc.access_token;
+    if (!value) throw new RegistryError('UNAUTHORIZED', `token service of ${this.name} sent no token`);
+    // The spec's default lifetime is 60 s when expires_in is missing.
+    const lifetimeMs = (typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : 60) * 1000;
+    const issued = doc.issued_at ? Date.parse(doc.issued_at) : NaN;
+    const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
+    return { value, expiresAt: start + Math.max(lifetimeMs - tokenMarginMs, lifetimeMs / 2) };
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: string; message?: string };
+  return e.code ?? e.message ?? 'error';
+}
+
+/** Maps an upstream status that is not a success to the error the client should see. */
+export function upstreamError(status: number, upstream: string, notFound: RegistryError): RegistryError {
+  if (status === 404) return notFound;
+  if (status === 401) return new RegistryError('UNAUTHORIZED', `upstream ${upstream} requires authentication`);
+  if (status === 403) return new RegistryError('DENIED', `upstream ${upstream} denied access`);
+  if (status === 429) return new RegistryError('TOOMANYREQUESTS', `upstream ${upstream} is rate limiting`);
+  return new RegistryError('UNAVAILABLE', `upstream ${upstream} answered ${status}`);
+}

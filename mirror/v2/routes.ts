@@ -1,0 +1,159 @@
+// The Docker Registry v2 / OCI distribution pull API. Handlers only translate HTTP to the
+// caches and back; everything about caching lives in cache/, every error is a RegistryError.
+
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { BlobCache } from '../cache/blob-cache.js';
+import type { ManifestCache } from '../cache/manifest-cache.js';
+import { RegistryError } from '../errors.js';
+import type { MirrorMetrics } from '../metrics.js';
+import { parseDigest, parseManifestReference } from '../reference.js';
+import type { UpstreamRouter } from '../routing.js';
+import type { RepoIndex } from '../store/repo-index.js';
+import { upstreamError } from '../upstream/client.js';
+import { decodePath, parseV2Path } from './path.js';
+
+export interface V2Deps {
+  router: UpstreamRouter;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  repos: RepoIndex;
+  metrics: MirrorMetrics;
+}
+
+const readMethods = new Set(['GET', 'HEAD']);
+
+export function registerV2(app: FastifyInstance, deps: V2Deps): void {
+  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+    reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    const path = decodePath(req.url);
+    if (path === undefined) throw new RegistryError('NAME_INVALID', 'malformed request path');
+    const p = parseV2Path(path);
+    if (!readMethods.has(req.method) || p.kind === 'upload') {
+      throw new RegistryError('UNSUPPORTED', 'this registry is a read-only mirror: push and delete are not supported');
+    }
+    const query = req.query as Record<string, string | string[] | undefined>;
+    const ns = single(query.ns);
+    switch (p.kind) {
+      case 'base':
+        return reply.send({});
+      case 'catalog':
+        return catalog(req, reply, deps, ns, query);
+      case 'tags':
+        return tagsList(req, reply, deps, p.name, ns, query);
+      case 'manifest':
+        return manifest(req, reply, deps, p.name, p.reference, ns);
+      case 'blob':
+        return blob(req, reply, deps, p.name, p.digest, ns);
+      default:
+        throw new RegistryError('NAME_UNKNOWN', 'no such registry API route');
+    }
+  };
+  app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/v2', handler, exposeHeadRoute: false });
+  app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/v2/*', handler, exposeHeadRoute: false });
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+async function manifest(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawRef: string, ns: string | undefined) {
+  const routed = deps.router.route(rawName, ns);
+  const ref = parseManifestReference(rawRef);
+  req.mirror = { api: 'v2', kind: 'manifest', upstream: routed.target.upstream.name };
+  if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
+  const accept = typeof req.headers.accept === 'string' ? req.headers.accept : undefined;
+  const answer = await deps.manifests.get(routed.target, ref, accept);
+  req.mirror.result = answer.result;
+  req.mirror.source = answer.result === 'miss' ? 'upstream' : 'cache';
+  const m = answer.manifest;
+  reply
+    .header('Content-Type', m.mediaType)
+    .header('Docker-Content-Digest', m.digest)
+    .header('ETag', `"${m.digest}"`)
+    .header('Content-Length', m.bytes.length);
+  if (req.method === 'HEAD') return reply.send();
+  if (matchesEtag(req, m.digest)) return reply.code(304).send();
+  return reply.send(m.bytes);
+}
+
+async function blob(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawDigest: string, ns: string | undefined) {
+  const routed = deps.router.route(rawName, ns);
+  const digest = parseDigest(rawDigest);
+  req.mirror = { api: 'v2', kind: 'blob', upstream: routed.target.upstream.name };
+  if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
+  reply.header('Docker-Content-Digest', digest.value).header('ETag', `"${digest.value}"`).header('Accept-Ranges', 'bytes');
+  if (req.method === 'HEAD' || matchesEtag(req, digest.value)) {
+    // HEAD, and a conditional GET from a client that already holds these exact bytes
+    // (content-addressed ETag), only need to know the blob exists for this repository.
+    const head = await deps.blobs.head(routed.target, digest);
+    req.mirror.result = head.result;
+    reply.header('Content-Type', 'application/octet-stream');
+    if (req.method === 'GET') return reply.code(304).send();
+    return reply.header('Content-Length', head.size).send();
+  }
+  const range = typeof req.headers.range === 'string' ? req.headers.range : undefined;
+  const body = await deps.blobs.get(routed.target, digest, range);
+  req.mirror.result = body.result;
+  req.mirror.source = body.result === 'hit' ? 'cache' : 'upstream';
+  reply.code(body.status).header('Content-Type', 'application/octet-stream');
+  if (body.length !== undefined) reply.header('Content-Length', body.length);
+  if (body.range) reply.header('Content-Range', `bytes ${body.range.start}-${body.range.end}/${body.size}`);
+  return reply.send(body.stream);
+}
+
+async function tagsList(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, ns: string | undefined, query: Record<string, string | string[] | undefined>) {
+  const routed = deps.router.route(rawName, ns);
+  const t = routed.target;
+  req.mirror = { api: 'v2', kind: 'tags', upstream: t.upstream.name };
+  if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
+  const pass = new URLSearchParams();
+  const n = single(query.n);
+  const last = single(query.last);
+  if (n !== undefined) {
+    if (!/^\d{1,6}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
+    pass.set('n', n);
+  }
+  if (last !== undefined) pass.set('last', last);
+  try {
+    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/tags/list`, repository: t.name, query: pass.toString() || undefined });
+    if (res.status !== 200) {
+      await res.body.dump().catch(() => undefined);
+      throw upstreamError(res.status, t.upstream.name, new RegistryError('NAME_UNKNOWN', undefined, { name: t.name }));
+    }
+    req.mirror.result = 'pass';
+    const link = res.headers.link;
+    if (typeof link === 'string') reply.header('Link', link);
+    return reply.header('Content-Type', 'application/json').send(await res.body.text());
+  } catch (err) {
+    // The upstream is unreachable: the tags this mirror has cached are better than nothing.
+    if ((err as RegistryError).code !== 'UNAVAILABLE') throw err;
+    const tags = await deps.repos.listTags(t.upstream.name, t.name);
+    if (tags.length === 0) throw err;
+    req.mirror.result = 'stale';
+    return reply.send({ name: t.name, tags: paginate(tags, n, last) });
+  }
+}
+
+async function catalog(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, ns: string | undefined, query: Record<string, string | string[] | undefined>) {
+  const { client, namespace } = deps.router.upstream(ns);
+  req.mirror = { api: 'v2', kind: 'catalog', upstream: client.name, result: 'hit' };
+  if (namespace) reply.header('OCI-Namespace', namespace);
+  const n = single(query.n);
+  if (n !== undefined && !/^\d{1,6}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
+  const all = await deps.repos.listRepositories(client.name);
+  const page = paginate(all, n, single(query.last));
+  if (n !== undefined && page.length === Number(n) && page.length > 0 && all[all.length - 1] !== page[page.length - 1]) {
+    reply.header('Link', `</v2/_catalog?n=${n}&last=${encodeURIComponent(page[page.length - 1]!)}>; rel="next"`);
+  }
+  return reply.send({ repositories: page });
+}
+
+function paginate(sorted: string[], n: string | undefined, last: string | undefined): string[] {
+  const from = last === undefined ? sorted : sorted.filter((x) => x > last);
+  return n === undefined ? from : from.slice(0, Number(n));
+}
+
+function matchesEtag(req: FastifyRequest, digest: string): boolean {
+  const inm = req.headers['if-none-match'];
+  return typeof inm === 'string' && inm.split(',').some((t) => t.trim().replace(/^W\//, '') === `"${digest}"`);
+}
