@@ -88,7 +88,8 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     if (env.MIRROR_UPSTREAM_URL === undefined) {
       throw new ConfigError('defaultUpstream', `"${defaultUpstream}" is not a key of upstreams`);
     }
-    upstreams[defaultUpstream] = parseUpstream(defaultUpstream, { ...upstreams[defaultUpstream], url: env.MIRROR_UPSTREAM_URL });
+    const { name: _name, ...existing } = upstreams[defaultUpstream] ?? { name: defaultUpstream };
+    upstreams[defaultUpstream] = parseUpstream(defaultUpstream, { ...existing, url: env.MIRROR_UPSTREAM_URL });
   }
   const d = upstreams[defaultUpstream]!;
   if (env.MIRROR_UPSTREAM_USERNAME !== undefined) d.username = env.MIRROR_UPSTREAM_USERNAME;

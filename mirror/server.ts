@@ -11,6 +11,7 @@ import { RegistryError } from './errors.js';
 import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
 import { UpstreamRouter } from './routing.js';
 import { ContentStore } from './store/content-store.js';
+import { Evictor } from './store/evictor.js';
 import { RepoIndex } from './store/repo-index.js';
 import { UpstreamClient } from './upstream/client.js';
 import { loadCredentials } from './upstream/credentials.js';
@@ -27,6 +28,7 @@ export interface Mirror {
   store: ContentStore;
   repos: RepoIndex;
   metrics: MirrorMetrics;
+  evictor: Evictor;
   /** Stops background work and flushes state; the HTTP server is closed by app.close(). */
   shutdown(): Promise<void>;
 }
@@ -55,8 +57,12 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status)));
   }
   const router = new UpstreamRouter(clients, config.defaultUpstream);
-  const blobs = new BlobCache(store, repos, metrics, logger, { maxBytes: config.storage.maxBytes });
-  const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs);
+  const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes });
+  const blobs = new BlobCache(store, repos, metrics, logger, {
+    maxBytes: config.storage.maxBytes,
+    makeRoom: (bytes) => evictor.makeRoom(bytes),
+  });
+  const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs, (bytes) => evictor.makeRoom(bytes));
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -120,6 +126,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   }, accessFlushMs);
   flushTimer.unref();
   app.addHook('onReady', async () => {
+    await evictor.expire();
+    evictor.start();
     ready = true;
   });
   app.addHook('preClose', async () => {
@@ -131,8 +139,10 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     store,
     repos,
     metrics,
+    evictor,
     async shutdown() {
       clearInterval(flushTimer);
+      evictor.stop();
       await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
       await dispatcher.close().catch(() => undefined);
     },

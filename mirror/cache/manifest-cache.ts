@@ -41,6 +41,7 @@ export class ManifestCache {
     private readonly metrics: MirrorMetrics,
     private readonly log: Logger,
     private readonly tagTTLMs: number,
+    private readonly makeRoom: (bytes: number) => Promise<void> = async () => undefined,
   ) {}
 
   async get(t: Target, ref: ManifestReference, accept: string | undefined): Promise<ManifestAnswer> {
@@ -88,7 +89,7 @@ export class ManifestCache {
     }
     try {
       const manifest = await this.fetch(t, tag, accept, undefined);
-      if (acceptable(manifest.mediaType, accept) || !accept) {
+      if (acceptable(manifest.mediaType, accept)) {
         await this.repos.setTag(up, t.name, tag, { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: Date.now() });
       }
       return { manifest, result: 'miss' };
@@ -140,6 +141,7 @@ export class ManifestCache {
       this.metrics.upstreamError(t.upstream.name);
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match its digest', { reference });
     }
+    await this.makeRoom(bytes.length);
     await this.store.putManifest(digest, mediaType, bytes);
     await this.repos.link(t.upstream.name, t.name, digest);
     return { digest: digest.value, mediaType, bytes };

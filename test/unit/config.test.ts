@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError, parseConfig, parseConfigText } from '../../mirror/config.js';
+
+describe('mirror config', () => {
+  it('embedded default matches the documented contract', () => {
+    const c = parseConfigText('');
+    assert.deepEqual(c.listen, { host: '0.0.0.0', port: 5000 });
+    assert.equal(c.logLevel, 'info');
+    assert.deepEqual(c.storage, { path: './data', maxBytes: 0 });
+    assert.deepEqual(c.cache, { ttlMs: 168 * 3600_000, tagTTLMs: 5 * 60_000 });
+    assert.equal(c.defaultUpstream, 'docker.io');
+    assert.equal(c.upstreams['docker.io']!.url, 'https://registry-1.docker.io');
+    assert.deepEqual(c.v1, { enabled: true, source: 'https://index.docker.io', tagsCacheTTLMs: 48 * 3600_000 });
+  });
+
+  it('reads YAML and lets MIRROR_* variables win', () => {
+    const c = parseConfigText(
+      'listen: 127.0.0.1:6000\nstorage: {path: /s, maxBytes: 10Gi}\ncache: {ttl: 1h30m, tagTTL: 30s}\nupstreams:\n  ghcr.io: {url: "https://ghcr.io/", username: u, password: p}\n',
+      { MIRROR_LISTEN: '[::1]:7000', MIRROR_CACHE_TAGTTL: '1m', MIRROR_STORAGE_MAXBYTES: '1000' },
+    );
+    assert.deepEqual(c.listen, { host: '::1', port: 7000 });
+    assert.equal(c.storage.maxBytes, 1000);
+    assert.equal(c.cache.ttlMs, 90 * 60_000);
+    assert.equal(c.cache.tagTTLMs, 60_000);
+    assert.equal(c.defaultUpstream, 'ghcr.io', 'the first listed upstream is the default');
+    assert.equal(c.upstreams['ghcr.io']!.url, 'https://ghcr.io');
+    assert.equal(c.upstreams['docker.io'], undefined, 'listing upstreams replaces the embedded one');
+  });
+
+  it('MIRROR_UPSTREAM_* configure the default upstream', () => {
+    const c = parseConfig({}, { MIRROR_UPSTREAM_URL: 'http://127.0.0.1:5001', MIRROR_UPSTREAM_USERNAME: 'a', MIRROR_UPSTREAM_PASSWORD: 'b' });
+    assert.deepEqual(c.upstreams['docker.io'], { name: 'docker.io', url: 'http://127.0.0.1:5001', username: 'a', password: 'b' });
+  });
+
+  const bad: Array<[string, unknown, string]> = [
+    ['listen', { listen: 'nope' }, 'listen'],
+    ['unknown key', { storage: { size: 1 } }, 'storage.size'],
+    ['bad duration', { cache: { ttl: '7 days' } }, 'cache.ttl'],
+    ['bad bytes', { storage: { maxBytes: '-5' } }, 'storage.maxBytes'],
+    ['bad url', { upstreams: { 'docker.io': { url: 'ftp://x' } } }, 'upstreams.docker.io.url'],
+    ['credentials in url', { upstreams: { 'docker.io': { url: 'https://u:p@x' } } }, 'upstreams.docker.io.url'],
+    ['bad host key', { upstreams: { 'Not A Host': { url: 'https://x' } } }, 'upstreams.Not A Host'],
+    ['default not configured', { defaultUpstream: 'quay.io' }, 'defaultUpstream'],
+    ['half credentials', { upstreams: { 'docker.io': { url: 'https://x', username: 'u' } } }, 'upstreams.docker.io.username'],
+    ['log level', { logLevel: 'loud' }, 'logLevel'],
+  ];
+  for (const [what, doc, key] of bad) {
+    it(`rejects ${what} naming the key`, () => {
+      assert.throws(() => parseConfig(doc), (err: unknown) => err instanceof ConfigError && err.key === key);
+    });
+  }
+
+  it('rejects YAML that does not parse', () => {
+    assert.throws(() => parseConfigText('a: [1'), ConfigError);
+  });
+});
