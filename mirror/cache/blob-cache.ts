@@ -182,22 +182,22 @@ export class BlobCache {
       await this.repos.link(t.upstream.name, t.name, digest);
     };
     // The first reader attaches in the same tick (serveCold), before any chunk can arrive.
-    setImmediate(() => {
-      dl.run({ body: res.body, size }, commit).then((outcome) => {
-        release();
-        this.metrics.inflightDownloads.dec();
-        // A failed transfer counts too: it shows what the upstream cost.
-        this.metrics.fromUpstream(dl.received);
-        if (!outcome.ok) {
-          this.metrics.upstreamError(t.upstream.name);
-          this.log.warn({ upstream: t.upstream.name, repository: t.name, digest: digest.value, err: outcome.error.message }, 'blob download failed; nothing cached');
-        } else if (dl.noSpace) {
-          this.metrics.upstreamError(t.upstream.name);
-          this.log.error({ digest: digest.value }, 'store is full: blob served without caching');
-        } else if (dl.error) {
-          this.log.error({ digest: digest.value, err: dl.error.message }, 'blob verified but could not be cached');
-        }
-      });
+    setImmediate(() => void dl.run({ body: res.body, size }, commit));
+    // dl.done settles before the temp file is cleaned up, so the figures are current by then.
+    void dl.done.then((outcome) => {
+      release();
+      this.metrics.inflightDownloads.dec();
+      // A failed transfer counts too: it shows what the upstream cost.
+      this.metrics.fromUpstream(dl.received);
+      if (!outcome.ok) {
+        this.metrics.upstreamError(t.upstream.name);
+        this.log.warn({ upstream: t.upstream.name, repository: t.name, digest: digest.value, err: outcome.error.message }, 'blob download failed; nothing cached');
+      } else if (dl.noSpace) {
+        this.metrics.upstreamError(t.upstream.name);
+        this.log.error({ digest: digest.value }, 'store is full: blob served without caching');
+      } else if (dl.error) {
+        this.log.error({ digest: digest.value, err: dl.error.message }, 'blob verified but could not be cached');
+      }
     });
     return dl;
   }

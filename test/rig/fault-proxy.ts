@@ -1,0 +1,240 @@
+// A transparent HTTP proxy in front of a real upstream registry that misbehaves on demand:
+// corrupt, truncated, stalled or slow blob bodies, and injected error statuses. It is how
+// tests make the *upstream* fail in the ways the field does while the mirror under test
+// talks to it exactly as it would to a real registry.
+//
+// Everything else passes through untouched: method, path and query, request headers
+// (Authorization included, and Host, so the registry builds its Location URLs for us),
+// status, response headers and a streamed body.
+import { createServer, request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { once } from 'node:events';
+import { freePort, sleep } from './proc.js';
+
+export interface ProxyLogEntry {
+  method: string;
+  /** Path with query string. */
+  path: string;
+  /** Status sent to the client (0 if it went away before one was sent). */
+  status: number;
+  /** The fault applied, if any: corrupt, truncate, stall, slow, fail. */
+  fault?: string;
+  /** Body bytes sent to the client. */
+  bytes: number;
+}
+
+export interface FaultProxyHandle {
+  url: string;
+  host: string;
+  port: number;
+  /** Flip one byte in the middle of every GET body (200 or 206) of this blob (Content-Length kept). */
+  corruptBlob(digest: string): void;
+  /** Send full headers, afterBytes of body, then reset the connection. */
+  truncateBlob(digest: string, afterBytes: number): void;
+  /** Send headers, then nothing, until the client gives up or the proxy stops. */
+  stallBlob(digest: string): void;
+  /** Deliver this blob's body at about bytesPerSecond (to make downloads overlap). */
+  slowBlob(digest: string, bytesPerSecond: number): void;
+  /** Answer the next `count` requests whose path contains pathSubstring with `status`, without asking upstream. */
+  failNext(pathSubstring: string, status: number, count?: number): void;
+  /** Hold requests whose path contains pathSubstring for ms before forwarding them. */
+  delay(pathSubstring: string, ms: number): void;
+  /** Remove every fault (requests in flight keep theirs). */
+  clear(): void;
+  requests(): ProxyLogEntry[];
+  countRequests(method: string, pathSubstring: string): number;
+  clearLog(): void;
+  stop(): Promise<void>;
+}
+
+type BlobFault =
+  | { kind: 'corrupt' }
+  | { kind: 'truncate'; afterBytes: number }
+  | { kind: 'stall' }
+  | { kind: 'slow'; bytesPerSecond: number };
+
+// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
+
+function endToEnd(headers: IncomingMessage['headers']): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+  return out;
+}
+
+const BLOB_PATH = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})(?:\?|$)/;
+
+export async function startFaultProxy(upstreamUrl: string, opts: { port?: number } = {}): Promise<FaultProxyHandle> {
+  const upstream = new URL(upstreamUrl);
+  if (upstream.protocol !== 'http:') throw new Error(`fault proxy speaks plain http to its upstream, not ${upstream.protocol}`);
+  const agent = new Agent({ keepAlive: true });
+  const blobFaults = new Map<string, BlobFault>();
+  const failRules: { sub: string; status: number; left: number }[] = [];
+  const delays: { sub: string; ms: number }[] = [];
+  const log: ProxyLogEntry[] = [];
+
+  const server = createServer((req, res) => void handle(req, res));
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = req.url ?? '/';
+    const method = req.method ?? 'GET';
+    const entry: ProxyLogEntry = { method, path, status: 0, bytes: 0 };
+    log.push(entry);
+    res.on('close', () => {
+      entry.status = res.headersSent ? res.statusCode : 0;
+    });
+
+    const rule = failRules.find((r) => r.left > 0 && path.includes(r.sub));
+    if (rule) {
+      rule.left--;
+      entry.fault = 'fail';
+      const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: `injected by the fault proxy: ${rule.status}`, detail: null }] });
+      res.writeHead(rule.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(method === 'HEAD' ? undefined : body);
+      return;
+    }
+    for (const d of delays) if (path.includes(d.sub)) await new Promise((r) => setTimeout(r, d.ms));
+    if (req.destroyed) return;
+
+    const digest = method === 'GET' ? BLOB_PATH.exec(path)?.[1] : undefined;
+    // Taken now: clear() during a transfer must not change the fault half way.
+    const fault = digest ? blobFaults.get(digest) : undefined;
+
+    const upReq = httpRequest({
+      host: upstream.hostname,
+      port: upstream.port || 80,
+      method,
+      path,
+      headers: endToEnd(req.headers),
+      agent,
+    });
+    req.pipe(upReq);
+    // A client that goes away takes its upstream request with it (but a finished exchange
+    // leaves the keep-alive socket to the agent).
+    res.on('close', () => {
+      if (!res.writableFinished) upReq.destroy();
+    });
+    upReq.on('error', (err) => {
+      if (!res.headersSent) {
+        res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end(`fault proxy: upstream error: ${err.message}\n`);
+      } else {
+        res.destroy();
+      }
+    });
+    // 206 too: containerd resumes an interrupted blob with `Range: bytes=N-`, and a fault
+    // that vanished on the resume would hide what a flaky upstream really does.
+    upReq.on('response', (upRes) => relay(upRes, res, entry, upRes.statusCode === 200 || upRes.statusCode === 206 ? fault : undefined));
+  }
+
+  function relay(upRes: IncomingMessage, res: ServerResponse, entry: ProxyLogEntry, fault: BlobFault | undefined): void {
+    const status = upRes.statusCode ?? 502;
+    const headers = endToEnd(upRes.headers);
+    const length = Number(upRes.headers['content-length'] ?? NaN);
+    if (fault) entry.fault = fault.kind;
+    res.writeHead(status, headers);
+
+    if (fault?.kind === 'stall') {
+      res.flushHeaders();
+      upRes.destroy();
+      return; // the client's timeout or stop() ends it
+    }
+    if (fault?.kind === 'truncate' && fault.afterBytes <= 0) {
+      res.flushHeaders();
+      upRes.destroy();
+      setTimeout(() => res.destroy(), 20);
+      return;
+    }
+
+    void pump(upRes, res, entry, fault, Number.isFinite(length) ? length : -1).catch(() => {
+      // Either side went away mid-body: cut the other one too, never end a body cleanly.
+      upRes.destroy();
+      res.destroy();
+    });
+  }
+
+  async function pump(upRes: IncomingMessage, res: ServerResponse, entry: ProxyLogEntry, fault: BlobFault | undefined, length: number): Promise<void> {
+    let sent = 0;
+    // Where to flip a byte: the middle of the declared body, or of the first chunk.
+    let flipAt = length >= 0 ? Math.floor(length / 2) : -1;
+    const paceStart = Date.now();
+    const write = async (chunk: Buffer): Promise<void> => {
+      sent += chunk.length;
+      entry.bytes = sent;
+      if (!res.write(chunk)) await once(res, 'drain');
+    };
+
+    for await (const data of upRes) {
+      let chunk = data as Buffer;
+      if (res.destroyed) throw new Error('client gone');
+      if (fault?.kind === 'truncate' && sent + chunk.length >= fault.afterBytes) {
+        await write(chunk.subarray(0, fault.afterBytes - sent));
+        upRes.destroy();
+        // Let the bytes reach the socket, then reset it: the client sees a short body.
+        await sleep(20);
+        res.destroy();
+        return;
+      }
+      if (fault?.kind === 'corrupt') {
+        if (flipAt < 0) flipAt = Math.floor(chunk.length / 2);
+        if (flipAt >= sent && flipAt < sent + chunk.length) {
+          chunk = Buffer.from(chunk);
+          chunk[flipAt - sent] = chunk[flipAt - sent]! ^ 0xff;
+        }
+      }
+      if (fault?.kind === 'slow') {
+        // Slices of ~1/10 s each, each sent when the rate allows: smooth even for one chunk.
+        const slice = Math.max(1, Math.floor(fault.bytesPerSecond / 10));
+        for (let off = 0; off < chunk.length; off += slice) {
+          const part = chunk.subarray(off, off + slice);
+          const due = paceStart + ((sent + part.length) / fault.bytesPerSecond) * 1000;
+          await sleep(Math.max(0, due - Date.now()));
+          if (res.destroyed) throw new Error('client gone');
+          await write(part);
+        }
+        continue;
+      }
+      await write(chunk);
+    }
+    res.end();
+  }
+
+  const port = opts.port ?? (await freePort());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  const host = `127.0.0.1:${port}`;
+
+  return {
+    url: `http://${host}`,
+    host,
+    port,
+    corruptBlob: (d) => void blobFaults.set(d, { kind: 'corrupt' }),
+    truncateBlob: (d, afterBytes) => void blobFaults.set(d, { kind: 'truncate', afterBytes }),
+    stallBlob: (d) => void blobFaults.set(d, { kind: 'stall' }),
+    slowBlob: (d, bytesPerSecond) => void blobFaults.set(d, { kind: 'slow', bytesPerSecond }),
+    failNext(sub, status, count = 1) {
+      failRules.push({ sub, status, left: count });
+    },
+    delay(sub, ms) {
+      delays.push({ sub, ms });
+    },
+    clear() {
+      blobFaults.clear();
+      failRules.length = 0;
+      delays.length = 0;
+    },
+    requests: () => log.map((e) => ({ ...e })),
+    countRequests: (method, sub) => log.filter((e) => e.method === method.toUpperCase() && e.path.includes(sub)).length,
+    clearLog() {
+      log.length = 0;
+    },
+    async stop() {
+      // Stalled responses never end on their own; close them with the listener.
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeAllConnections();
+      agent.destroy();
+      await closed;
+    },
+  };
+}
