@@ -3,7 +3,7 @@
 // The clock is the last access, not the time of caching, and access times survive restarts
 // (ContentStore persists them). Images are kept whole: a blob's effective access time is the
 // latest of its own and that of every cached manifest that references it (an index's children
-// included), and on a tie manifests go first, so a manifest is never left pointing at removed
+// included), and on a tie referrers go first (index, manifest, blob), so a manifest is never left pointing at removed
 // layers (distribution issue 2367). Pinned content, being written or served, is never removed.
 
 import type { Logger } from 'pino';
@@ -108,11 +108,10 @@ export function evictionOrder(entries: Iterable<ContentEntry>, _now: number): Ra
       }
     }
   }
+  const byDigest = new Map(all.map((e) => [e.digest, e]));
+  // On a tie the referrer goes before what it refers to: index, then manifest, then blob.
+  const rank = (e: ContentEntry) => (e.kind === 'blob' ? 2 : e.refs?.some((r) => byDigest.get(r)?.kind === 'manifest') ? 0 : 1);
   return all
     .map((entry) => ({ entry, effectiveAccess: effective.get(entry.digest)! }))
-    .sort((a, b) => a.effectiveAccess - b.effectiveAccess || kindRank(a.entry) - kindRank(b.entry));
-}
-
-function kindRank(e: ContentEntry): number {
-  return e.kind === 'manifest' ? 0 : 1;
+    .sort((a, b) => a.effectiveAccess - b.effectiveAccess || rank(a.entry) - rank(b.entry));
 }

@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, describe, it } from 'node:test';
+import { Download } from '../../mirror/store/download.js';
+import { parseDigest } from '../../mirror/reference.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'download-test-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function digestOf(b: Buffer) {
+  return parseDigest(`sha256:${createHash('sha256').update(b).digest('hex')}`);
+}
+
+/** A source whose chunks, and then its end, are released one step() at a time by the test. */
+function gatedSource(chunks: Buffer[]) {
+  let permits = 0;
+  let wake: () => void = () => undefined;
+  const body = Readable.from(
+    (async function* () {
+      for (const c of chunks) {
+        while (permits === 0) await new Promise<void>((r) => (wake = r));
+        permits--;
+        yield c;
+      }
+      // The end of the body is one more step, so a test can look before verification.
+      while (permits === 0) await new Promise<void>((r) => (wake = r));
+    })(),
+  );
+  return {
+    body,
+    step: () => {
+      permits++;
+      wake();
+    },
+  };
+}
+
+async function collect(stream: NodeJS.ReadableStream): Promise<{ data: Buffer; error?: Error }> {
+  const parts: Buffer[] = [];
+  try {
+    for await (const c of stream) parts.push(c as Buffer);
+    return { data: Buffer.concat(parts) };
+  } catch (error) {
+    return { data: Buffer.concat(parts), error: error as Error };
+  }
+}
+
+describe('Download', () => {
+  it('streams to every reader, verifies, then commits', async () => {
+    const content = Buffer.from('hello, registry mirror'.repeat(1000));
+    const tmp = join(dir, 'a');
+    const dl = new Download(digestOf(content), content.length, tmp);
+    await dl.prepare();
+    const r1 = collect(dl.attach());
+    const r2 = collect(dl.attach());
+    let committed = '';
+    const outcome = await dl.run({ body: Readable.from([content.subarray(0, 7000), content.subarray(7000)]), size: content.length }, async (t) => {
+      committed = readFileSync(t).toString();
+    });
+    assert.deepEqual(outcome, { ok: true, cached: true, size: content.length });
+    assert.equal(committed, content.toString());
+    assert.deepEqual((await r1).data, content);
+    assert.deepEqual((await r2).data, content);
+  });
+
+  it('holds back the last byte until the digest is verified', async () => {
+    const content = Buffer.from('0123456789');
+    const src = gatedSource([content.subarray(0, 5), content.subarray(5)]);
+    const dl = new Download(digestOf(content), content.length, join(dir, 'b'));
+    await dl.prepare();
+    const reader = dl.attach();
+    const seen: Buffer[] = [];
+    reader.on('data', (c: Buffer) => seen.push(c));
+    const running = dl.run({ body: src.body, size: content.length }, async () => undefined);
+    src.step();
+    src.step();
+    await new Promise((r) => setTimeout(r, 50));
+    // Everything is on disk, but verification has not run until the source ends.
+    assert.ok(Buffer.concat(seen).length <= content.length - 1);
+    src.step();
+    await running;
+    await new Promise((r) => reader.once('end', r));
+    assert.deepEqual(Buffer.concat(seen), content);
+  });
+
+  it('a digest mismatch destroys every reader and removes the temp file', async () => {
+    const content = Buffer.from('corrupted content');
+    const tmp = join(dir, 'c');
+    const dl = new Download(digestOf(Buffer.from('something else')), content.length, tmp);
+    await dl.prepare();
+    const r = collect(dl.attach());
+    let committed = false;
+    const outcome = await dl.run({ body: Readable.from([content]), size: content.length }, async () => {
+      committed = true;
+    });
+    assert.equal(outcome.ok, false);
+    assert.equal(committed, false);
+    const got = await r;
+    assert.ok(got.error, 'reader must error, not end cleanly');
+    assert.ok(got.data.length < content.length);
+    assert.equal(existsSync(tmp), false);
+  });
+
+  it('a short body is a failure even when the bytes so far are fine', async () => {
+    const content = Buffer.from('abcdef');
+    const dl = new Download(digestOf(content), content.length + 10, join(dir, 'd'));
+    await dl.prepare();
+    const r = collect(dl.attach());
+    const outcome = await dl.run({ body: Readable.from([content]), size: content.length + 10 }, async () => undefined);
+    assert.equal(outcome.ok, false);
+    assert.ok((await r).error);
+  });
+
+  it('a late joiner reads from the start of the growing file', async () => {
+    const content = Buffer.alloc(3 << 20, 7);
+    const src = gatedSource([content.subarray(0, 1 << 20), content.subarray(1 << 20, 2 << 20), content.subarray(2 << 20)]);
+    const dl = new Download(digestOf(content), content.length, join(dir, 'e'));
+    await dl.prepare();
+    const first = collect(dl.attach());
+    const running = dl.run({ body: src.body, size: content.length }, async () => undefined);
+    src.step();
+    src.step();
+    await new Promise((r) => setTimeout(r, 30));
+    assert.ok(dl.joinable);
+    const late = collect(dl.attach());
+    src.step();
+    src.step();
+    await running;
+    assert.deepEqual((await first).data, content);
+    assert.deepEqual((await late).data, content);
+  });
+
+  it('without a temp file (uncacheable) bytes go through reader queues', async () => {
+    const content = Buffer.from('x'.repeat(100_000));
+    const dl = new Download(digestOf(content), content.length, undefined);
+    await dl.prepare();
+    const r = collect(dl.attach());
+    const outcome = await dl.run({ body: Readable.from([content.subarray(0, 50_000), content.subarray(50_000)]), size: content.length }, async () => {
+      throw new Error('must not commit');
+    });
+    assert.deepEqual(outcome, { ok: true, cached: false, size: content.length });
+    assert.deepEqual((await r).data, content);
+  });
+});
