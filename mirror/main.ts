@@ -66,7 +66,11 @@ export async function runServe(argv: string[]): Promise<void> {
       mirror.app.server.closeAllConnections();
     }, shutdownGraceMs);
     force.unref();
+    // A keep-alive connection whose response finishes after close() began would otherwise
+    // hold the server open until its keep-alive timeout.
+    const reap = setInterval(() => mirror.app.server.closeIdleConnections(), 200);
     await mirror.app.close();
+    clearInterval(reap);
     await mirror.shutdown();
     clearTimeout(force);
     logger.info('stopped');
