@@ -3,7 +3,6 @@
 // only after the upstream confirms (HEAD) that repository has it, so the mirror never widens
 // what the upstream's own access rules allow.
 
-import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import parseRange from 'range-parser';
 import type { Logger } from 'pino';
@@ -12,6 +11,7 @@ import type { MirrorMetrics } from '../metrics.js';
 import type { Digest } from '../reference.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader } from '../store/download.js';
+import { FileBody } from '../store/file-body.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { upstreamError } from '../upstream/client.js';
 import type { Target } from './target.js';
@@ -39,8 +39,6 @@ export interface BlobCacheOptions {
   /** Called before a blob is committed, to make room under the size bound. */
   makeRoom?: (bytes: number) => Promise<void>;
 }
-
-const warmReadChunk = 1 << 20;
 
 export class BlobCache {
   private readonly inflight = new Map<string, Promise<Download>>();
@@ -117,10 +115,8 @@ export class BlobCache {
     }
     const release = this.store.pin(digest.value);
     this.store.touch(digest.value);
-    const stream =
-      size === 0
-        ? createReadStream('/dev/null', { end: -1 })
-        : createReadStream(this.store.pathOf('blob', digest), { start, end, highWaterMark: warmReadChunk });
+    // The route writes a FileBody with reused buffers (see file-body.ts); size 0 is empty.
+    const stream = new FileBody(this.store.pathOf('blob', digest), start, end);
     stream.once('close', release);
     return {
       status,

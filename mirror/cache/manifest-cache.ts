@@ -9,6 +9,7 @@ import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from '../reference.js';
 import type { ContentStore, StoredManifest } from '../store/content-store.js';
+import { isNoSpace } from '../store/fsutil.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { upstreamError, type UpstreamResponse } from '../upstream/client.js';
 import type { Target } from './target.js';
@@ -72,6 +73,9 @@ export class ManifestCache {
       try {
         res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: accept ?? defaultAccept });
       } catch (err) {
+        // Only trouble (unreachable, token service down, 5xx, 429) is served stale; an
+        // upstream that refuses us (401) must not be bypassed by the cache.
+        if (!isUpstreamTrouble(err)) throw err;
         return this.stale(t, tag, usable, err);
       }
       await res.body.dump().catch(() => undefined);
@@ -141,9 +145,17 @@ export class ManifestCache {
       this.metrics.upstreamError(t.upstream.name);
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match its digest', { reference });
     }
-    await this.makeRoom(bytes.length);
-    await this.store.putManifest(digest, mediaType, bytes);
-    await this.repos.link(t.upstream.name, t.name, digest);
+    try {
+      await this.makeRoom(bytes.length);
+      await this.store.putManifest(digest, mediaType, bytes);
+      await this.repos.link(t.upstream.name, t.name, digest);
+    } catch (err) {
+      // Disk full: the verified manifest is still the right answer for this client; it is
+      // just not cached (as blobs in the same situation). Counted like them.
+      if (!isNoSpace(err)) throw err;
+      this.metrics.upstreamError(t.upstream.name);
+      this.log.error({ digest: digest.value }, 'store is full: manifest served without caching');
+    }
     return { digest: digest.value, mediaType, bytes };
   }
 

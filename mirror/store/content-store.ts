@@ -143,9 +143,16 @@ export class ContentStore {
 
   async putManifest(digest: Digest, mediaType: string, bytes: Buffer): Promise<void> {
     const path = this.pathOf('manifest', digest);
-    await fs.mkdir(join(path, '..'), { recursive: true });
-    await writeFileAtomic(`${path}.type`, mediaType, this.tmpDir);
-    await writeFileAtomic(path, bytes, this.tmpDir);
+    const known = this.entries.has(digest.value);
+    try {
+      await fs.mkdir(join(path, '..'), { recursive: true });
+      await writeFileAtomic(`${path}.type`, mediaType, this.tmpDir);
+      await writeFileAtomic(path, bytes, this.tmpDir);
+    } catch (err) {
+      // Disk full between the two files: no .type without its manifest left behind.
+      if (!known) await removeQuietly(`${path}.type`);
+      throw err;
+    }
     this.add({
       digest: digest.value,
       kind: 'manifest',

@@ -10,9 +10,13 @@ export async function writeFileAtomic(target: string, data: string | Uint8Array,
   try {
     await fh.writeFile(data);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (err) {
+    // E.g. ENOSPC half way: a partial temp file must not stay behind in tmp/.
+    await fh.close().catch(() => undefined);
+    await removeQuietly(tmp);
+    throw err;
   }
+  await fh.close();
   await renameInto(tmp, target);
 }
 

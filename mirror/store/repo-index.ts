@@ -8,7 +8,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Digest } from '../reference.js';
-import { readJson, removeQuietly, writeFileAtomic } from './fsutil.js';
+import { isNoSpace, readJson, removeQuietly, writeFileAtomic } from './fsutil.js';
 
 export interface TagRecord {
   digest: string;
@@ -53,8 +53,14 @@ export class RepoIndex {
     const key = `${upstream}/${name}@${digest.value}`;
     if (this.knownLinks.has(key)) return;
     const path = this.linkPath(upstream, name, digest);
-    await fs.mkdir(join(path, '..'), { recursive: true });
-    await fs.writeFile(path, '');
+    try {
+      await fs.mkdir(join(path, '..'), { recursive: true });
+      await fs.writeFile(path, '');
+    } catch (err) {
+      // A full disk must not fail the request that is being served: the upstream did
+      // confirm the link, so remember it in memory (it is re-confirmed after a restart).
+      if (!isNoSpace(err)) throw err;
+    }
     this.knownLinks.add(key);
   }
 
@@ -76,8 +82,14 @@ export class RepoIndex {
 
   async setTag(upstream: string, name: string, tag: string, record: TagRecord): Promise<void> {
     const dir = join(this.repoDir(upstream, name), '_tags');
-    await fs.mkdir(dir, { recursive: true });
-    await writeFileAtomic(join(dir, tag), JSON.stringify(record), this.tmpDir);
+    try {
+      await fs.mkdir(dir, { recursive: true });
+      await writeFileAtomic(join(dir, tag), JSON.stringify(record), this.tmpDir);
+    } catch (err) {
+      // Disk full: the mapping is not cached (the next request asks the upstream again),
+      // but the manifest being served is fine.
+      if (!isNoSpace(err)) throw err;
+    }
   }
 
   async removeTag(upstream: string, name: string, tag: string): Promise<void> {

@@ -79,7 +79,14 @@ export class UpstreamClient {
       if (res.status === 401) {
         await res.body.dump().catch(() => undefined);
         if (this.challenge?.scheme === 'bearer') this.tokens.delete(scope ?? '');
-        throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} refused the credentials`);
+        // Without credentials this is an anonymous token (Docker Hub style) that does not
+        // cover the repository: say what to fix rather than blame credentials never sent.
+        throw new RegistryError(
+          'UNAUTHORIZED',
+          this.credentials
+            ? `upstream ${this.name} refused the credentials`
+            : `upstream ${this.name} refused anonymous access; configure credentials for it`,
+        );
       }
     }
     return res;

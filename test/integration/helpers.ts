@@ -5,6 +5,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
+import { prngBytes } from '../fixtures/layout.js';
+import { MANIFEST_ACCEPT, MEDIA } from '../rig/oci-client.js';
 
 export interface Fetched {
   status: number;
@@ -65,4 +67,138 @@ export function rawRequest(base: string, path: string, method = 'GET'): Promise<
     req.on('error', reject);
     req.end();
   });
+}
+
+export interface MirrorStats {
+  hits: number;
+  misses: number;
+  staleServed: number;
+  bytesServed: number;
+  bytesFromUpstream: number;
+  storedBytes: number;
+  blobs: number;
+  upstreamErrors: number;
+  since: string;
+}
+
+export async function getStats(mirrorUrl: string): Promise<MirrorStats> {
+  return (await (await fetch(`${mirrorUrl}/stats`)).json()) as MirrorStats;
+}
+
+export async function getMetrics(mirrorUrl: string): Promise<string> {
+  return (await fetch(`${mirrorUrl}/metrics`)).text();
+}
+
+/**
+ * The value of one sample in Prometheus exposition text: `name` with exactly these labels
+ * (order-insensitive). Undefined when the series is absent (a counter never incremented).
+ */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).sort().join(',');
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = (m[2] ?? '').split(/,(?=[a-zA-Z_]\w*=")/).filter(Boolean).sort().join(',');
+    if (have === want) return Number(m[3]);
+  }
+  return undefined;
+}
+
+/** A manifest GET through the mirror (or any registry): status, digest of the body, bytes. */
+export async function getManifestVia(base: string, path: string, accept = MANIFEST_ACCEPT, headers: Record<string, string> = {}) {
+  const res = await fetch(`${base}${path}`, { headers: { accept, ...headers } });
+  const body = Buffer.from(await res.arrayBuffer());
+  return { status: res.status, headers: res.headers, body, digest: `sha256:${createHash('sha256').update(body).digest('hex')}` };
+}
+
+export interface PulledImage {
+  manifestDigest: string;
+  /** Bytes of the manifest plus every blob, as served. */
+  bytes: number;
+}
+
+/**
+ * Pulls a single-platform image the way a client does (manifest by tag, then config and
+ * layers), verifying every digest. `prefix` is the path before the repository: "" for the
+ * default upstream, "registry.example.test/" for a path-prefixed one; `query` e.g. "?ns=x".
+ */
+export async function pullImage(base: string, prefix: string, repository: string, tag: string, query = '', headers: Record<string, string> = {}): Promise<PulledImage> {
+  const m = await getManifestVia(base, `/v2/${prefix}${repository}/manifests/${tag}${query}`, MANIFEST_ACCEPT, headers);
+  if (m.status !== 200) throw new Error(`manifest ${prefix}${repository}:${tag}: ${m.status} ${m.body.toString('utf8').slice(0, 300)}`);
+  const json = JSON.parse(m.body.toString('utf8')) as { config: { digest: string }; layers: Array<{ digest: string }> };
+  let bytes = m.body.length;
+  for (const d of [json.config.digest, ...json.layers.map((l) => l.digest)]) {
+    const b = await fetchHashed(`${base}/v2/${prefix}${repository}/blobs/${d}${query}`, { headers });
+    if (b.status !== 200 || b.digest !== d) throw new Error(`blob ${d} of ${prefix}${repository}:${tag}: status ${b.status}, got ${b.digest}, ${b.error ?? ''}`);
+    bytes += b.bytes;
+  }
+  return { manifestDigest: m.digest, bytes };
+}
+
+export interface RandomImage {
+  repository: string;
+  tag: string;
+  digest: string;
+  manifestSize: number;
+  config: { digest: string; size: number };
+  layers: Array<{ digest: string; size: number }>;
+  /** Manifest + config + layers. */
+  totalBytes: number;
+}
+
+/**
+ * Pushes an OCI image made of random layers of the given sizes straight through the
+ * registry API (monolithic uploads): exact, known sizes for the size-bound tests.
+ */
+export async function pushRandomImage(registryUrl: string, repository: string, tag: string, layerSizes: number[], seed: string): Promise<RandomImage> {
+  const putBlob = async (bytes: Buffer): Promise<{ digest: string; size: number }> => {
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const start = await fetch(`${registryUrl}/v2/${repository}/blobs/uploads/`, { method: 'POST' });
+    await start.arrayBuffer();
+    if (start.status !== 202) throw new Error(`upload start ${repository}: ${start.status}`);
+    const loc = new URL(start.headers.get('location')!, registryUrl);
+    loc.searchParams.set('digest', digest);
+    const put = await fetch(loc, { method: 'PUT', body: new Uint8Array(bytes), headers: { 'content-type': 'application/octet-stream' } });
+    await put.arrayBuffer();
+    if (put.status !== 201) throw new Error(`upload ${repository}@${digest}: ${put.status}`);
+    return { digest, size: bytes.length };
+  };
+  const layers = [];
+  for (const [i, size] of layerSizes.entries()) layers.push(await putBlob(prngBytes(`${seed}-layer-${i}`, size)));
+  const config = await putBlob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) }, seed })));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MEDIA.ociManifest,
+      config: { mediaType: MEDIA.ociConfig, digest: config.digest, size: config.size },
+      layers: layers.map((l) => ({ mediaType: MEDIA.ociLayerTar, digest: l.digest, size: l.size })),
+    }),
+  );
+  const res = await fetch(`${registryUrl}/v2/${repository}/manifests/${tag}`, { method: 'PUT', body: new Uint8Array(manifest), headers: { 'content-type': MEDIA.ociManifest } });
+  await res.arrayBuffer();
+  if (res.status !== 201) throw new Error(`manifest ${repository}:${tag}: ${res.status}`);
+  const digest = `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
+  const totalBytes = manifest.length + config.size + layers.reduce((n, l) => n + l.size, 0);
+  return { repository, tag, digest, manifestSize: manifest.length, config, layers, totalBytes };
+}
+
+export function manifestPath(dataDir: string, digest: string): string {
+  const [alg, hex] = digest.split(':') as [string, string];
+  return join(dataDir, 'manifests', alg, hex.slice(0, 2), hex);
+}
+
+/** Every file under blobs/ and manifests/ (relative paths), to check nothing stray is left. */
+export function storeFiles(dataDir: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string, rel: string) => {
+    if (!existsSync(dir)) return;
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(dir, e.name), `${rel}${e.name}/`);
+      else out.push(`${rel}${e.name}`);
+    }
+  };
+  walk(join(dataDir, 'blobs'), 'blobs/');
+  walk(join(dataDir, 'manifests'), 'manifests/');
+  return out.sort();
 }

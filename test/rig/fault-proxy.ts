@@ -20,6 +20,8 @@ export interface ProxyLogEntry {
   fault?: string;
   /** Body bytes sent to the client. */
   bytes: number;
+  /** The Authorization header the request carried (what the upstream was sent), if any. */
+  authorization?: string;
 }
 
 export interface FaultProxyHandle {
@@ -78,6 +80,7 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     const path = req.url ?? '/';
     const method = req.method ?? 'GET';
     const entry: ProxyLogEntry = { method, path, status: 0, bytes: 0 };
+    if (typeof req.headers.authorization === 'string') entry.authorization = req.headers.authorization;
     log.push(entry);
     res.on('close', () => {
       entry.status = res.headersSent ? res.statusCode : 0;

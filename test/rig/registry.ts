@@ -17,9 +17,26 @@ import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
 import { freePort, tempDir, startProcess, waitForHttp, waitFor, type ProcessHandle } from './proc.js';
 
-export interface RegistryOptions {
+/**
+ * distribution's `auth.token`: clients get a JWT from `realm` (see token-server.ts) and the
+ * registry checks it was signed by a key in `rootCertBundle` (PEM certificates), names
+ * `issuer` and has `service` as its audience.
+ */
+export interface TokenAuthOptions {
+  realm: string;
+  service: string;
+  issuer: string;
+  /** Path of a PEM file with the certificate(s) whose keys may sign tokens. */
+  rootCertBundle: string;
+}
+
+export type RegistryAuth =
   /** Require HTTP basic auth against these users (bcrypt htpasswd). */
-  auth?: { htpasswd: { users: Record<string, string> } };
+  | { htpasswd: { users: Record<string, string> } }
+  | { token: TokenAuthOptions };
+
+export interface RegistryOptions {
+  auth?: RegistryAuth;
   /** Run as distribution's pull-through cache of this upstream (the benchmark's reference). */
   proxyRemoteUrl?: string;
   /**
@@ -31,6 +48,12 @@ export interface RegistryOptions {
   proxyPassword?: string;
   /** Listen on this port (e.g. to come back where a previous instance was). */
   port?: number;
+  /**
+   * Address to listen on (default 127.0.0.1). Pods of the e2e cluster reach the host on the
+   * CNI bridge address (10.88.0.1, test/rig/cluster.ts), so an upstream for a mirror pod binds
+   * there; the node's containerd reaches it there too.
+   */
+  listenHost?: string;
   /** Reuse this storage directory instead of a fresh temp dir. */
   dataDir?: string;
 }
@@ -93,7 +116,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   const dir = tempDir('registry');
   const dataDir = opts.dataDir ?? join(dir, 'data');
   const port = opts.port ?? (await freePort());
-  const host = `127.0.0.1:${port}`;
+  const host = `${opts.listenHost ?? '127.0.0.1'}:${port}`;
   const configFile = join(dir, 'config.yml');
   const logFile = join(dir, 'registry.log');
 
@@ -111,10 +134,13 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     // valid across restart().
     http: { addr: host, secret: 'registry-mirror-test-rig' },
   };
-  if (opts.auth) {
+  if (opts.auth && 'htpasswd' in opts.auth) {
     const path = join(dir, 'htpasswd');
     writeFileSync(path, htpasswd(opts.auth.htpasswd.users));
     config.auth = { htpasswd: { realm: 'registry-mirror-test', path } };
+  } else if (opts.auth && 'token' in opts.auth) {
+    const t = opts.auth.token;
+    config.auth = { token: { realm: t.realm, service: t.service, issuer: t.issuer, rootcertbundle: t.rootCertBundle } };
   }
   if (opts.proxyRemoteUrl) {
     const proxy: Record<string, string> = { remoteurl: opts.proxyRemoteUrl };
