@@ -25,7 +25,8 @@ export interface MirrorConfig {
   cache: { ttlMs: number; tagTTLMs: number };
   defaultUpstream: string;
   upstreams: Record<string, UpstreamConfig>;
-  v1: { enabled: boolean; source: string; tagsCacheTTLMs: number };
+  /** The legacy v1 API; sourceIndex (for /v1/repositories/<name>/images) defaults to source. */
+  v1: { enabled: boolean; source: string; tagsCacheTTLMs: number; sourceIndex?: string };
 }
 
 export class ConfigError extends Error {
@@ -70,7 +71,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const v1 = object(user.v1 ?? {}, 'v1');
   unknownKeys(storage, ['path', 'maxBytes'], 'storage.');
   unknownKeys(cache, ['ttl', 'tagTTL'], 'cache.');
-  unknownKeys(v1, ['enabled', 'source', 'tagsCacheTTL'], 'v1.');
+  unknownKeys(v1, ['enabled', 'source', 'sourceIndex', 'tagsCacheTTL'], 'v1.');
 
   // A user who lists upstreams replaces the embedded docker.io entry rather than merging with
   // it, so a private-registry mirror never silently proxies Docker Hub too.
@@ -115,6 +116,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       enabled: bool(v1.enabled ?? embeddedDefault.v1.enabled, 'v1.enabled'),
       source: url(v1.source ?? embeddedDefault.v1.source, 'v1.source'),
       tagsCacheTTLMs: duration(v1.tagsCacheTTL ?? embeddedDefault.v1.tagsCacheTTL, 'v1.tagsCacheTTL'),
+      ...(v1.sourceIndex !== undefined ? { sourceIndex: url(v1.sourceIndex, 'v1.sourceIndex') } : {}),
     },
   };
 }

@@ -15,6 +15,7 @@ import { Evictor } from './store/evictor.js';
 import { RepoIndex } from './store/repo-index.js';
 import { UpstreamClient } from './upstream/client.js';
 import { loadCredentials } from './upstream/credentials.js';
+import { registerV1 } from './v1/routes.js';
 import { registerV2 } from './v2/routes.js';
 
 declare module 'fastify' {
@@ -120,6 +121,9 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/stats', async () => metrics.stats());
   registerV2(app, { router, blobs, manifests, repos, metrics });
+  if (config.v1.enabled) {
+    registerV1(app, { config: config.v1, store, metrics, log: logger, maxBytes: config.storage.maxBytes, makeRoom: (bytes) => evictor.makeRoom(bytes) });
+  }
 
   const flushTimer = setInterval(() => {
     store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));

@@ -1,4 +1,6 @@
 // One upstream download of one blob, shared by every client that wants it while it runs.
+// (v2 blobs, verified against their digest; v1 layers, which have no digest in their URL,
+// pass their own `verify`: size and, when the source gives one, the payload checksum.)
 //
 // The bytes go to a temp file as they arrive, hashed on the way; each client reads the
 // growing file through its own TailReader at its own pace, so a slow client never slows the
@@ -27,6 +29,12 @@ export interface DownloadSource {
   size?: number;
 }
 
+/**
+ * Checks a finished transfer: the hex hash of all its bytes (with the digest's algorithm,
+ * sha256 when there is no digest) and how many there were. An error fails the download.
+ */
+export type Verify = (hashHex: string, size: number) => Error | undefined;
+
 export type DownloadOutcome =
   | { ok: true; cached: boolean; size: number }
   | { ok: false; error: Error };
@@ -35,7 +43,7 @@ const readChunk = 1 << 20;
 const memoryQueueLimit = 4 << 20;
 
 export class Download {
-  readonly digest: Digest;
+  readonly digest: Digest | undefined;
   readonly size: number | undefined;
   readonly tmpPath: string | undefined;
   /** Bytes received from upstream so far. */
@@ -47,6 +55,8 @@ export class Download {
   state: 'running' | 'verified' | 'failed' = 'running';
   error: Error | undefined;
   noSpace = false;
+  /** Hex hash of the whole body, set once the last byte has arrived. */
+  hashHex: string | undefined;
 
   readonly done: Promise<DownloadOutcome>;
   private resolveDone!: (o: DownloadOutcome) => void;
@@ -54,9 +64,12 @@ export class Download {
   private fh: FileHandle | undefined;
   private waiters: Array<() => void> = [];
   private source: DownloadSource | undefined;
+  private readonly verify: Verify;
 
-  constructor(digest: Digest, size: number | undefined, tmpPath: string | undefined) {
+  /** Without `verify` the body must match `digest`; with neither only the size is checked. */
+  constructor(digest: Digest | undefined, size: number | undefined, tmpPath: string | undefined, verify?: Verify) {
     this.digest = digest;
+    this.verify = verify ?? (digest ? digestVerifier(digest) : () => undefined);
     this.size = size;
     this.tmpPath = tmpPath;
     if (tmpPath === undefined) this.diskEnd = 0;
@@ -102,9 +115,9 @@ export class Download {
   }
 
   /** Pulls the upstream body to the end; resolves when verified (and committed) or failed. */
-  async run(source: DownloadSource, commit: (tmp: string, size: number) => Promise<void>): Promise<DownloadOutcome> {
+  async run(source: DownloadSource, commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<DownloadOutcome> {
     this.source = source;
-    const hash = createHash(this.digest.algorithm);
+    const hash = createHash(this.digest?.algorithm ?? 'sha256');
     try {
       for await (const chunk of source.body) {
         await this.accept(chunk, hash);
@@ -112,18 +125,14 @@ export class Download {
       if (this.size !== undefined && this.received !== this.size) {
         throw new RegistryError('SIZE_INVALID', `upstream sent ${this.received} bytes, Content-Length said ${this.size}`);
       }
-      const actual = `${this.digest.algorithm}:${hash.digest('hex')}`;
-      if (actual !== this.digest.value) {
-        throw new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', {
-          expected: this.digest.value,
-          actual,
-        });
-      }
+      this.hashHex = hash.digest('hex');
+      const invalid = this.verify(this.hashHex, this.received);
+      if (invalid) throw invalid;
       let cached = false;
       if (this.fh && this.diskEnd === undefined) {
         try {
           await this.fh.sync();
-          await commit(this.tmpPath!, this.received);
+          await commit(this.tmpPath!, this.received, this.hashHex);
           cached = true;
         } catch (err) {
           // The client's bytes are verified; only caching failed (e.g. disk full at rename).
@@ -153,13 +162,22 @@ export class Download {
     }
     if (this.diskEnd === undefined) {
       try {
-        await this.fh!.write(chunk, 0, chunk.length, offset);
-        this.written = this.received;
+        // A write can be short: when the disk fills up in the middle of a chunk the kernel
+        // writes what fits and reports that count; only the next write fails with ENOSPC.
+        // `written` must only ever cover bytes really in the file, or readers would wait
+        // for bytes past its end forever.
+        for (let done = 0; done < chunk.length; ) {
+          const { bytesWritten } = await this.fh!.write(chunk, done, chunk.length - done, offset + done);
+          done += bytesWritten;
+          this.written = offset + done;
+        }
         this.wake();
         return;
       } catch (err) {
         if (!isNoSpace(err)) throw err;
         this.noSpace = true;
+        // The rest of this chunk (from `written` on) and every later one go to the queues;
+        // readers take queued bytes from their own position, so the whole chunk is queued.
         this.diskEnd = this.written;
       }
     }
@@ -208,6 +226,14 @@ export class Download {
       fh.close().catch(() => undefined);
     }
   }
+}
+
+function digestVerifier(digest: Digest): Verify {
+  return (hashHex) => {
+    const actual = `${digest.algorithm}:${hashHex}`;
+    if (actual === digest.value) return undefined;
+    return new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { expected: digest.value, actual });
+  };
 }
 
 /** A client's view of a Download: a Readable that follows the growing temp file. */
@@ -269,6 +295,9 @@ export class TailReader extends Readable {
           const n = Math.min(readChunk, onDisk - this.pos, limit - this.pos);
           const buf = Buffer.allocUnsafe(n);
           const got = await dl.readAt(buf, n, this.pos);
+          // Bytes below `written` are in the file; reading none means the file lost them,
+          // and waiting would hang the client: abort the body instead.
+          if (got === 0) throw new Error(`temp file ends before byte ${this.pos} it should hold`);
           chunk = buf.subarray(0, got);
         } else if (dl.diskEnd !== undefined && this.pos >= dl.diskEnd) {
           chunk = this.takeQueued(limit);

@@ -1,0 +1,78 @@
+// The HTTP client for the v1 source (`v1.source`, and `v1.sourceIndex` for the index route).
+// Anonymous: the mirror forwards no client header (the seed forwarded them all, tokens
+// included); it caches public content and serves it to everyone, so it must only ever fetch
+// what anyone may fetch. Redirects (layers on blob storage) are followed by undici's
+// interceptor; there is no Authorization to leak across origins.
+
+import { Agent, interceptors, request, type Dispatcher } from 'undici';
+import { V1Error } from './errors.js';
+
+export interface SourceResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+export class V1Source {
+  /** The source's host, the `upstream` label of metrics and logs. */
+  readonly name: string;
+  private readonly agent: Agent;
+  private readonly dispatcher: Dispatcher;
+
+  constructor(
+    private readonly source: string,
+    private readonly index: string,
+    private readonly onRequest: (source: string, status: number | 'error') => void = () => undefined,
+  ) {
+    this.name = new URL(source).host;
+    this.agent = new Agent({
+      connections: 32,
+      keepAliveTimeout: 30_000,
+      headersTimeout: 30_000,
+      // Idle time between body chunks: a stalled source aborts the transfer.
+      bodyTimeout: 60_000,
+      connect: { timeout: 10_000 },
+    });
+    this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: 5 }));
+  }
+
+  /**
+   * GETs a /v1/ path from the source (the index for `index: true`). The caller owns the body.
+   * Throws a 503 V1Error when the source cannot be reached.
+   */
+  async get(path: string, opts: { index?: boolean } = {}): Promise<SourceResponse> {
+    const url = (opts.index ? this.index : this.source) + path;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, {
+        method: 'GET',
+        headers: { 'user-agent': 'registry-mirror', accept: 'application/json, */*' },
+        dispatcher: this.dispatcher,
+      });
+    } catch (err) {
+      this.onRequest(this.name, 'error');
+      const e = err as { code?: string; message?: string };
+      throw new V1Error(503, `the v1 source is unreachable: ${e.code ?? e.message ?? 'error'}`);
+    }
+    this.onRequest(this.name, res.statusCode);
+    return { status: res.statusCode, headers: res.headers, body: res.body };
+  }
+
+  /**
+   * Called once no client is left (fastify's onClose): a layer still downloading only for the
+   * cache is aborted (its temp file goes) rather than holding up the shutdown.
+   */
+  async close(): Promise<void> {
+    await this.agent.destroy().catch(() => undefined);
+  }
+}
+
+/** Source trouble worth serving stale content for: unreachable, 5xx, 429. */
+export function isSourceTrouble(err: unknown): boolean {
+  return err instanceof V1Error && (err.status >= 500 || err.status === 429);
+}
+
+export function header(headers: SourceResponse['headers'], name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
