@@ -4,7 +4,8 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(docker-registry skopeo containerd runc etcd-server golang-go rsync make git
-      busybox-static containernetworking-plugins iptables conntrack curl ca-certificates jq)
+      busybox-static containernetworking-plugins iptables conntrack curl ca-certificates jq
+      unzip iproute2 tar)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

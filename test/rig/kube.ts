@@ -35,6 +35,11 @@ export interface KubeCluster {
 export interface StartKubeOptions {
   /** Extra token users: name -> groups. Their tokens are in tokens.get(name). */
   users?: Record<string, string[]>;
+  /** Address kube-apiserver binds and advertises (default 127.0.0.1). The e2e cluster uses the
+   * node IP, so pods reach it through the kubernetes Service. */
+  bindAddress?: string;
+  /** More kube-apiserver flags. */
+  extraArgs?: string[];
 }
 
 /** True when the kube-apiserver binary is present (build-kube.sh has run). */
@@ -82,14 +87,15 @@ export async function startKube(opts: StartKubeOptions = {}): Promise<KubeCluste
   writeFileSync(join(dir, 'sa.key'), privateKey.export({ type: 'pkcs1', format: 'pem' }));
   writeFileSync(join(dir, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
 
-  const server = `https://127.0.0.1:${apiPort}`;
+  const bindAddress = opts.bindAddress ?? '127.0.0.1';
+  const server = `https://${bindAddress}:${apiPort}`;
   let apiserver: ProcessHandle | undefined;
   const startApiserver = async () => {
     apiserver = startProcess({
       cmd: apiserverBin,
       args: [
         `--etcd-servers=http://127.0.0.1:${etcdClient}`,
-        '--bind-address=127.0.0.1',
+        `--bind-address=${bindAddress}`,
         `--secure-port=${apiPort}`,
         '--insecure-port=0',
         `--cert-dir=${join(dir, 'certs')}`,
@@ -103,6 +109,7 @@ export async function startKube(opts: StartKubeOptions = {}): Promise<KubeCluste
         '--kubelet-preferred-address-types=InternalIP',
         '--allow-privileged=true',
         '--v=1',
+        ...(opts.extraArgs ?? []),
       ],
       logFile: join(dir, 'apiserver.log'),
     });

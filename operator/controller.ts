@@ -1,0 +1,193 @@
+// Wires the parts together while this replica leads: informers on RegistryMirrors, the
+// objects they own (filtered by our managed-by label so the caches hold only ours), their
+// Pods (for /stats) and Secrets (values stripped), feeding keys into the work queue whose
+// worker is reconcile(). Also runs the periodic resync and the /stats refresh.
+import type { Logger } from 'pino';
+import { jitter } from './backoff.js';
+import { aggregateCache } from './cache-stats.js';
+import { collectionPath, lister, RESOURCES, type Kube, type ResourceType } from './kube/client.js';
+import { errorText, Informer, type KubeObject } from './kube/informer.js';
+import type { Metrics } from './metrics.js';
+import { WorkQueue } from './queue.js';
+import { reconcile } from './reconcile.js';
+import { INSTANCE_LABEL, MANAGED_SELECTOR } from './render/names.js';
+import { summarizeSecret, type SecretSummary } from './secrets.js';
+import { isPodReady, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
+import type { CacheStatus, RegistryMirror } from './types.js';
+import { keyOf } from './types.js';
+
+export interface ControllerOptions {
+  kube: Kube;
+  log: Logger;
+  metrics: Metrics;
+  /** Watch one namespace; undefined = all namespaces. */
+  namespace?: string;
+  defaultImage: string;
+  /** How often the mirror pods' /stats are read into status.cache. */
+  statusIntervalMs: number;
+  /** How often every RegistryMirror is reconciled even without an event. */
+  resyncIntervalMs: number;
+  statsPort: number;
+  fetchStats: FetchStats;
+  informer?: { relistIntervalMs?: number; watchdogMs?: number };
+  concurrency?: number;
+}
+
+const OWNED_KINDS = {
+  Deployment: RESOURCES.deployments,
+  ConfigMap: RESOURCES.configMaps,
+  Service: RESOURCES.services,
+  PersistentVolumeClaim: RESOURCES.pvcs,
+} as const;
+
+export class Controller {
+  private readonly crs: Informer<RegistryMirror & KubeObject>;
+  private readonly owned = new Map<string, Informer<KubeObject>>();
+  private readonly pods: Informer<PodLike & KubeObject>;
+  private readonly secrets: Informer<SecretSummary & KubeObject>;
+  private readonly queue: WorkQueue;
+  private readonly stats = new Map<string, CacheStatus>();
+  private timers: NodeJS.Timeout[] = [];
+  private stopped = false;
+
+  constructor(private readonly o: ControllerOptions) {
+    const make = <T extends KubeObject>(rt: ResourceType, selector?: string, transform?: (x: any) => T) =>
+      new Informer<T>({
+        name: rt.plural,
+        path: collectionPath(rt, o.namespace),
+        list: lister(o.kube, rt, o.namespace, selector),
+        watch: o.kube.watch,
+        labelSelector: selector,
+        transform,
+        log: o.log,
+        relistIntervalMs: o.informer?.relistIntervalMs,
+        watchdogMs: o.informer?.watchdogMs,
+        onRestart: (reason) => o.metrics.informerRestarts.inc({ informer: rt.plural, reason }),
+      });
+    this.crs = make(RESOURCES.registryMirrors);
+    for (const [kind, rt] of Object.entries(OWNED_KINDS)) this.owned.set(kind, make(rt, MANAGED_SELECTOR));
+    this.pods = make(RESOURCES.pods, MANAGED_SELECTOR);
+    this.secrets = make(RESOURCES.secrets, undefined, summarizeSecret as (x: any) => SecretSummary & KubeObject);
+
+    this.queue = new WorkQueue((key) => this.reconcileKey(key), {
+      concurrency: o.concurrency ?? 2,
+      onError: (key, err, retryInMs) => o.log.warn({ registryMirror: key, err: errorText(err), retryInMs }, 'reconcile failed; will retry'),
+      onDepth: (n) => o.metrics.queueDepth.set(n),
+    });
+
+    this.crs.on('add', (cr) => this.queue.add(keyOf(cr)));
+    this.crs.on('update', (cr, old) => {
+      // Our own status writes come back as updates; only spec/metadata changes need work.
+      if (
+        cr.metadata.generation !== old?.metadata.generation ||
+        cr.metadata.deletionTimestamp !== old?.metadata.deletionTimestamp ||
+        JSON.stringify(cr.metadata.labels) !== JSON.stringify(old?.metadata.labels)
+      ) {
+        this.queue.add(keyOf(cr));
+      }
+    });
+    this.crs.on('delete', (cr) => this.stats.delete(keyOf(cr)));
+    for (const inf of this.owned.values()) {
+      const toOwner = (obj: KubeObject) => {
+        const name = (obj.metadata?.labels as Record<string, string> | undefined)?.[INSTANCE_LABEL];
+        if (name && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${name}`);
+      };
+      inf.on('add', toOwner).on('update', toOwner).on('delete', toOwner);
+    }
+    const toReferrers = (s: SecretSummary) => {
+      for (const cr of this.crs.list(s.metadata.namespace)) {
+        if (cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name) this.queue.add(keyOf(cr));
+      }
+    };
+    this.secrets.on('add', toReferrers).on('update', toReferrers).on('delete', toReferrers);
+  }
+
+  private all(): Informer<any>[] {
+    return [this.crs, ...this.owned.values(), this.pods, this.secrets];
+  }
+
+  /** All caches have listed once. */
+  get ready(): boolean {
+    return this.all().every((i) => i.ready);
+  }
+
+  async start(): Promise<void> {
+    for (const i of this.all()) i.start();
+    await Promise.all(this.all().map((i) => i.synced));
+    if (this.stopped) return;
+    this.o.log.info({ registryMirrors: this.crs.list().length, namespace: this.o.namespace ?? '(all)' }, 'caches synced; reconciling');
+    for (const cr of this.crs.list()) this.queue.add(keyOf(cr));
+    const resync = () => {
+      for (const cr of this.crs.list()) this.queue.add(keyOf(cr));
+      this.o.metrics.managed.set(this.crs.list().length);
+      this.timers[0] = setTimeout(resync, jitter(this.o.resyncIntervalMs));
+    };
+    const refresh = async () => {
+      await this.refreshStats().catch((err) => this.o.log.warn({ err: errorText(err) }, 'stats refresh failed'));
+      if (!this.stopped) this.timers[1] = setTimeout(refresh, this.o.statusIntervalMs);
+    };
+    this.timers[0] = setTimeout(resync, jitter(this.o.resyncIntervalMs));
+    void refresh();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    await this.queue.stop();
+    await Promise.all(this.all().map((i) => i.stop()));
+  }
+
+  /** For tests: resolves when the queue has nothing to do. */
+  idle(): Promise<void> {
+    return this.queue.idle();
+  }
+
+  private reconcileKey(key: string): Promise<void> {
+    const end = this.o.metrics.reconcileSeconds.startTimer();
+    const caches = {
+      registryMirror: (ns: string, n: string) => this.crs.get(ns, n),
+      secret: (ns: string, n: string) => this.secrets.get(ns, n),
+      owned: (kind: string, ns: string, n: string) => this.owned.get(kind)?.get(ns, n),
+      cacheStats: (k: string) => this.stats.get(k),
+    };
+    return reconcile(key, { kube: this.o.kube, caches, defaultImage: this.o.defaultImage, log: this.o.log, metrics: this.o.metrics }).then(
+      () => {
+        end();
+        this.o.metrics.reconciles.inc({ result: 'ok' });
+      },
+      (err) => {
+        end();
+        this.o.metrics.reconciles.inc({ result: 'error' });
+        throw err;
+      },
+    );
+  }
+
+  /** Reads /stats of every ready mirror pod; queues the RegistryMirrors whose figures moved. */
+  private async refreshStats(): Promise<void> {
+    await Promise.all(
+      this.crs.list().map(async (cr) => {
+        const key = keyOf(cr);
+        const pods = this.pods
+          .list(cr.metadata.namespace)
+          .filter((p) => p.metadata?.labels?.[INSTANCE_LABEL] === cr.metadata.name && isPodReady(p));
+        const samples = (
+          await Promise.all(
+            pods.map((p) =>
+              this.o.fetchStats(statsUrl(p.status!.podIP!, this.o.statsPort)).catch((err) => {
+                this.o.metrics.statsScrapeErrors.inc();
+                this.o.log.debug({ pod: p.metadata?.name, err: errorText(err) }, 'stats scrape failed');
+                return undefined;
+              }),
+            ),
+          )
+        ).filter((s) => s !== undefined);
+        const previous = this.stats.get(key) ?? cr.status?.cache;
+        const next = aggregateCache(samples, previous, new Date());
+        if (!next) return;
+        this.stats.set(key, next);
+        if (next.updated !== cr.status?.cache?.updated || next.pods !== cr.status?.cache?.pods) this.queue.add(key);
+      }),
+    );
+  }
+}

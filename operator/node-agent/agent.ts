@@ -1,0 +1,208 @@
+// The node agent's loop: informers on RegistryMirrors and the operator's Services (by the
+// managed-by label, so the cache holds only mirror Services) -> plan() -> HostsDir.sync().
+// Every event schedules one full sync (debounced), which is idempotent: the files are always
+// made to match the whole plan, so no event ordering or missed event can leave a stale file
+// behind for longer than the next event or the periodic resync.
+//
+// Status: each RegistryMirror with nodeConfig enabled gets a `NodeConfig` condition (True:
+// HostsConfigured; False: RegistryConflict naming the winner, WaitingForService, NoUpstreamURL).
+// The operator owns the rest of status; the agent touches only its own condition, with a JSON
+// patch that first tests the resourceVersion it read (a concurrent write makes it fail; the
+// resulting update event brings the next attempt). Every agent computes the same condition,
+// so after the first write on a cluster the others find nothing to change.
+import type { Logger } from 'pino';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { collectionPath, lister, RESOURCES, type Kube } from '../kube/client.js';
+import { errorText, Informer, statusOf, type KubeObject } from '../kube/informer.js';
+import { MANAGED_SELECTOR } from '../render/names.js';
+import { GROUP, PLURAL, VERSION, type Condition, type RegistryMirror } from '../types.js';
+import { HostsDir } from './files.js';
+import { NODE_CONFIG_CONDITION, plan, type NodeConfigState, type ServiceLike } from './plan.js';
+
+export interface AgentOptions {
+  kube: Kube;
+  log: Logger;
+  hostsDir: string;
+  namespace?: string;
+  dialTimeout?: string;
+  reportStatus: boolean;
+  resyncIntervalMs: number;
+  /** Debounce between an event and the sync it triggers. */
+  debounceMs?: number;
+  informer?: { relistIntervalMs?: number; watchdogMs?: number };
+}
+
+export function createAgentMetrics() {
+  const registry = new Registry();
+  const p = 'registry_mirror_node_agent_';
+  collectDefaultMetrics({ register: registry, prefix: p });
+  return {
+    registry,
+    syncs: new Counter({ name: `${p}sync_total`, help: 'Syncs of the hosts directory by result', labelNames: ['result'], registers: [registry] }),
+    changes: new Counter({ name: `${p}file_change_total`, help: 'hosts.toml files written or removed', labelNames: ['action'], registers: [registry] }),
+    managed: new Gauge({ name: `${p}managed_files`, help: 'hosts.toml files this agent manages', registers: [registry] }),
+    statusWrites: new Counter({ name: `${p}status_write_total`, help: 'NodeConfig condition writes by result', labelNames: ['result'], registers: [registry] }),
+  };
+}
+
+type Mirror = RegistryMirror & KubeObject & { metadata: RegistryMirror['metadata'] & { creationTimestamp?: string } };
+type Service = ServiceLike & KubeObject;
+
+export class NodeAgent {
+  readonly metrics = createAgentMetrics();
+  readonly dir: HostsDir;
+  private readonly mirrors: Informer<Mirror>;
+  private readonly services: Informer<Service>;
+  private timer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private running: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private firstSync = false;
+  private lastError = '';
+
+  constructor(private readonly o: AgentOptions) {
+    this.dir = new HostsDir(o.hostsDir);
+    const make = <T extends KubeObject>(rt: typeof RESOURCES.services, selector?: string) =>
+      new Informer<T>({
+        name: `node-agent-${rt.plural}`,
+        path: collectionPath(rt, o.namespace),
+        list: lister(o.kube, rt, o.namespace, selector),
+        watch: o.kube.watch,
+        labelSelector: selector,
+        log: o.log,
+        relistIntervalMs: o.informer?.relistIntervalMs,
+        watchdogMs: o.informer?.watchdogMs,
+      });
+    this.mirrors = make<Mirror>(RESOURCES.registryMirrors);
+    this.services = make<Service>(RESOURCES.services, MANAGED_SELECTOR);
+    for (const inf of [this.mirrors, this.services] as Informer<KubeObject>[]) {
+      inf.on('add', () => this.schedule()).on('update', () => this.schedule()).on('delete', () => this.schedule());
+    }
+  }
+
+  /** Caches listed and the directory synced at least once. */
+  get ready(): boolean {
+    return this.firstSync;
+  }
+
+  readiness(): { ok: boolean; detail: string } {
+    if (!this.firstSync) return { ok: false, detail: 'caches not synced yet' };
+    return { ok: true, detail: this.lastError ? `last sync failed: ${this.lastError}` : 'synced' };
+  }
+
+  async start(): Promise<void> {
+    this.mirrors.start();
+    this.services.start();
+    await Promise.all([this.mirrors.synced, this.services.synced]);
+    if (this.stopped) return;
+    await this.syncNow();
+    this.firstSync = true;
+    const resync = () => {
+      this.schedule(0);
+      this.resyncTimer = setTimeout(resync, this.o.resyncIntervalMs);
+    };
+    this.resyncTimer = setTimeout(resync, this.o.resyncIntervalMs);
+  }
+
+  /** Resolves when no sync is pending or running (tests). */
+  async idle(): Promise<void> {
+    while (this.timer) await new Promise((r) => setTimeout(r, 10));
+    await this.running;
+  }
+
+  private schedule(delay = this.o.debounceMs ?? 100): void {
+    // Before the first list completes, start() runs the first sync itself.
+    if (this.stopped || !this.mirrors.ready || !this.services.ready) return;
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.syncNow();
+    }, delay);
+  }
+
+  /** One full sync: files, then conditions. Serialised. */
+  syncNow(): Promise<void> {
+    this.running = this.running.then(() => this.syncOnce());
+    return this.running;
+  }
+
+  private async syncOnce(): Promise<void> {
+    if (this.stopped) return;
+    const mirrors = this.mirrors.list();
+    const p = plan(mirrors, this.services.list(), { dialTimeout: this.o.dialTimeout });
+    const { changes, errors } = this.dir.sync(p.entries);
+    this.lastError = errors.map((e) => `${e.registry}: ${e.message}`).join('; ');
+    this.metrics.syncs.inc({ result: errors.length ? 'error' : 'ok' });
+    for (const e of errors) this.o.log.error({ registry: e.registry, err: e.message, hostsDir: this.o.hostsDir }, 'could not update hosts.toml');
+    for (const c of changes) {
+      this.metrics.changes.inc({ action: c.action });
+      const e = p.entries.get(c.registry);
+      if (c.action === 'written') {
+        this.o.log.info(
+          { registry: c.registry, mirror: e?.mirrorUrl, server: e?.server, owner: e?.owner, backedUpExisting: c.backedUp },
+          'wrote hosts.toml',
+        );
+      } else {
+        this.o.log.info({ registry: c.registry, restoredBackup: c.restored }, 'removed hosts.toml');
+      }
+    }
+    this.metrics.managed.set(p.entries.size);
+    if (this.o.reportStatus) await this.writeConditions(mirrors, p.conditions);
+  }
+
+  private async writeConditions(mirrors: Mirror[], wanted: Map<string, NodeConfigState>): Promise<void> {
+    for (const m of mirrors) {
+      if (m.metadata.deletionTimestamp) continue;
+      const key = `${m.metadata.namespace}/${m.metadata.name}`;
+      const conds = (m.status?.conditions ?? []) as Array<Condition | (Omit<Condition, 'type'> & { type: string })>;
+      const current = conds.find((c) => c.type === NODE_CONFIG_CONDITION);
+      let want = wanted.get(key);
+      if (!want) {
+        // nodeConfig disabled: say so only where an earlier condition would otherwise mislead.
+        if (!current || current.reason === 'Disabled') continue;
+        want = { status: 'False', reason: 'Disabled', message: 'spec.nodeConfig.enabled is false' };
+      }
+      if (current && current.status === want.status && current.reason === want.reason && current.message === want.message) continue;
+      const next = {
+        type: NODE_CONFIG_CONDITION,
+        status: want.status,
+        reason: want.reason,
+        message: want.message,
+        lastTransitionTime: current && current.status === want.status ? current.lastTransitionTime : new Date().toISOString(),
+        ...(m.metadata.generation !== undefined ? { observedGeneration: m.metadata.generation } : {}),
+      };
+      const list = [...conds.filter((c) => c.type !== NODE_CONFIG_CONDITION), next];
+      const ops: object[] = [{ op: 'test', path: '/metadata/resourceVersion', value: m.metadata.resourceVersion }];
+      if (!m.status) ops.push({ op: 'add', path: '/status', value: { conditions: list } });
+      else ops.push({ op: m.status.conditions ? 'replace' : 'add', path: '/status/conditions', value: list });
+      try {
+        await this.o.kube.custom.patchNamespacedCustomObjectStatus({
+          group: GROUP,
+          version: VERSION,
+          plural: PLURAL,
+          namespace: m.metadata.namespace,
+          name: m.metadata.name,
+          body: ops,
+        });
+        this.metrics.statusWrites.inc({ result: 'ok' });
+        this.o.log.info({ registryMirror: key, condition: NODE_CONFIG_CONDITION, status: want.status, reason: want.reason }, 'condition set');
+      } catch (err) {
+        const code = statusOf(err);
+        // 409/422: someone wrote in between (the failed test op); the update event retries.
+        this.metrics.statusWrites.inc({ result: code === 409 || code === 422 ? 'conflict' : 'error' });
+        if (code !== 409 && code !== 422 && code !== 404) {
+          this.o.log.warn({ registryMirror: key, err: errorText(err) }, 'could not set the NodeConfig condition');
+        }
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    await Promise.all([this.mirrors.stop(), this.services.stop()]);
+    await this.running;
+  }
+}

@@ -1,0 +1,90 @@
+// Command-line flags of `registry-mirror node-agent`. Pure: argv in, options or an error out.
+import { parseArgs } from 'node:util';
+import { parseDuration } from '../duration.js';
+import { DEFAULT_DIAL_TIMEOUT } from './hosts-toml.js';
+
+export interface NodeAgentFlags {
+  hostsDir: string;
+  /** The certs.d directory as the node sees it (differs from hostsDir inside a pod). */
+  nodeHostsPath: string;
+  containerdConfig: string;
+  kubeconfig?: string;
+  namespace?: string;
+  dialTimeout: string;
+  resyncIntervalMs: number;
+  reportStatus: boolean;
+  /** DaemonSet this agent runs in; when it is gone at shutdown the agent removes its files. */
+  daemonSet?: string;
+  podNamespace?: string;
+  nodeName?: string;
+  healthHost: string;
+  healthPort: number;
+  cleanup: boolean;
+  logLevel: string;
+}
+
+export const USAGE = `registry-mirror node-agent [flags]
+  --hosts-dir DIR          containerd's certs.d directory as this process sees it (default: /etc/containerd/certs.d)
+  --node-hosts-path DIR    the same directory as the node sees it, for the config check (default: --hosts-dir)
+  --containerd-config F    containerd's config.toml, read to warn when config_path is missing
+                           (default: /etc/containerd/config.toml; a missing file is only noted)
+  --kubeconfig FILE        (default: $KUBECONFIG, ~/.kube/config, then in-cluster)
+  --namespace NS           only RegistryMirrors of this namespace (default: all)
+  --dial-timeout D         dial_timeout written for the mirror host (default: ${DEFAULT_DIAL_TIMEOUT}; containerd >= 1.7 honours it)
+  --resync-interval D      rewrite the files from the cache this often, repairing edits (default: 1m)
+  --no-report-status       do not set the NodeConfig condition on RegistryMirrors
+  --daemonset NAME         the DaemonSet running this agent (default: $NODE_AGENT_DAEMONSET); when it
+                           no longer exists at shutdown (helm uninstall) the agent removes its files
+  --health-host H / --health-port N   /healthz /readyz /metrics (default: 0.0.0.0:8082; 0 picks a port)
+  --cleanup                remove every hosts.toml this agent wrote (restoring backups) and exit
+  --log-level L            trace|debug|info|warn|error (default: info)`;
+
+export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = process.env): NodeAgentFlags {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      'hosts-dir': { type: 'string' },
+      'node-hosts-path': { type: 'string' },
+      'containerd-config': { type: 'string' },
+      kubeconfig: { type: 'string' },
+      namespace: { type: 'string' },
+      'dial-timeout': { type: 'string' },
+      'resync-interval': { type: 'string' },
+      'no-report-status': { type: 'boolean' },
+      daemonset: { type: 'string' },
+      'health-host': { type: 'string' },
+      'health-port': { type: 'string' },
+      cleanup: { type: 'boolean' },
+      'log-level': { type: 'string' },
+    },
+  });
+  const hostsDir = values['hosts-dir'] || '/etc/containerd/certs.d';
+  const dialTimeout = values['dial-timeout'] || DEFAULT_DIAL_TIMEOUT;
+  const dt = parseDuration(dialTimeout);
+  if (dt === undefined || dt <= 0) throw new Error(`--dial-timeout "${dialTimeout}" is not a positive duration (e.g. 200ms)`);
+  const resync = values['resync-interval'] || '1m';
+  const resyncMs = parseDuration(resync);
+  if (resyncMs === undefined || resyncMs <= 0) throw new Error(`--resync-interval "${resync}" is not a positive duration`);
+  const rawPort = values['health-port'];
+  const healthPort = rawPort === undefined ? 8082 : Number(rawPort);
+  if (!Number.isInteger(healthPort) || healthPort < 0 || healthPort > 65535) throw new Error(`--health-port "${rawPort}" is not a port number`);
+  return {
+    hostsDir,
+    nodeHostsPath: values['node-hosts-path'] || hostsDir,
+    containerdConfig: values['containerd-config'] || '/etc/containerd/config.toml',
+    kubeconfig: values.kubeconfig,
+    namespace: values.namespace || undefined,
+    dialTimeout,
+    resyncIntervalMs: resyncMs,
+    reportStatus: !values['no-report-status'],
+    daemonSet: values.daemonset || env.NODE_AGENT_DAEMONSET || undefined,
+    podNamespace: env.POD_NAMESPACE || undefined,
+    nodeName: env.NODE_NAME || undefined,
+    healthHost: values['health-host'] || '0.0.0.0',
+    healthPort,
+    cleanup: values.cleanup ?? false,
+    logLevel: values['log-level'] || 'info',
+  };
+}

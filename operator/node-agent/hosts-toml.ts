@@ -1,0 +1,121 @@
+// containerd's hosts.toml (registry.config_path/<registry>/hosts.toml), as the node agent
+// writes it. Pure: text in, text out.
+//
+//   # registry-mirror node-agent: managed file (owner: ns/name) ...   <- the marker
+//   server = "https://registry-1.docker.io"                            <- the upstream: last resort
+//
+//   [host."http://10.96.0.10:5000"]                                    <- the mirror Service's ClusterIP
+//   capabilities = [ "pull", "resolve" ]
+//   dial_timeout = "200ms"
+//
+//   [host."https://registry.example.com"]                              <- hosts of a file that was
+//   ...                                                                   there before us, kept
+//
+// containerd tries the hosts in file order, then `server`, moving on per request on
+// connection errors, 404 and 5xx. The mirror is addressed by ClusterIP because the node's
+// containerd does not resolve cluster DNS. `dial_timeout` makes a dead mirror cost 200 ms
+// instead of the OS connect timeout in containerd >= 1.7; containerd 1.6 ignores the key (and
+// then a mirror that is gone without its Service costs a connect timeout per pull).
+import { parse, stringify } from 'smol-toml';
+
+export const MARKER = '# registry-mirror node-agent: managed file';
+export const BACKUP_SUFFIX = '.registry-mirror-backup';
+export const DEFAULT_DIAL_TIMEOUT = '200ms';
+
+export interface HostsEntry {
+  /** Registry host as in image references (the certs.d subdirectory name). */
+  registry: string;
+  /** Upstream base URL, containerd's `server`. */
+  server: string;
+  /** The mirror, e.g. http://10.96.0.10:5000. */
+  mirrorUrl: string;
+  /** namespace/name of the RegistryMirror. */
+  owner: string;
+  dialTimeout?: string;
+}
+
+/** True when the text is a hosts.toml the node agent wrote (it starts with the marker). */
+export function isManaged(text: string): boolean {
+  return text.startsWith(MARKER);
+}
+
+/** The owner recorded in a managed file's marker line, if any. */
+export function managedOwner(text: string): string | undefined {
+  if (!isManaged(text)) return undefined;
+  return /\(owner: ([^)\s]+)\)/.exec(text.split('\n', 1)[0]!)?.[1];
+}
+
+type TomlTable = Record<string, unknown>;
+
+/**
+ * hosts.toml for one registry. `previous` is the text of a file that was there before the agent
+ * (the backup): its hosts follow the mirror, and its `server`, when it differs from ours,
+ * becomes one more host before our `server`, so nothing the node had configured is lost.
+ * An unparsable previous file is ignored (it stays in the backup and comes back on removal).
+ */
+export function renderHostsToml(e: HostsEntry, previous?: string): string {
+  const hosts: Record<string, TomlTable> = {};
+  hosts[e.mirrorUrl.replace(/\/+$/, '')] = { capabilities: ['pull', 'resolve'], dial_timeout: e.dialTimeout ?? DEFAULT_DIAL_TIMEOUT };
+  let kept = '';
+  if (previous !== undefined) {
+    const prev = parsePrevious(previous);
+    if (prev) {
+      for (const [url, table] of Object.entries(prev.hosts)) if (!(url in hosts)) hosts[url] = table;
+      if (prev.server && normalizeUrl(prev.server) !== normalizeUrl(e.server) && !(prev.server in hosts)) {
+        hosts[prev.server] = { capabilities: ['pull', 'resolve'] };
+      }
+      kept = ` Hosts of the file that was here before (saved as hosts.toml${BACKUP_SUFFIX}, restored when this mirror goes) follow the mirror.`;
+    } else {
+      kept = ` The file that was here before could not be parsed; it is saved as hosts.toml${BACKUP_SUFFIX} and restored when this mirror goes.`;
+    }
+  }
+  const header = [
+    `${MARKER} (owner: ${e.owner}). Do not edit: the agent rewrites and removes it.`,
+    `# Pulls of ${e.registry} go to the registry-mirror Service first, then to the upstream.${kept}`,
+  ];
+  const body = stringify({ server: e.server, host: hosts });
+  return `${header.join('\n')}\n${body.endsWith('\n') ? body : `${body}\n`}`;
+}
+
+function parsePrevious(text: string): { server?: string; hosts: Record<string, TomlTable> } | undefined {
+  try {
+    const doc = parse(text) as TomlTable;
+    const server = typeof doc.server === 'string' ? doc.server : undefined;
+    const hostTable = doc.host && typeof doc.host === 'object' ? (doc.host as Record<string, unknown>) : {};
+    const hosts: Record<string, TomlTable> = {};
+    for (const [url, t] of Object.entries(hostTable)) if (t && typeof t === 'object' && !Array.isArray(t)) hosts[url] = t as TomlTable;
+    return { server, hosts };
+  } catch {
+    return undefined;
+  }
+}
+
+function normalizeUrl(u: string): string {
+  return u.replace(/\/+$/, '').toLowerCase();
+}
+
+/** What a managed file says, for tests and the agent's own checks. */
+export function readHostsToml(text: string): { server?: string; hosts: Array<{ url: string; capabilities?: string[]; dialTimeout?: string }> } {
+  const doc = parse(text) as TomlTable;
+  const hostTable = (doc.host ?? {}) as Record<string, TomlTable>;
+  return {
+    server: typeof doc.server === 'string' ? doc.server : undefined,
+    hosts: Object.entries(hostTable).map(([url, t]) => ({
+      url,
+      capabilities: Array.isArray(t.capabilities) ? (t.capabilities as string[]) : undefined,
+      dialTimeout: typeof t.dial_timeout === 'string' ? t.dial_timeout : undefined,
+    })),
+  };
+}
+
+/**
+ * The certs.d directory name for a registry host. containerd looks up `<host[:port]>`; the
+ * CRD's pattern already limits registry to host[:port] or [ipv6][:port], this refuses anything
+ * that could leave the directory.
+ */
+export function registryDirName(registry: string): string {
+  if (!/^[A-Za-z0-9.\-[\]:]+$/.test(registry) || registry.startsWith('.') || registry.includes('..')) {
+    throw new Error(`registry "${registry}" is not a host[:port] name usable as a directory`);
+  }
+  return registry;
+}

@@ -1,0 +1,137 @@
+// `registry-mirror node-agent`: runs on every node (a DaemonSet with the node's certs.d
+// mounted) and keeps <certs.d>/<registry>/hosts.toml pointing containerd at the mirrors.
+//
+// Shutdown: SIGTERM stops the watch and leaves the files in place (a rolling update or a
+// restart must not flap every node's pull path). When the agent's own DaemonSet is gone (helm
+// uninstall, kubectl delete), nothing will maintain the files any more, so the agent removes
+// them, restoring any backups, before it exits. `--cleanup` does the same by hand.
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { connect, getObject, type Kube } from '../kube/client.js';
+import { errorText, statusOf } from '../kube/informer.js';
+import { startHealthServer } from '../health.js';
+import { createLogger } from '../log.js';
+import { NodeAgent } from './agent.js';
+import { checkContainerdConfig } from './containerd-config.js';
+import { HostsDir } from './files.js';
+import { parseNodeAgentFlags, USAGE, type NodeAgentFlags } from './flags.js';
+
+export interface NodeAgentHandle {
+  agent: NodeAgent;
+  healthPort: number;
+  /** Stops the agent; removes its files when the DaemonSet is gone (see the header). */
+  stop(): Promise<void>;
+}
+
+function nodeLogger(level: string): Logger {
+  return createLogger(level).child({ component: 'node-agent' });
+}
+
+/** Logs what can be seen of containerd's config (never fails the agent). */
+export function reportContainerdConfig(flags: Pick<NodeAgentFlags, 'containerdConfig' | 'nodeHostsPath'>, log: Logger): void {
+  let text: string | undefined;
+  try {
+    text = readFileSync(flags.containerdConfig, 'utf8');
+  } catch {
+    text = undefined;
+  }
+  for (const f of checkContainerdConfig(text, flags.nodeHostsPath)) log[f.level]({ containerdConfig: flags.containerdConfig }, f.message);
+}
+
+/**
+ * True when the agent's DaemonSet no longer exists (or is being deleted). Losing access to it
+ * (401/403: its ServiceAccount or binding deleted with the chart) counts as gone as well: an
+ * agent that cannot read the cluster cannot keep the files right either, and without the files
+ * containerd simply pulls from the upstream.
+ */
+export async function daemonSetGone(kube: Kube, namespace: string, name: string, log: Logger): Promise<boolean> {
+  try {
+    const ds = await getObject(kube, 'apps/v1', 'DaemonSet', namespace, name);
+    return ds === undefined || !!ds.metadata?.deletionTimestamp;
+  } catch (err) {
+    const code = statusOf(err);
+    if (code === 401 || code === 403) return true;
+    log.warn({ err: errorText(err) }, 'could not check the DaemonSet at shutdown; leaving hosts.toml files in place');
+    return false;
+  }
+}
+
+export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger; kube?: Kube } = {}): Promise<NodeAgentHandle> {
+  const log = opts.log ?? nodeLogger(flags.logLevel);
+  reportContainerdConfig(flags, log);
+  const kube = opts.kube ?? connect(flags.kubeconfig);
+  const agent = new NodeAgent({
+    kube,
+    log,
+    hostsDir: flags.hostsDir,
+    namespace: flags.namespace,
+    dialTimeout: flags.dialTimeout,
+    reportStatus: flags.reportStatus,
+    resyncIntervalMs: flags.resyncIntervalMs,
+  });
+  const health = await startHealthServer({
+    host: flags.healthHost,
+    port: flags.healthPort,
+    ready: () => agent.readiness(),
+    registry: agent.metrics.registry,
+  });
+  agent.start().catch((err) => log.error({ err: errorText(err) }, 'node agent failed to start'));
+  log.info(
+    { hostsDir: flags.hostsDir, node: flags.nodeName, namespace: flags.namespace ?? '(all)', healthPort: health.port, daemonSet: flags.daemonSet },
+    'node agent started',
+  );
+  let stopping: Promise<void> | undefined;
+  return {
+    agent,
+    healthPort: health.port,
+    stop() {
+      stopping ??= (async () => {
+        await agent.stop();
+        if (flags.daemonSet && flags.podNamespace && (await daemonSetGone(kube, flags.podNamespace, flags.daemonSet, log))) {
+          const removed = agent.dir.removeAll();
+          log.info({ removed: removed.map((c) => c.registry) }, 'DaemonSet is gone: removed this agent\'s hosts.toml files');
+        }
+        await health.server.close();
+        log.info('node agent stopped');
+        log.flush?.();
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** Entry point of `registry-mirror node-agent ARGS`: runs until SIGTERM or SIGINT. */
+export async function runNodeAgent(argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  let flags: NodeAgentFlags;
+  try {
+    flags = parseNodeAgentFlags(argv);
+  } catch (err) {
+    process.stderr.write(`registry-mirror node-agent: ${(err as Error).message}\n${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = nodeLogger(flags.logLevel);
+  if (flags.cleanup) {
+    const removed = new HostsDir(flags.hostsDir).removeAll();
+    log.info({ hostsDir: flags.hostsDir, removed: removed.map((c) => c.registry) }, 'removed this agent\'s hosts.toml files');
+    return;
+  }
+  const handle = await startNodeAgent(flags, { log });
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string) => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      log.info({ signal: sig }, 'stopping');
+      handle.stop().then(resolve, (err) => {
+        log.error({ err: errorText(err) }, 'error while stopping');
+        resolve();
+      });
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}

@@ -1,0 +1,106 @@
+// What every node's certs.d should hold, from the RegistryMirrors and their Services. Pure.
+//
+// One hosts.toml per registry, so two RegistryMirrors for the same registry cannot both be
+// used by nodes. The winner is chosen the same way by every node agent, whatever order events
+// arrive in: the oldest creationTimestamp, then namespace/name. Every loser gets the
+// NodeConfig condition False/RegistryConflict naming the winner; the winner (once its Service
+// has a ClusterIP) True/HostsConfigured.
+import { MIRROR_PORT, type RegistryMirror } from '../types.js';
+import { defaultUpstreamUrl } from '../well-known-registries.js';
+import { objectNames } from '../render/names.js';
+import type { HostsEntry } from './hosts-toml.js';
+
+export const NODE_CONFIG_CONDITION = 'NodeConfig';
+
+export interface ServiceLike {
+  metadata?: { name?: string; namespace?: string };
+  spec?: { clusterIP?: string };
+}
+
+export interface MirrorLike {
+  metadata: { name: string; namespace: string; creationTimestamp?: string; deletionTimestamp?: string; uid?: string };
+  spec?: Partial<RegistryMirror['spec']>;
+}
+
+export interface NodeConfigState {
+  status: 'True' | 'False';
+  reason: 'HostsConfigured' | 'RegistryConflict' | 'WaitingForService' | 'NoUpstreamURL' | 'Disabled';
+  message: string;
+}
+
+export interface Plan {
+  /** registry -> the entry the node agent writes. */
+  entries: Map<string, HostsEntry>;
+  /** namespace/name -> the NodeConfig condition it should carry (only nodeConfig-enabled ones). */
+  conditions: Map<string, NodeConfigState>;
+}
+
+function key(m: MirrorLike): string {
+  return `${m.metadata.namespace}/${m.metadata.name}`;
+}
+
+/** Total order: older first, then namespace/name. */
+export function compareMirrors(a: MirrorLike, b: MirrorLike): number {
+  const ta = Date.parse(a.metadata.creationTimestamp ?? '') || 0;
+  const tb = Date.parse(b.metadata.creationTimestamp ?? '') || 0;
+  if (ta !== tb) return ta - tb;
+  return key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0;
+}
+
+export function nodeConfigEnabled(m: MirrorLike): boolean {
+  return m.spec?.nodeConfig?.enabled !== false && !m.metadata.deletionTimestamp && !!m.spec?.upstream?.registry;
+}
+
+export function upstreamUrl(m: MirrorLike): string | undefined {
+  const u = m.spec?.upstream;
+  if (!u?.registry) return undefined;
+  return u.url || defaultUpstreamUrl(u.registry);
+}
+
+/** IPv6 ClusterIPs need brackets in a URL. */
+export function mirrorUrl(clusterIP: string): string {
+  return clusterIP.includes(':') ? `http://[${clusterIP}]:${MIRROR_PORT}` : `http://${clusterIP}:${MIRROR_PORT}`;
+}
+
+export function plan(mirrors: MirrorLike[], services: ServiceLike[], opts: { dialTimeout?: string } = {}): Plan {
+  const svcByKey = new Map<string, ServiceLike>();
+  for (const s of services) svcByKey.set(`${s.metadata?.namespace}/${s.metadata?.name}`, s);
+  const byRegistry = new Map<string, MirrorLike[]>();
+  for (const m of mirrors.filter(nodeConfigEnabled)) {
+    const r = m.spec!.upstream!.registry;
+    byRegistry.set(r, [...(byRegistry.get(r) ?? []), m]);
+  }
+  const entries = new Map<string, HostsEntry>();
+  const conditions = new Map<string, NodeConfigState>();
+  for (const [registry, list] of [...byRegistry].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    list.sort(compareMirrors);
+    const [winner, ...losers] = list as [MirrorLike, ...MirrorLike[]];
+    for (const l of losers) {
+      conditions.set(key(l), {
+        status: 'False',
+        reason: 'RegistryConflict',
+        message: `Nodes use ${key(winner)} for ${registry} (the oldest RegistryMirror for a registry wins); this one is not configured on nodes`,
+      });
+    }
+    const server = upstreamUrl(winner);
+    if (!server) {
+      conditions.set(key(winner), { status: 'False', reason: 'NoUpstreamURL', message: `spec.upstream.url is needed for ${registry}` });
+      continue;
+    }
+    const svc = svcByKey.get(`${winner.metadata.namespace}/${objectNames(winner as RegistryMirror).service}`);
+    const ip = svc?.spec?.clusterIP;
+    if (!ip || ip === 'None') {
+      conditions.set(key(winner), { status: 'False', reason: 'WaitingForService', message: `Service ${objectNames(winner as RegistryMirror).service} has no ClusterIP yet` });
+      continue;
+    }
+    const entry: HostsEntry = { registry, server, mirrorUrl: mirrorUrl(ip), owner: key(winner) };
+    if (opts.dialTimeout) entry.dialTimeout = opts.dialTimeout;
+    entries.set(registry, entry);
+    conditions.set(key(winner), {
+      status: 'True',
+      reason: 'HostsConfigured',
+      message: `Node agents point containerd's ${registry} pulls at ${entry.mirrorUrl} (fallback ${server})`,
+    });
+  }
+  return { entries, conditions };
+}

@@ -1,0 +1,152 @@
+// One reconcile of one RegistryMirror: validate, look up the credentials Secret, render,
+// server-side apply what changed, then write the status if it differs. Reads come from the
+// informer caches; the only API calls are applies, a GET for objects we are about to create
+// (to refuse taking over a foreign object of the same name), and the status write.
+import type { Logger } from 'pino';
+import { apply, getObject, replaceStatus, type Kube } from './kube/client.js';
+import { errorText, statusOf } from './kube/informer.js';
+import type { Metrics } from './metrics.js';
+import { render } from './render/index.js';
+import { ANNOTATION, endpointOf, INSTANCE_LABEL, MANAGED_BY } from './render/names.js';
+import { pvcChange } from './render/pvc.js';
+import { credentialsForm, type SecretSummary } from './secrets.js';
+import { resolveSpec } from './spec.js';
+import { computeStatus, statusEqual, type DeploymentLike, type Outcome } from './status.js';
+import type { CacheStatus, CredentialsForm, Manifest, RegistryMirror } from './types.js';
+import { splitKey } from './types.js';
+
+export interface ReconcileCaches {
+  registryMirror(namespace: string, name: string): RegistryMirror | undefined;
+  secret(namespace: string, name: string): SecretSummary | undefined;
+  /** The live owned object of that kind, as the informer last saw it. */
+  owned(kind: string, namespace: string, name: string): Record<string, any> | undefined;
+  cacheStats(key: string): CacheStatus | undefined;
+}
+
+export interface ReconcileDeps {
+  kube: Kube;
+  caches: ReconcileCaches;
+  defaultImage: string;
+  log: Logger;
+  metrics: Metrics;
+  now?: () => Date;
+}
+
+/** An apply the apiserver refused; the status says so and the key is retried with backoff. */
+export class ApplyError extends Error {}
+
+export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
+  const { namespace, name } = splitKey(key);
+  const cr = d.caches.registryMirror(namespace, name);
+  // Deleted: the apiserver's garbage collector removes what carries our ownerReference.
+  if (!cr || cr.metadata.deletionTimestamp) return;
+  const log = d.log.child({ registryMirror: key, generation: cr.metadata.generation });
+
+  let outcome: Outcome;
+  let failure: unknown;
+  const resolved = resolveSpec(cr);
+  if (!resolved.ok) {
+    outcome = { kind: 'blocked', reason: 'InvalidSpec', message: resolved.problems.join('; ') };
+  } else {
+    const spec = resolved.spec;
+    let credentials: CredentialsForm | undefined;
+    let blocked: Outcome | undefined;
+    if (spec.credentialsSecret) {
+      const secret = d.caches.secret(namespace, spec.credentialsSecret);
+      if (!secret) {
+        blocked = {
+          kind: 'blocked',
+          reason: 'CredentialsSecretNotFound',
+          message: `Secret "${spec.credentialsSecret}" named by spec.upstream.credentialsSecret does not exist in namespace "${namespace}"`,
+        };
+      } else {
+        const form = credentialsForm(secret);
+        if ('problem' in form) blocked = { kind: 'blocked', reason: 'CredentialsSecretInvalid', message: form.problem };
+        else credentials = form;
+      }
+    }
+    if (blocked) outcome = blocked;
+    else {
+      try {
+        outcome = await applyAll(cr, render(cr, spec, { defaultImage: d.defaultImage, credentials }), d, log);
+      } catch (err) {
+        failure = err;
+        outcome =
+          err instanceof ConflictError
+            ? { kind: 'blocked', reason: 'ObjectConflict', message: err.message }
+            : { kind: 'applyFailed', message: `apply failed: ${errorText(err)}` };
+      }
+    }
+  }
+
+  if (outcome.kind !== 'applied') log.info({ reason: 'reason' in outcome ? outcome.reason : 'ApplyFailed', message: outcome.message }, 'not applied');
+  await writeStatus(cr, outcome, d, log);
+  if (failure && !(failure instanceof ConflictError)) throw failure;
+}
+
+class ConflictError extends Error {}
+
+async function applyAll(cr: RegistryMirror, r: ReturnType<typeof render>, d: ReconcileDeps, log: Logger): Promise<Outcome> {
+  const ns = cr.metadata.namespace;
+  let deployment = d.caches.owned('Deployment', ns, r.deployment.metadata.name) as DeploymentLike | undefined;
+  let warning: { reason: string; message: string } | undefined;
+  // ConfigMap and PVC before the Deployment that mounts them; the Service last.
+  for (const m of [r.configMap, r.pvc, r.deployment, r.service]) {
+    if (!m) continue;
+    let live = d.caches.owned(m.kind, ns, m.metadata.name);
+    if (!live) {
+      live = await getObject(d.kube, m.apiVersion, m.kind, ns, m.metadata.name);
+      if (live && !isOurs(live, cr)) {
+        throw new ConflictError(
+          `${m.kind} "${m.metadata.name}" already exists and is not managed by this RegistryMirror; rename or delete it`,
+        );
+      }
+    }
+    if (m.kind === 'PersistentVolumeClaim') {
+      const change = pvcChange(live, m);
+      if (change === 'shrink') {
+        warning = {
+          reason: 'StorageShrinkRefused',
+          message: `spec.storage.size is smaller than PVC "${m.metadata.name}" (${String(live?.spec?.resources?.requests?.storage)}); a PVC cannot shrink, so it is kept as it is`,
+        };
+        continue;
+      }
+      if (change === 'unchanged' && live) continue;
+    }
+    if (live && live.metadata?.annotations?.[ANNOTATION.appliedHash] === m.metadata.annotations?.[ANNOTATION.appliedHash]) continue;
+    const applied = await apply(d.kube, m);
+    d.metrics.applies.inc({ kind: m.kind });
+    log.info({ kind: m.kind, name: m.metadata.name }, live ? 'updated' : 'created');
+    if (m.kind === 'Deployment') deployment = applied as DeploymentLike;
+  }
+  return { kind: 'applied', deployment, warning };
+}
+
+function isOurs(live: Record<string, any>, cr: RegistryMirror): boolean {
+  const refs = (live.metadata?.ownerReferences ?? []) as Array<{ uid?: string; controller?: boolean }>;
+  if (refs.some((r) => r.uid === cr.metadata.uid)) return true;
+  // Uncontrolled and labelled as ours for this name: a retained PVC (or an object orphaned by
+  // an earlier RegistryMirror of the same name). Adopt it.
+  const labels = live.metadata?.labels ?? {};
+  return !refs.some((r) => r.controller) && labels[INSTANCE_LABEL] === cr.metadata.name && labels['app.kubernetes.io/managed-by'] === MANAGED_BY;
+}
+
+async function writeStatus(cr: RegistryMirror, outcome: Outcome, d: ReconcileDeps, log: Logger): Promise<void> {
+  const key = `${cr.metadata.namespace}/${cr.metadata.name}`;
+  const now = d.now?.() ?? new Date();
+  const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr), cache: d.caches.cacheStats(key) }, now);
+  if (statusEqual(cr.status, status)) return;
+  try {
+    await replaceStatus(d.kube, cr, status);
+    d.metrics.statusWrites.inc();
+    const ready = status.conditions?.find((c) => c.type === 'Ready');
+    log.info({ ready: ready?.status, reason: ready?.reason, readyReplicas: status.readyReplicas }, 'status updated');
+  } catch (err) {
+    // 409: our cached copy is stale; the informer delivers the newer one, which re-queues.
+    if (statusOf(err) === 409) throw new Error(`status write conflict for ${key}; retrying with the newer object`);
+    if (statusOf(err) === 404) return;
+    throw err;
+  }
+}
+
+export type { Manifest };

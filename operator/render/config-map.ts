@@ -1,0 +1,26 @@
+// ConfigMap holding the mirror's config.yaml. Pure.
+import { stringify } from 'yaml';
+import type { ResolvedSpec } from '../spec.js';
+import type { CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import { commonLabels, objectNames } from './names.js';
+import { renderMirrorConfig } from './mirror-config.js';
+import { ownerReference } from './owner.js';
+
+export const CONFIG_KEY = 'config.yaml';
+
+export function renderConfigMap(cr: RegistryMirror, spec: ResolvedSpec, credentials?: CredentialsForm): Manifest {
+  const config = renderMirrorConfig(spec, credentials);
+  return {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: {
+      name: objectNames(cr).configMap,
+      namespace: cr.metadata.namespace,
+      labels: commonLabels(cr),
+      ownerReferences: [ownerReference(cr)],
+    },
+    data: {
+      [CONFIG_KEY]: `# Rendered by the registry-mirror operator from RegistryMirror ${cr.metadata.name}; edits are overwritten.\n${stringify(config)}`,
+    },
+  };
+}

@@ -1,0 +1,108 @@
+// The mirror Deployment. Pure: everything it depends on is an argument, so a change in any
+// input (spec, config, credentials) shows up as a change in the output, and the hash
+// annotations on the pod template make such a change roll the pods.
+import type { ResolvedSpec } from '../spec.js';
+import type { CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import { MIRROR_PORT } from '../types.js';
+import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
+import { ownerReference } from './owner.js';
+import { CONFIG_KEY } from './config-map.js';
+
+/** The uid/gid the mirror runs as (the image's non-root user; fsGroup makes volumes writable). */
+export const MIRROR_UID = 65532;
+
+export interface DeploymentInputs {
+  /** Image used when spec.image is empty: the operator's --mirror-image. */
+  defaultImage: string;
+  /** Hash of the rendered ConfigMap data. */
+  configHash: string;
+  credentials?: CredentialsForm;
+}
+
+function dataVolumeName(spec: ResolvedSpec): string {
+  return spec.storage ? 'cache-pvc' : 'cache-tmp';
+}
+
+export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs: DeploymentInputs): Manifest {
+  const names = objectNames(cr);
+  const podAnnotations: Record<string, string> = { [ANNOTATION.configHash]: inputs.configHash };
+  if (inputs.credentials) podAnnotations[ANNOTATION.credentialsHash] = inputs.credentials.hash;
+
+  const dataVolume = (source: Record<string, unknown>) => ({ name: dataVolumeName(spec), ...source });
+  const volumes: unknown[] = [
+    { name: 'config', configMap: { name: names.configMap, items: [{ key: CONFIG_KEY, path: 'config.yaml' }] } },
+    // Different names for the two sources: server-side apply then drops the old volume
+    // entry whole, rather than merging emptyDir and persistentVolumeClaim into one volume.
+    dataVolume(spec.storage ? { persistentVolumeClaim: { claimName: names.pvc } } : { emptyDir: {} }),
+    { name: 'tmp', emptyDir: {} },
+  ];
+  const mounts: unknown[] = [
+    { name: 'config', mountPath: MOUNT.config, readOnly: true },
+    { name: dataVolumeName(spec), mountPath: MOUNT.data },
+    { name: 'tmp', mountPath: MOUNT.tmp },
+  ];
+  if (inputs.credentials && spec.credentialsSecret) {
+    const keys = inputs.credentials.form === 'dockerconfigjson' ? ['.dockerconfigjson'] : ['username', 'password'];
+    volumes.push({
+      name: 'credentials',
+      secret: { secretName: spec.credentialsSecret, defaultMode: 0o440, items: keys.map((k) => ({ key: k, path: k })) },
+    });
+    mounts.push({ name: 'credentials', mountPath: MOUNT.credentials, readOnly: true });
+  }
+
+  const probe = (path: string, period: number, failures: number) => ({
+    httpGet: { path, port: 'http' },
+    periodSeconds: period,
+    timeoutSeconds: 2,
+    failureThreshold: failures,
+  });
+
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: {
+      name: names.deployment,
+      namespace: cr.metadata.namespace,
+      labels: commonLabels(cr),
+      ownerReferences: [ownerReference(cr)],
+    },
+    spec: {
+      replicas: spec.replicas,
+      selector: { matchLabels: selectorLabels(cr) },
+      // One ReadWriteOnce volume cannot be mounted by an old and a new pod on different nodes.
+      strategy: spec.storage ? { type: 'Recreate' } : { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+      template: {
+        metadata: { labels: commonLabels(cr), annotations: podAnnotations },
+        spec: {
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: MIRROR_UID,
+            runAsGroup: MIRROR_UID,
+            fsGroup: MIRROR_UID,
+            seccompProfile: { type: 'RuntimeDefault' },
+          },
+          containers: [
+            {
+              name: 'mirror',
+              image: spec.image ?? inputs.defaultImage,
+              args: ['serve', '--config', MOUNT.configFile],
+              ports: [{ name: 'http', containerPort: MIRROR_PORT, protocol: 'TCP' }],
+              livenessProbe: { ...probe('/healthz', 10, 3), initialDelaySeconds: 5 },
+              readinessProbe: probe('/readyz', 5, 2),
+              resources: spec.resources,
+              securityContext: {
+                allowPrivilegeEscalation: false,
+                readOnlyRootFilesystem: true,
+                capabilities: { drop: ['ALL'] },
+              },
+              volumeMounts: mounts,
+            },
+          ],
+          volumes,
+        },
+      },
+    },
+  };
+}

@@ -1,0 +1,51 @@
+// Names and labels of the objects a RegistryMirror owns. Stable: renaming any of these orphans
+// existing objects, and the Deployment selector can never change after creation.
+import type { RegistryMirror } from '../types.js';
+import { MIRROR_PORT } from '../types.js';
+
+export const MANAGED_BY = 'registry-mirror-operator';
+/** Label selector that matches everything this operator creates (informers filter on it). */
+export const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${MANAGED_BY}`;
+export const INSTANCE_LABEL = 'app.kubernetes.io/instance';
+
+export const ANNOTATION = {
+  configHash: 'registry-mirror.io/config-hash',
+  credentialsHash: 'registry-mirror.io/credentials-hash',
+  /** Hash of the rendered object itself: apply is skipped while it is unchanged. */
+  appliedHash: 'registry-mirror.io/applied-hash',
+} as const;
+
+export const MOUNT = {
+  config: '/etc/registry-mirror',
+  configFile: '/etc/registry-mirror/config.yaml',
+  credentials: '/etc/registry-mirror/credentials',
+  data: '/var/lib/registry-mirror',
+  tmp: '/tmp',
+} as const;
+
+export function objectNames(cr: RegistryMirror) {
+  const n = cr.metadata.name;
+  return {
+    deployment: n,
+    service: n,
+    configMap: `${n}-config`,
+    pvc: `${n}-cache`,
+  };
+}
+
+export function selectorLabels(cr: RegistryMirror): Record<string, string> {
+  return { 'app.kubernetes.io/name': 'registry-mirror', [INSTANCE_LABEL]: cr.metadata.name };
+}
+
+export function commonLabels(cr: RegistryMirror): Record<string, string> {
+  return {
+    ...selectorLabels(cr),
+    'app.kubernetes.io/component': 'mirror',
+    'app.kubernetes.io/managed-by': MANAGED_BY,
+  };
+}
+
+/** What clients (and the node agent, via the ClusterIP) use: http://<name>.<ns>.svc:5000 */
+export function endpointOf(cr: RegistryMirror): string {
+  return `http://${objectNames(cr).service}.${cr.metadata.namespace}.svc:${MIRROR_PORT}`;
+}

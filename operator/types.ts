@@ -1,0 +1,139 @@
+// The RegistryMirror resource as the operator sees it (DESIGN.md §3), plus the names that tie
+// the operator's objects together. The CRD in crds/registrymirrors.yaml is the source of truth
+// for the schema; these types follow it and must change with it.
+
+export const GROUP = 'registry-mirror.io';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const KIND = 'RegistryMirror';
+export const PLURAL = 'registrymirrors';
+
+/** The single server-side-apply field manager for everything the operator writes. */
+export const FIELD_MANAGER = 'registry-mirror';
+
+/** Port the mirror listens on in its pod and the Service exposes. */
+export const MIRROR_PORT = 5000;
+
+export interface SecretReference {
+  name: string;
+}
+
+export interface RegistryMirrorSpec {
+  upstream: {
+    /** Host name (optionally :port) used in image references, e.g. docker.io. */
+    registry: string;
+    /** Base URL of the upstream registry; defaulted for well-known registries. */
+    url?: string;
+    credentialsSecret?: SecretReference;
+  };
+  cache?: { ttl?: string; tagTTL?: string };
+  storage?: {
+    /** Kubernetes quantity; when set the cache lives on a PVC of that size, else on an emptyDir. */
+    size?: string | number;
+    storageClassName?: string;
+    /** Keep the PVC when the RegistryMirror is deleted (no ownerReference on it). */
+    retain?: boolean;
+  };
+  replicas?: number;
+  nodeConfig?: { enabled?: boolean };
+  v1?: { enabled?: boolean; source?: string; tagsCacheTTL?: string };
+  image?: string;
+  logLevel?: string;
+  resources?: {
+    requests?: Record<string, string | number>;
+    limits?: Record<string, string | number>;
+  };
+}
+
+export type ConditionType = 'Ready' | 'Progressing' | 'Degraded';
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
+export interface Condition {
+  type: ConditionType;
+  status: ConditionStatus;
+  reason: string;
+  message: string;
+  lastTransitionTime: string;
+  observedGeneration?: number;
+}
+
+export interface CacheStatus {
+  hits: number;
+  misses: number;
+  hitRatio: number;
+  staleServed: number;
+  bytesServed: number;
+  bytesFromUpstream: number;
+  storedBytes: number;
+  /** storedBytes for humans (printer column "Stored"), e.g. "1.5Gi". */
+  stored: string;
+  blobs: number;
+  upstreamErrors: number;
+  /** How many ready pods answered /stats for these figures. */
+  pods: number;
+  updated: string;
+}
+
+export interface RegistryMirrorStatus {
+  observedGeneration?: number;
+  conditions?: Condition[];
+  readyReplicas?: number;
+  endpoint?: string;
+  cache?: CacheStatus;
+}
+
+export interface ObjectMeta {
+  name: string;
+  namespace: string;
+  uid: string;
+  generation?: number;
+  resourceVersion?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  deletionTimestamp?: string;
+}
+
+export interface RegistryMirror {
+  apiVersion: typeof API_VERSION;
+  kind: typeof KIND;
+  metadata: ObjectMeta;
+  spec: RegistryMirrorSpec;
+  status?: RegistryMirrorStatus;
+}
+
+/** A Kubernetes object as the operator renders it: plain JSON, ready for server-side apply. */
+export interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: {
+    name: string;
+    namespace: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    ownerReferences?: OwnerReference[];
+  };
+  [field: string]: unknown;
+}
+
+export interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  controller: boolean;
+  blockOwnerDeletion: boolean;
+}
+
+/** What the credentials Secret holds, as far as rendering needs to know. Never the values. */
+export type CredentialsForm =
+  | { form: 'dockerconfigjson'; hash: string }
+  | { form: 'basic'; hash: string };
+
+export function keyOf(obj: { metadata?: { namespace?: string; name?: string } }): string {
+  return `${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
+}
+
+export function splitKey(key: string): { namespace: string; name: string } {
+  const i = key.indexOf('/');
+  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
+}

@@ -1,0 +1,92 @@
+// status.cache comes from a real mirror process's /stats: a Pod object (no kubelet runs it)
+// is marked Ready with podIP 127.0.0.1, and the operator's --stats-port points at the mirror.
+// Traffic through the mirror (a miss, then a hit, for a blob pushed to a real upstream
+// registry) must show up in the RegistryMirror's status.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import { INSTANCE_LABEL, commonLabels } from '../../operator/render/names.js';
+import { kubeAvailable } from '../rig/kube.js';
+import { startMirror, type MirrorHandle } from '../rig/mirror.js';
+import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import {
+  condition,
+  createMirror,
+  createNamespace,
+  fakeReadyPod,
+  getMirror,
+  startClusterWithCrd,
+  startInProcessOperator,
+  waitMirror,
+  type Cluster,
+} from './operator-kit.js';
+
+const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';
+let cluster: Cluster;
+let upstream: RegistryHandle;
+let mirror: MirrorHandle;
+let op: Awaited<ReturnType<typeof startInProcessOperator>>;
+
+before(async () => {
+  if (skip) return;
+  upstream = await startRegistry();
+  mirror = await startMirror({ defaultUpstream: 'docker.io', upstreams: { 'docker.io': { url: upstream.url } } });
+  cluster = await startClusterWithCrd();
+  await createNamespace(cluster.kube, 'stats');
+  op = await startInProcessOperator(cluster, ['--stats-port', String(mirror.port)]);
+});
+after(async () => {
+  await op?.stop();
+  await cluster?.stop();
+  await mirror?.stop();
+  await upstream?.stop();
+});
+
+async function pushBlob(repo: string, data: Buffer): Promise<string> {
+  const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  const start = await fetch(`${upstream.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  assert.equal(start.status, 202);
+  const loc = new URL(start.headers.get('location')!, upstream.url);
+  loc.searchParams.set('digest', digest);
+  const put = await fetch(loc.toString(), { method: 'PUT', body: new Uint8Array(data), headers: { 'content-type': 'application/octet-stream' } });
+  assert.equal(put.status, 201, await put.text());
+  return digest;
+}
+
+test('status.cache is summed from the ready mirror pods\' /stats', { skip }, async () => {
+  const data = Buffer.from('a layer of bytes '.repeat(1000));
+  const digest = await pushBlob('library/demo', data);
+  for (let i = 0; i < 2; i++) {
+    const res = await fetch(`${mirror.url}/v2/library/demo/blobs/${digest}?ns=docker.io`);
+    assert.equal(res.status, 200);
+    assert.equal(Buffer.from(await res.arrayBuffer()).length, data.length);
+  }
+  const direct = (await (await fetch(`${mirror.url}/stats`)).json()) as Record<string, number>;
+  assert.ok(direct.hits >= 1 && direct.misses >= 1, `mirror counted a miss and a hit: ${JSON.stringify(direct)}`);
+
+  const cr = await createMirror(cluster.kube, 'stats', 'hub', { upstream: { registry: 'docker.io' } });
+  // The pod a Deployment would have made: our labels, Ready, reachable at 127.0.0.1.
+  await fakeReadyPod(cluster, 'stats', 'hub-abc12', { ...commonLabels(cr), [INSTANCE_LABEL]: 'hub' }, '127.0.0.1');
+
+  const withCache = await waitMirror(cluster.kube, 'stats', 'hub', (m) => (m.status?.cache?.hits ?? 0) >= 1, 'status.cache from /stats', 20_000);
+  const c = withCache.status!.cache!;
+  const now = (await (await fetch(`${mirror.url}/stats`)).json()) as Record<string, number>;
+  assert.equal(c.pods, 1);
+  assert.equal(c.hits, now.hits);
+  assert.equal(c.misses, now.misses);
+  assert.equal(c.bytesServed, now.bytesServed);
+  assert.equal(c.storedBytes, now.storedBytes);
+  assert.equal(c.blobs, now.blobs);
+  assert.ok(c.bytesServed >= 2 * data.length);
+  assert.equal(c.hitRatio, Math.round((now.hits / (now.hits + now.misses)) * 10_000) / 10_000);
+  assert.ok(c.stored.length > 0);
+  assert.ok(condition(withCache, 'Degraded'));
+
+  // More traffic moves the figures; an idle mirror causes no further status writes.
+  await fetch(`${mirror.url}/v2/library/demo/blobs/${digest}?ns=docker.io`).then((r) => r.arrayBuffer());
+  const moved = await waitMirror(cluster.kube, 'stats', 'hub', (m) => (m.status?.cache?.hits ?? 0) > c.hits, 'hits to grow', 20_000);
+  const rv = (await getMirror(cluster.kube, 'stats', 'hub')).metadata.resourceVersion;
+  await new Promise((r) => setTimeout(r, 2500)); // more than two --status-interval periods
+  assert.equal((await getMirror(cluster.kube, 'stats', 'hub')).metadata.resourceVersion, rv, 'no write while the figures stand still');
+  assert.ok(moved.status!.cache!.updated >= c.updated);
+});

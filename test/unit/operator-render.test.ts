@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parse } from 'yaml';
+import { render, renderConfigMap, renderDeployment, renderPvc, renderService } from '../../operator/render/index.js';
+import { renderMirrorConfig, maxBytesFor } from '../../operator/render/mirror-config.js';
+import { ANNOTATION, endpointOf, objectNames } from '../../operator/render/names.js';
+import { pvcChange } from '../../operator/render/pvc.js';
+import { resolveSpec, type ResolvedSpec } from '../../operator/spec.js';
+import type { RegistryMirror, RegistryMirrorSpec } from '../../operator/types.js';
+
+function cr(spec: RegistryMirrorSpec, name = 'hub'): RegistryMirror {
+  return {
+    apiVersion: 'registry-mirror.io/v1alpha1',
+    kind: 'RegistryMirror',
+    metadata: { name, namespace: 'ns1', uid: 'uid-1', generation: 3 },
+    spec,
+  };
+}
+function resolved(c: RegistryMirror): ResolvedSpec {
+  const r = resolveSpec(c);
+  assert.ok(r.ok, JSON.stringify(r));
+  return r.spec;
+}
+const basic = { form: 'basic' as const, hash: 'h-basic' };
+const dockercfg = { form: 'dockerconfigjson' as const, hash: 'h-dcj' };
+
+test('mirror config follows the DESIGN §3 contract', () => {
+  const c = cr({ upstream: { registry: 'docker.io' }, cache: { ttl: '24h', tagTTL: '1m' }, v1: { enabled: true } });
+  assert.deepEqual(renderMirrorConfig(resolved(c)), {
+    listen: '0.0.0.0:5000',
+    logLevel: 'info',
+    storage: { path: '/var/lib/registry-mirror', maxBytes: 0 },
+    cache: { ttl: '24h', tagTTL: '1m' },
+    defaultUpstream: 'docker.io',
+    upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
+    v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
+  });
+});
+
+test('credentials: dockerconfigjson -> credentialsFile, username/password -> files', () => {
+  const spec = resolved(cr({ upstream: { registry: 'ghcr.io', credentialsSecret: { name: 's' } } }));
+  assert.deepEqual(renderMirrorConfig(spec, dockercfg).upstreams['ghcr.io'], {
+    url: 'https://ghcr.io',
+    credentialsFile: '/etc/registry-mirror/credentials/.dockerconfigjson',
+  });
+  assert.deepEqual(renderMirrorConfig(spec, basic).upstreams['ghcr.io'], {
+    url: 'https://ghcr.io',
+    usernameFile: '/etc/registry-mirror/credentials/username',
+    passwordFile: '/etc/registry-mirror/credentials/password',
+  });
+});
+
+test('maxBytes is 90% of the PVC size; 0 on emptyDir', () => {
+  assert.equal(maxBytesFor(resolved(cr({ upstream: { registry: 'docker.io' }, storage: { size: '10Gi' } }))), Math.floor(10 * 2 ** 30 * 0.9));
+  assert.equal(maxBytesFor(resolved(cr({ upstream: { registry: 'docker.io' } }))), 0);
+});
+
+test('ConfigMap holds config.yaml that parses back to the config, owned by the CR', () => {
+  const c = cr({ upstream: { registry: 'quay.io' } });
+  const cm = renderConfigMap(c, resolved(c));
+  assert.equal(cm.metadata.name, 'hub-config');
+  assert.equal(cm.metadata.namespace, 'ns1');
+  assert.deepEqual(parse((cm.data as Record<string, string>)['config.yaml']), renderMirrorConfig(resolved(c)));
+  assert.deepEqual(cm.metadata.ownerReferences, [
+    { apiVersion: 'registry-mirror.io/v1alpha1', kind: 'RegistryMirror', name: 'hub', uid: 'uid-1', controller: true, blockOwnerDeletion: true },
+  ]);
+  assert.equal(cm.metadata.labels?.['app.kubernetes.io/managed-by'], 'registry-mirror-operator');
+});
+
+test('Deployment: image, args, probes, security, volumes, hash annotations', () => {
+  const c = cr({ upstream: { registry: 'ghcr.io', credentialsSecret: { name: 'creds' } }, replicas: 2 });
+  const d = renderDeployment(c, resolved(c), { defaultImage: 'img:1', configHash: 'cfg1', credentials: basic }) as any;
+  assert.equal(d.metadata.name, 'hub');
+  assert.equal(d.spec.replicas, 2);
+  assert.deepEqual(d.spec.selector.matchLabels, { 'app.kubernetes.io/name': 'registry-mirror', 'app.kubernetes.io/instance': 'hub' });
+  assert.equal(d.spec.strategy.type, 'RollingUpdate');
+  const pod = d.spec.template;
+  assert.deepEqual(pod.metadata.annotations, { [ANNOTATION.configHash]: 'cfg1', [ANNOTATION.credentialsHash]: 'h-basic' });
+  for (const [k, v] of Object.entries(d.spec.selector.matchLabels)) assert.equal(pod.metadata.labels[k], v);
+  assert.equal(pod.spec.securityContext.runAsNonRoot, true);
+  assert.equal(pod.spec.automountServiceAccountToken, false);
+  const ctr = pod.spec.containers[0];
+  assert.equal(ctr.image, 'img:1');
+  assert.deepEqual(ctr.args, ['serve', '--config', '/etc/registry-mirror/config.yaml']);
+  assert.equal(ctr.livenessProbe.httpGet.path, '/healthz');
+  assert.equal(ctr.readinessProbe.httpGet.path, '/readyz');
+  assert.equal(ctr.ports[0].containerPort, 5000);
+  assert.equal(ctr.securityContext.readOnlyRootFilesystem, true);
+  assert.equal(ctr.securityContext.allowPrivilegeEscalation, false);
+  assert.deepEqual(ctr.resources, { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } });
+  const vols = Object.fromEntries(pod.spec.volumes.map((v: any) => [v.name, v]));
+  assert.deepEqual(vols['cache-tmp'], { name: 'cache-tmp', emptyDir: {} });
+  assert.equal(vols.config.configMap.name, 'hub-config');
+  assert.deepEqual(vols.credentials.secret.items.map((i: any) => i.key), ['username', 'password']);
+  const mounts = Object.fromEntries(ctr.volumeMounts.map((m: any) => [m.name, m.mountPath]));
+  assert.deepEqual(mounts, { config: '/etc/registry-mirror', 'cache-tmp': '/var/lib/registry-mirror', tmp: '/tmp', credentials: '/etc/registry-mirror/credentials' });
+});
+
+test('Deployment: spec.image overrides the default; PVC storage uses Recreate; no credentials, no volume', () => {
+  const c = cr({ upstream: { registry: 'docker.io' }, image: 'mine:2', storage: { size: '5Gi' } });
+  const d = renderDeployment(c, resolved(c), { defaultImage: 'img:1', configHash: 'x' }) as any;
+  assert.equal(d.spec.template.spec.containers[0].image, 'mine:2');
+  assert.equal(d.spec.strategy.type, 'Recreate');
+  assert.deepEqual(d.spec.template.spec.volumes.find((v: any) => v.name === 'cache-pvc').persistentVolumeClaim, { claimName: 'hub-cache' });
+  assert.equal(d.spec.template.spec.volumes.find((v: any) => v.name === 'credentials'), undefined);
+  assert.equal(d.spec.template.metadata.annotations[ANNOTATION.credentialsHash], undefined);
+});
+
+test('PVC: only with storage.size; retain drops the ownerReference; storageClassName passed', () => {
+  assert.equal(renderPvc(cr({ upstream: { registry: 'docker.io' } }), resolved(cr({ upstream: { registry: 'docker.io' } }))), undefined);
+  const c = cr({ upstream: { registry: 'docker.io' }, storage: { size: '50Gi', storageClassName: 'fast' } });
+  const p = renderPvc(c, resolved(c)) as any;
+  assert.equal(p.metadata.name, 'hub-cache');
+  assert.deepEqual(p.spec, { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '50Gi' } }, storageClassName: 'fast' });
+  assert.equal(p.metadata.ownerReferences[0].controller, true);
+  const kept = cr({ upstream: { registry: 'docker.io' }, storage: { size: '50Gi', retain: true } });
+  assert.equal((renderPvc(kept, resolved(kept)) as any).metadata.ownerReferences, undefined);
+});
+
+test('pvcChange: create, grow, shrink, unchanged', () => {
+  const c = cr({ upstream: { registry: 'docker.io' }, storage: { size: '10Gi' } });
+  const want = renderPvc(c, resolved(c))!;
+  const live = (s: string) => ({ spec: { resources: { requests: { storage: s } } } });
+  assert.equal(pvcChange(undefined, want), 'create');
+  assert.equal(pvcChange(live('5Gi'), want), 'grow');
+  assert.equal(pvcChange(live('20Gi'), want), 'shrink');
+  assert.equal(pvcChange(live('10240Mi'), want), 'unchanged');
+});
+
+test('Service: stable name, port 5000 to the http port, selects the pods', () => {
+  const c = cr({ upstream: { registry: 'docker.io' } });
+  const s = renderService(c) as any;
+  assert.equal(s.metadata.name, objectNames(c).service);
+  assert.deepEqual(s.spec.ports, [{ name: 'http', port: 5000, targetPort: 'http', protocol: 'TCP' }]);
+  assert.deepEqual(s.spec.selector, { 'app.kubernetes.io/name': 'registry-mirror', 'app.kubernetes.io/instance': 'hub' });
+  assert.equal(endpointOf(c), 'http://hub.ns1.svc:5000');
+});
+
+test('render: pure and deterministic; a config or credentials change changes the pod template', () => {
+  const c = cr({ upstream: { registry: 'ghcr.io', credentialsSecret: { name: 's' } } });
+  const a = render(c, resolved(c), { defaultImage: 'i', credentials: basic });
+  const b = render(c, resolved(c), { defaultImage: 'i', credentials: basic });
+  assert.deepEqual(a, b);
+  for (const m of Object.values(a)) if (m) assert.ok(m.metadata.annotations?.[ANNOTATION.appliedHash]);
+  const rotated = render(c, resolved(c), { defaultImage: 'i', credentials: { ...basic, hash: 'other' } });
+  assert.notEqual(
+    (rotated.deployment as any).spec.template.metadata.annotations[ANNOTATION.credentialsHash],
+    (a.deployment as any).spec.template.metadata.annotations[ANNOTATION.credentialsHash],
+  );
+  assert.notEqual(rotated.deployment.metadata.annotations![ANNOTATION.appliedHash], a.deployment.metadata.annotations![ANNOTATION.appliedHash]);
+  const c2 = cr({ upstream: { registry: 'ghcr.io', credentialsSecret: { name: 's' } }, cache: { tagTTL: '1m' } });
+  const changed = render(c2, resolved(c2), { defaultImage: 'i', credentials: basic });
+  assert.notEqual(
+    (changed.deployment as any).spec.template.metadata.annotations[ANNOTATION.configHash],
+    (a.deployment as any).spec.template.metadata.annotations[ANNOTATION.configHash],
+  );
+  assert.equal(changed.service.metadata.annotations![ANNOTATION.appliedHash], a.service.metadata.annotations![ANNOTATION.appliedHash]);
+});
