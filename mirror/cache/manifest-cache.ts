@@ -26,6 +26,8 @@ export const defaultAccept = [
   'application/vnd.docker.distribution.manifest.v1+json',
 ].join(', ');
 
+const knownManifestTypes = new Set(defaultAccept.split(', '));
+
 const schema1Signed = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 
 export interface ManifestAnswer {
@@ -71,7 +73,7 @@ export class ManifestCache {
     if (usable && record) {
       let res: UpstreamResponse;
       try {
-        res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: accept ?? defaultAccept });
+        res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: upstreamAccept(accept) });
       } catch (err) {
         // Only trouble (unreachable, token service down, 5xx, 429) is served stale; an
         // upstream that refuses us (401) must not be bypassed by the cache.
@@ -112,7 +114,7 @@ export class ManifestCache {
 
   private async confirmedFor(t: Target, digest: Digest, accept: string | undefined): Promise<boolean> {
     if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;
-    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${digest.value}`, repository: t.name, accept: accept ?? defaultAccept });
+    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${digest.value}`, repository: t.name, accept: upstreamAccept(accept) });
     await res.body.dump().catch(() => undefined);
     if (res.status !== 200) throw this.failure(t, res.status, digest.value);
     await this.repos.link(t.upstream.name, t.name, digest);
@@ -131,7 +133,7 @@ export class ManifestCache {
   }
 
   private async fetchOnce(t: Target, reference: string, accept: string | undefined, expected: Digest | undefined): Promise<StoredManifest> {
-    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/manifests/${reference}`, repository: t.name, accept: accept ?? defaultAccept });
+    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/manifests/${reference}`, repository: t.name, accept: upstreamAccept(accept) });
     if (res.status !== 200) {
       await res.body.dump().catch(() => undefined);
       throw this.failure(t, res.status, reference);
@@ -220,6 +222,17 @@ function contentType(header: string | string[] | undefined, bytes: Buffer): stri
     /* fall through */
   }
   return 'application/vnd.oci.image.manifest.v1+json';
+}
+
+/**
+ * What to ask the upstream for. A client that names manifest types gets exactly those; one
+ * that names none (curl's and fetch's "*\/*", or no header) gets every type we pass through:
+ * distribution answers "*\/*" for an OCI manifest with 404, not with the manifest.
+ */
+export function upstreamAccept(accept: string | undefined): string {
+  if (!accept) return defaultAccept;
+  const types = accept.split(',').map((a) => a.split(';')[0]!.trim());
+  return types.some((t) => knownManifestTypes.has(t)) ? accept : defaultAccept;
 }
 
 /** Whether a client's Accept header admits a media type (no header admits anything). */

@@ -40,6 +40,11 @@ export interface FaultProxyHandle {
   failNext(pathSubstring: string, status: number, count?: number): void;
   /** Hold requests whose path contains pathSubstring for ms before forwarding them. */
   delay(pathSubstring: string, ms: number): void;
+  /**
+   * Answer GETs of this blob with 307 to `toBase` + the same path, as a registry backed by
+   * object storage does (the target plays the pre-signed storage URL on another origin).
+   */
+  redirectBlob(digest: string, toBase: string): void;
   /** Remove every fault (requests in flight keep theirs). */
   clear(): void;
   requests(): ProxyLogEntry[];
@@ -72,6 +77,7 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
   const blobFaults = new Map<string, BlobFault>();
   const failRules: { sub: string; status: number; left: number }[] = [];
   const delays: { sub: string; ms: number }[] = [];
+  const redirects = new Map<string, string>();
   const log: ProxyLogEntry[] = [];
 
   const server = createServer((req, res) => void handle(req, res));
@@ -97,6 +103,14 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     }
     for (const d of delays) if (path.includes(d.sub)) await new Promise((r) => setTimeout(r, d.ms));
     if (req.destroyed) return;
+
+    const redirectTo = method === 'GET' ? redirects.get(BLOB_PATH.exec(path)?.[1] ?? '') : undefined;
+    if (redirectTo) {
+      entry.fault = 'redirect';
+      res.writeHead(307, { location: redirectTo + path, 'content-length': 0 });
+      res.end();
+      return;
+    }
 
     const digest = method === 'GET' ? BLOB_PATH.exec(path)?.[1] : undefined;
     // Taken now: clear() during a transfer must not change the fault half way.
@@ -222,7 +236,11 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     delay(sub, ms) {
       delays.push({ sub, ms });
     },
+    redirectBlob(d, toBase) {
+      redirects.set(d, toBase.replace(/\/+$/, ''));
+    },
     clear() {
+      redirects.clear();
       blobFaults.clear();
       failRules.length = 0;
       delays.length = 0;

@@ -51,3 +51,14 @@ describe('upstream auth helpers', () => {
     for (const bad of ['-1', '1Zi', 'lots', -3, 1.5]) assert.equal(parseBytes(bad), undefined, String(bad));
   });
 });
+
+describe('manifest Accept towards the upstream', () => {
+  it('passes explicit manifest types and widens generic ones', async () => {
+    const { upstreamAccept, defaultAccept } = await import('../../mirror/cache/manifest-cache.js');
+    assert.equal(upstreamAccept(undefined), defaultAccept);
+    assert.equal(upstreamAccept('*/*'), defaultAccept);
+    assert.equal(upstreamAccept('application/json'), defaultAccept);
+    const docker = 'application/vnd.docker.distribution.manifest.v2+json';
+    assert.equal(upstreamAccept(docker), docker);
+  });
+});
