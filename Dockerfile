@@ -1,4 +1,6 @@
 # One image for all three roles: serve, operator, node-agent.
+# scripts/build-image.mjs (test/rig/image.ts) assembles the same final stage as an OCI archive
+# without a Docker engine (the e2e test loads it into its cluster): change the two together.
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./

@@ -3,6 +3,9 @@
 
 const usage = `usage:
   registry-mirror serve [--config FILE]        run the registry mirror
+  registry-mirror verify [--config FILE] [--repair] [--force]
+                                               rehash the store of a stopped mirror; --repair
+                                               quarantines corrupt files, removes leftovers
   registry-mirror operator [--kubeconfig F]    run the RegistryMirror controller
   registry-mirror node-agent [--hosts-dir D]   write containerd hosts.toml on this node
 `;
@@ -12,8 +15,12 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'serve':
       return (await import('../mirror/main.js')).runServe(rest);
+    case 'verify':
+      return (await import('../mirror/verify.js')).runVerify(rest);
     case 'operator':
       return (await import('../operator/main.js')).runOperator(rest);
+    case 'node-agent':
+      return (await import('../operator/node-agent/main.js')).runNodeAgent(rest);
     case '-h':
     case '--help':
     case 'help':

@@ -5,6 +5,7 @@
 import { parse as parseYaml } from 'yaml';
 import { parseBytes, parseDuration } from './duration.js';
 import { isValidRegistryHost } from './reference.js';
+import { patternListProblems } from './access/patterns.js';
 
 export interface UpstreamConfig {
   /** The registry host clients use for it (the key in `upstreams`, containerd's ?ns=). */
@@ -16,6 +17,9 @@ export interface UpstreamConfig {
   passwordFile?: string;
   /** A docker config.json (what a kubernetes.io/dockerconfigjson Secret mounts). */
   credentialsFile?: string;
+  /** Repository patterns (access/patterns.ts): only these names, and never the denied ones. */
+  allow?: string[];
+  deny?: string[];
 }
 
 export interface MirrorConfig {
@@ -26,7 +30,22 @@ export interface MirrorConfig {
   defaultUpstream: string;
   upstreams: Record<string, UpstreamConfig>;
   /** The legacy v1 API; sourceIndex (for /v1/repositories/<name>/images) defaults to source. */
-  v1: { enabled: boolean; source: string; tagsCacheTTLMs: number; sourceIndex?: string };
+  v1: { enabled: boolean; source: string; tagsCacheTTLMs: number; sourceIndex?: string; allow?: string[]; deny?: string[] };
+  /** Client authentication (access/client-auth.ts); absent = every client may pull. */
+  auth?: { htpasswdFile?: string; tokensFile?: string; protectMetrics: boolean };
+  /** Per-request limits towards every upstream and the v1 source. */
+  upstreamTimeouts: UpstreamTimeouts;
+  /** Retries of idempotent upstream requests (see upstream/retry.ts). */
+  upstreamRetries: { attempts: number; backoffMs: number; maxDelayMs: number };
+}
+
+export interface UpstreamTimeouts {
+  /** TCP (and TLS) connection set-up. */
+  connectMs: number;
+  /** From the request sent to the response headers. */
+  headersMs: number;
+  /** Longest pause between two body chunks: a stalled transfer is aborted. */
+  idleMs: number;
 }
 
 export class ConfigError extends Error {
@@ -44,11 +63,13 @@ export const embeddedDefault = {
   defaultUpstream: 'docker.io',
   upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
   v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
+  upstreamTimeouts: { connect: '10s', headers: '30s', idle: '60s' },
+  upstreamRetries: { attempts: 3, backoff: '200ms', maxDelay: '5s' },
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1'];
-const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'auth'];
+const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile', 'allow', 'deny'];
 
 type Env = Record<string, string | undefined>;
 type Obj = Record<string, unknown>;
@@ -71,7 +92,11 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const v1 = object(user.v1 ?? {}, 'v1');
   unknownKeys(storage, ['path', 'maxBytes'], 'storage.');
   unknownKeys(cache, ['ttl', 'tagTTL'], 'cache.');
-  unknownKeys(v1, ['enabled', 'source', 'sourceIndex', 'tagsCacheTTL'], 'v1.');
+  unknownKeys(v1, ['enabled', 'source', 'sourceIndex', 'tagsCacheTTL', 'allow', 'deny'], 'v1.');
+  const timeouts = object(user.upstreamTimeouts ?? {}, 'upstreamTimeouts');
+  const retries = object(user.upstreamRetries ?? {}, 'upstreamRetries');
+  unknownKeys(timeouts, ['connect', 'headers', 'idle'], 'upstreamTimeouts.');
+  unknownKeys(retries, ['attempts', 'backoff', 'maxDelay'], 'upstreamRetries.');
 
   // A user who lists upstreams replaces the embedded docker.io entry rather than merging with
   // it, so a private-registry mirror never silently proxies Docker Hub too.
@@ -117,8 +142,41 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       source: url(v1.source ?? embeddedDefault.v1.source, 'v1.source'),
       tagsCacheTTLMs: duration(v1.tagsCacheTTL ?? embeddedDefault.v1.tagsCacheTTL, 'v1.tagsCacheTTL'),
       ...(v1.sourceIndex !== undefined ? { sourceIndex: url(v1.sourceIndex, 'v1.sourceIndex') } : {}),
+      // v1 serves Docker Hub's legacy API: without lists of its own it follows the default upstream's.
+      ...(v1.allow !== undefined || v1.deny !== undefined
+        ? patternLists(v1, 'v1')
+        : { ...(d.allow ? { allow: d.allow } : {}), ...(d.deny ? { deny: d.deny } : {}) }),
+    },
+    ...(user.auth !== undefined ? { auth: parseAuth(user.auth) } : {}),
+    upstreamTimeouts: {
+      connectMs: limit(timeouts.connect ?? embeddedDefault.upstreamTimeouts.connect, 'upstreamTimeouts.connect'),
+      headersMs: limit(timeouts.headers ?? embeddedDefault.upstreamTimeouts.headers, 'upstreamTimeouts.headers'),
+      idleMs: limit(timeouts.idle ?? embeddedDefault.upstreamTimeouts.idle, 'upstreamTimeouts.idle'),
+    },
+    upstreamRetries: {
+      attempts: attempts(retries.attempts ?? embeddedDefault.upstreamRetries.attempts, 'upstreamRetries.attempts'),
+      backoffMs: limit(retries.backoff ?? embeddedDefault.upstreamRetries.backoff, 'upstreamRetries.backoff'),
+      maxDelayMs: limit(retries.maxDelay ?? embeddedDefault.upstreamRetries.maxDelay, 'upstreamRetries.maxDelay'),
     },
   };
+}
+
+/**
+ * A timeout or wait: a duration above 0 and at most 1h. 0 would switch undici's timeouts off
+ * (a stalled upstream would hold a client forever), and timers past 2^31 ms fire at once.
+ */
+function limit(v: unknown, key: string): number {
+  const ms = duration(v, key);
+  if (ms <= 0 || ms > 3_600_000) throw new ConfigError(key, `"${String(v)}" must be above 0 and at most 1h`);
+  return ms;
+}
+
+function attempts(v: unknown, key: string): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) {
+    throw new ConfigError(key, `"${String(v)}" must be a whole number of tries from 1 (no retries) to 10`);
+  }
+  return n;
 }
 
 function parseUpstream(name: string, value: unknown): UpstreamConfig {
@@ -136,6 +194,7 @@ function parseUpstream(name: string, value: unknown): UpstreamConfig {
   if ((u.usernameFile === undefined) !== (u.passwordFile === undefined)) {
     throw new ConfigError(`${key}.usernameFile`, 'usernameFile and passwordFile go together');
   }
+  Object.assign(u, patternLists(o, key));
   return u;
 }
 
@@ -201,4 +260,26 @@ function listenAddress(s: string): { host: string; port: number } {
 
 function firstKeyOr(o: Obj, fallback: string): string {
   return Object.keys(o)[0] ?? fallback;
+}
+
+/** allow/deny lists of repository patterns under `key`; omitted lists stay undefined. */
+function patternLists(o: Obj, key: string): { allow?: string[]; deny?: string[] } {
+  const out: { allow?: string[]; deny?: string[] } = {};
+  for (const k of ['allow', 'deny'] as const) {
+    if (o[k] === undefined) continue;
+    const problems = patternListProblems(o[k], `${key}.${k}`);
+    if (problems.length > 0) throw new ConfigError(problems[0]!.key, problems[0]!.problem);
+    out[k] = [...(o[k] as string[])];
+  }
+  return out;
+}
+
+function parseAuth(v: unknown): NonNullable<MirrorConfig['auth']> {
+  const o = object(v, 'auth');
+  unknownKeys(o, ['htpasswdFile', 'tokensFile', 'protectMetrics'], 'auth.');
+  const auth: NonNullable<MirrorConfig['auth']> = { protectMetrics: bool(o.protectMetrics ?? false, 'auth.protectMetrics') };
+  if (o.htpasswdFile !== undefined) auth.htpasswdFile = nonEmpty(o.htpasswdFile, 'auth.htpasswdFile');
+  if (o.tokensFile !== undefined) auth.tokensFile = nonEmpty(o.tokensFile, 'auth.tokensFile');
+  if (!auth.htpasswdFile && !auth.tokensFile) throw new ConfigError('auth', 'needs htpasswdFile, tokensFile or both');
+  return auth;
 }

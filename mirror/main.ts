@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { ConfigError, parseConfigText, type MirrorConfig } from './config.js';
 import { createMirror, loggerOptions } from './server.js';
+import { activeOwner, claimStore, describeOwner } from './store/owner.js';
 
 const shutdownGraceMs = 25_000;
 
@@ -40,6 +41,12 @@ export async function runServe(argv: string[]): Promise<void> {
     throw err;
   }
   const logger = pino(loggerOptions(config.logLevel));
+  // `verify --repair` moves files around: never serve from a store it is working on.
+  const verifier = activeOwner(config.storage.path, 'verify');
+  if (verifier) {
+    process.stderr.write(`registry-mirror: registry-mirror verify is running on ${config.storage.path} (${describeOwner(verifier)}); start the server when it is done\n`);
+    process.exit(2);
+  }
   let mirror;
   try {
     mirror = await createMirror(config, logger);
@@ -50,6 +57,8 @@ export async function runServe(argv: string[]): Promise<void> {
     }
     throw err;
   }
+  // Tells `registry-mirror verify` that this store is in use (store/owner.ts).
+  const releaseStore = await claimStore(config.storage.path, 'serve');
   await mirror.app.listen({ host: config.listen.host, port: config.listen.port });
   logger.info(
     { listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
@@ -72,6 +81,7 @@ export async function runServe(argv: string[]): Promise<void> {
     await mirror.app.close();
     clearInterval(reap);
     await mirror.shutdown();
+    await releaseStore().catch(() => undefined);
     clearTimeout(force);
     logger.info('stopped');
     logger.flush?.();

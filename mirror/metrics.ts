@@ -26,6 +26,7 @@ export class MirrorMetrics {
   private readonly bytesServedCounter: Counter<'source'>;
   private readonly upstreamRequests: Counter<'upstream' | 'status'>;
   private readonly upstreamErrorsCounter: Counter<'upstream'>;
+  private readonly upstreamRetries: Counter<'upstream'>;
   private readonly evictions: Counter<'reason'>;
   readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
@@ -56,6 +57,12 @@ export class MirrorMetrics {
     this.upstreamErrorsCounter = new Counter({
       name: 'registry_mirror_upstream_errors_total',
       help: 'Upstream failures: unreachable, 5xx, 429, or content that failed verification',
+      labelNames: ['upstream'],
+      registers: [r],
+    });
+    this.upstreamRetries = new Counter({
+      name: 'registry_mirror_upstream_retries_total',
+      help: 'Upstream requests sent again after a connection error, 429 or 5xx',
       labelNames: ['upstream'],
       registers: [r],
     });
@@ -119,6 +126,10 @@ export class MirrorMetrics {
   upstreamError(upstream: string): void {
     this.upstreamErrorsCounter.inc({ upstream });
     this.counts.upstreamErrors++;
+  }
+
+  upstreamRetry(upstream: string): void {
+    this.upstreamRetries.inc({ upstream });
   }
 
   evicted(reason: 'ttl' | 'size', n = 1): void {

@@ -2,7 +2,10 @@
 // component that names a configured upstream (/v2/ghcr.io/org/app/...) for clients that
 // cannot send ns (skopeo, podman, docker), else the default upstream. Only configured
 // upstreams are ever contacted: an unknown ns is an error, never a request to that host.
+// An upstream's repository policy (allow/deny patterns) is applied here too, right after the
+// name is known and valid, so a refused name never reaches the store or the upstream.
 
+import type { RepositoryPolicy } from './access/patterns.js';
 import { RegistryError } from './errors.js';
 import { clip, parseName } from './reference.js';
 import { upstreamName, type Target } from './cache/target.js';
@@ -18,7 +21,14 @@ export class UpstreamRouter {
   constructor(
     private readonly upstreams: Map<string, UpstreamClient>,
     private readonly defaultUpstream: string,
+    /** Upstream key -> its policy; upstreams without one allow every name. */
+    private readonly policies: ReadonlyMap<string, RepositoryPolicy> = new Map(),
   ) {}
+
+  /** Whether the upstream's policy lets this (upstream-side) repository name through. */
+  allows(upstream: string, name: string): boolean {
+    return this.policies.get(upstream)?.allows(name) ?? true;
+  }
 
   get names(): string[] {
     return [...this.upstreams.keys()];
@@ -49,6 +59,9 @@ export class UpstreamRouter {
     }
     parseName(name);
     const client = picked.client;
-    return { target: { upstream: client, name: upstreamName(client.name, client.config.url, name) }, namespace: picked.namespace };
+    const target = { upstream: client, name: upstreamName(client.name, client.config.url, name) };
+    const decision = this.policies.get(client.name)?.check(target.name);
+    if (decision && !decision.ok) throw new RegistryError('DENIED', decision.message, { name: target.name });
+    return { target, namespace: picked.namespace };
   }
 }

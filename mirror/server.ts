@@ -4,6 +4,9 @@
 
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { loadAuthenticator, registerClientAuth } from './access/client-auth.js';
+import { isDockerHub, RepositoryPolicy } from './access/patterns.js';
+import { V1Access } from './access/v1-access.js';
 import { BlobCache } from './cache/blob-cache.js';
 import { ManifestCache } from './cache/manifest-cache.js';
 import type { MirrorConfig } from './config.js';
@@ -46,18 +49,30 @@ export const loggerOptions = (level: string) => ({
 const accessFlushMs = 30_000;
 
 export async function createMirror(config: MirrorConfig, logger: Logger): Promise<Mirror> {
+  // Unreadable or invalid htpasswd/tokens files stop start-up (ConfigError) before the store opens.
+  const authenticator = config.auth ? loadAuthenticator(config.auth) : undefined;
   const store = new ContentStore(config.storage.path);
   const { sweptTemp } = await store.open();
   if (sweptTemp > 0) logger.info({ sweptTemp }, 'removed unfinished downloads of a previous run');
   const repos = new RepoIndex(config.storage.path, store.tmpDir);
   const metrics = new MirrorMetrics(() => store.totals());
 
-  const dispatcher = UpstreamClient.agent();
+  const dispatcher = UpstreamClient.agent(config.upstreamTimeouts);
+  const retry = config.upstreamRetries;
+  const onRetry = (upstream: string, reason: string, delayMs: number) => {
+    metrics.upstreamRetry(upstream);
+    logger.debug({ upstream, reason, delayMs }, 'retrying upstream request');
+  };
   const clients = new Map<string, UpstreamClient>();
   for (const u of Object.values(config.upstreams)) {
-    clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status)));
+    clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status), { retry, onRetry }));
   }
-  const router = new UpstreamRouter(clients, config.defaultUpstream);
+  const policies = new Map<string, RepositoryPolicy>();
+  for (const u of Object.values(config.upstreams)) {
+    const policy = RepositoryPolicy.from(u.name, u.allow, u.deny, isDockerHub(u.name, u.url));
+    if (policy) policies.set(u.name, policy);
+  }
+  const router = new UpstreamRouter(clients, config.defaultUpstream, policies);
   const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes });
   const blobs = new BlobCache(store, repos, metrics, logger, {
     maxBytes: config.storage.maxBytes,
@@ -75,6 +90,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.removeAllContentTypeParsers();
   // The mirror accepts no request bodies; pushes are refused before their body is read.
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+  // Before every route and the not-found handler, so it guards all of them.
+  if (config.auth && authenticator) registerClientAuth(app, config.auth, authenticator, metrics.registry, logger);
 
   app.addHook('onResponse', async (req, reply) => {
     const m = req.mirror;
@@ -92,6 +109,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
         status: reply.statusCode,
         cache: m?.result,
         upstream: m?.upstream,
+        user: req.principal?.name,
         bytes: complete ? bytes : undefined,
         aborted: !reply.raw.writableFinished || undefined,
         ms: Math.round(reply.elapsedTime),
@@ -122,7 +140,16 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.get('/stats', async () => metrics.stats());
   registerV2(app, { router, blobs, manifests, repos, metrics });
   if (config.v1.enabled) {
-    registerV1(app, { config: config.v1, store, metrics, log: logger, maxBytes: config.storage.maxBytes, makeRoom: (bytes) => evictor.makeRoom(bytes) });
+    registerV1(app, {
+      config: config.v1,
+      store,
+      metrics,
+      log: logger,
+      maxBytes: config.storage.maxBytes,
+      makeRoom: (bytes) => evictor.makeRoom(bytes),
+      access: v1Access(config),
+      source: { timeouts: config.upstreamTimeouts, retry, onRetry },
+    });
   }
 
   const flushTimer = setInterval(() => {
@@ -161,4 +188,10 @@ function toRegistryError(err: unknown): RegistryError {
   if (e.statusCode === 431 || e.statusCode === 414) return new RegistryError('NAME_INVALID', 'request too large', undefined, e.statusCode);
   if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) return new RegistryError('NAME_INVALID', 'bad request', undefined, e.statusCode);
   return new RegistryError('UNKNOWN', 'internal error');
+}
+
+/** v1 names are Docker Hub's (a single name is library/<name>), so its patterns are completed alike. */
+function v1Access(config: MirrorConfig): V1Access | undefined {
+  const policy = RepositoryPolicy.from('v1', config.v1.allow, config.v1.deny, true);
+  return policy ? new V1Access(policy) : undefined;
 }

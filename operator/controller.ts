@@ -96,7 +96,9 @@ export class Controller {
     }
     const toReferrers = (s: SecretSummary) => {
       for (const cr of this.crs.list(s.metadata.namespace)) {
-        if (cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name) this.queue.add(keyOf(cr));
+        if (cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name || cr.spec?.auth?.secret?.name === s.metadata.name) {
+          this.queue.add(keyOf(cr));
+        }
       }
     };
     this.secrets.on('add', toReferrers).on('update', toReferrers).on('delete', toReferrers);
@@ -166,7 +168,9 @@ export class Controller {
   /** Reads /stats of every ready mirror pod; queues the RegistryMirrors whose figures moved. */
   private async refreshStats(): Promise<void> {
     await Promise.all(
-      this.crs.list().map(async (cr) => {
+      // With protectMetrics the mirror's /stats wants credentials the operator does not hold
+      // (it never reads Secret values): no scrape, status.cache stays as it was.
+      this.crs.list().filter((cr) => cr.spec?.auth?.protectMetrics !== true).map(async (cr) => {
         const key = keyOf(cr);
         const pods = this.pods
           .list(cr.metadata.namespace)

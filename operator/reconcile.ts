@@ -7,12 +7,14 @@ import { apply, getObject, replaceStatus, type Kube } from './kube/client.js';
 import { errorText, statusOf } from './kube/informer.js';
 import type { Metrics } from './metrics.js';
 import { render } from './render/index.js';
+import { CONFIG_KEY } from './render/config-map.js';
+import { mirrorConfigProblem } from './render/mirror-config.js';
 import { ANNOTATION, endpointOf, INSTANCE_LABEL, MANAGED_BY } from './render/names.js';
 import { pvcChange } from './render/pvc.js';
-import { credentialsForm, type SecretSummary } from './secrets.js';
+import { authForm, credentialsForm, type SecretSummary } from './secrets.js';
 import { resolveSpec } from './spec.js';
 import { computeStatus, statusEqual, type DeploymentLike, type Outcome } from './status.js';
-import type { CacheStatus, CredentialsForm, Manifest, RegistryMirror } from './types.js';
+import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror } from './types.js';
 import { splitKey } from './types.js';
 
 export interface ReconcileCaches {
@@ -65,10 +67,30 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
         else credentials = form;
       }
     }
-    if (blocked) outcome = blocked;
+    let auth: AuthForm | undefined;
+    if (!blocked && spec.auth) {
+      const secret = d.caches.secret(namespace, spec.auth.secret);
+      if (!secret) {
+        blocked = {
+          kind: 'blocked',
+          reason: 'AuthSecretNotFound',
+          message: `Secret "${spec.auth.secret}" named by spec.auth.secret does not exist in namespace "${namespace}"`,
+        };
+      } else {
+        const form = authForm(secret);
+        if ('problem' in form) blocked = { kind: 'blocked', reason: 'AuthSecretInvalid', message: form.problem };
+        else auth = form;
+      }
+    }
+    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth });
+    const configProblem = rendered && mirrorConfigProblem((rendered.configMap.data as Record<string, string>)[CONFIG_KEY] ?? '');
+    if (configProblem) {
+      blocked = { kind: 'blocked', reason: 'InvalidSpec', message: `the mirror would refuse the rendered configuration (${configProblem}); nothing was applied` };
+    }
+    if (blocked || !rendered) outcome = blocked!;
     else {
       try {
-        outcome = await applyAll(cr, render(cr, spec, { defaultImage: d.defaultImage, credentials }), d, log);
+        outcome = await applyAll(cr, rendered, d, log);
       } catch (err) {
         failure = err;
         outcome =

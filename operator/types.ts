@@ -25,7 +25,12 @@ export interface RegistryMirrorSpec {
     /** Base URL of the upstream registry; defaulted for well-known registries. */
     url?: string;
     credentialsSecret?: SecretReference;
+    /** Repository patterns (README "Access"): only these names, never the denied ones. */
+    allow?: string[];
+    deny?: string[];
   };
+  /** Client authentication: a Secret with `htpasswd` (bcrypt) and/or `tokens` keys. */
+  auth?: { secret?: SecretReference; protectMetrics?: boolean };
   cache?: { ttl?: string; tagTTL?: string };
   storage?: {
     /** Kubernetes quantity; when set the cache lives on a PVC of that size, else on an emptyDir. */
@@ -128,6 +133,12 @@ export interface OwnerReference {
 export type CredentialsForm =
   | { form: 'dockerconfigjson'; hash: string }
   | { form: 'basic'; hash: string };
+
+/** Which client-auth keys the auth Secret holds (checked, never the values) and its data hash. */
+export interface AuthForm {
+  keys: Array<'htpasswd' | 'tokens'>;
+  hash: string;
+}
 
 export function keyOf(obj: { metadata?: { namespace?: string; name?: string } }): string {
   return `${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;

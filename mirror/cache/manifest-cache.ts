@@ -12,6 +12,7 @@ import type { ContentStore, StoredManifest } from '../store/content-store.js';
 import { isNoSpace } from '../store/fsutil.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { upstreamError, type UpstreamResponse } from '../upstream/client.js';
+import { describeError } from '../upstream/retry.js';
 import type { Target } from './target.js';
 
 export const maxManifestBytes = 4 << 20;
@@ -184,13 +185,20 @@ async function readLimited(res: UpstreamResponse, limit: number): Promise<Buffer
   }
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of res.body) {
-    total += (chunk as Buffer).length;
-    if (total > limit) {
-      res.body.destroy();
-      throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
+  try {
+    for await (const chunk of res.body) {
+      total += (chunk as Buffer).length;
+      if (total > limit) {
+        res.body.destroy();
+        throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (err) {
+    // A body that stalls (upstreamTimeouts.idle) or breaks off is upstream trouble, not a
+    // fault of ours: UNAVAILABLE (so a cached manifest is served stale), never a 500.
+    if (err instanceof RegistryError) throw err;
+    throw new RegistryError('UNAVAILABLE', `upstream broke off the manifest: ${describeError(err)}`);
   }
   return Buffer.concat(chunks);
 }

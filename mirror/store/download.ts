@@ -119,8 +119,22 @@ export class Download {
     this.source = source;
     const hash = createHash(this.digest?.algorithm ?? 'sha256');
     try {
-      for await (const chunk of source.body) {
-        await this.accept(chunk, hash);
+      try {
+        for await (const chunk of source.body) {
+          try {
+            await this.accept(chunk, hash);
+          } catch (err) {
+            throw new LocalFailure(err);
+          }
+        }
+      } catch (err) {
+        // The upstream body failed (stalled past upstreamTimeouts.idle, reset, cut short):
+        // upstream trouble, UNAVAILABLE. A client whose response has not started yet (a stall
+        // before the first byte) gets a clean 503 to retry elsewhere, not a 500 of ours.
+        if (err instanceof LocalFailure) throw err.cause;
+        throw err instanceof RegistryError || (err as Error).name === 'V1Error'
+          ? err
+          : new RegistryError('UNAVAILABLE', `upstream transfer failed: ${(err as { code?: string }).code ?? (err as Error).message}`);
       }
       if (this.size !== undefined && this.received !== this.size) {
         throw new RegistryError('SIZE_INVALID', `upstream sent ${this.received} bytes, Content-Length said ${this.size}`);
@@ -228,11 +242,20 @@ export class Download {
   }
 }
 
+/** An error of our own side (disk, readers) while taking a chunk, as opposed to the upstream's. */
+class LocalFailure extends Error {
+  constructor(override readonly cause: unknown) {
+    super('local failure');
+  }
+}
+
 function digestVerifier(digest: Digest): Verify {
   return (hashHex) => {
     const actual = `${digest.algorithm}:${hashHex}`;
     if (actual === digest.value) return undefined;
-    return new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { expected: digest.value, actual });
+    // 502, not DIGEST_INVALID's usual 400 (a bad push): when the mismatch shows before the
+    // response started, the client asked for nothing wrong; the upstream sent bad content.
+    return new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { expected: digest.value, actual }, 502);
   };
 }
 

@@ -1,13 +1,21 @@
 // The HTTP client for one upstream registry: token and Basic auth handled here so callers
 // only ask for paths. undici's Agent pools connections; redirects are followed by hand so
 // that Authorization is only ever sent to the upstream's own origin (blob storage behind a
-// redirect gets a pre-signed URL and must not see our token).
+// redirect gets a pre-signed URL and must not see our token). Every request it sends is a
+// GET or HEAD, so each one (each redirect hop and token fetch too) is retried as retry.ts says.
 
 import { Agent, request, type Dispatcher } from 'undici';
-import type { UpstreamConfig } from '../config.js';
+import type { UpstreamConfig, UpstreamTimeouts } from '../config.js';
 import { RegistryError } from '../errors.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
+import { defaultRetryPolicy, describeError as describe, withRetries, type RetryPolicy } from './retry.js';
+
+export interface UpstreamClientOptions {
+  retry?: RetryPolicy;
+  /** Called before each retry, for the retry metric and a debug line. */
+  onRetry?: (upstream: string, reason: string, delayMs: number) => void;
+}
 
 export interface UpstreamResponse {
   status: number;
@@ -46,6 +54,7 @@ export class UpstreamClient {
     private readonly credentials: Credentials | undefined,
     private readonly dispatcher: Dispatcher,
     private readonly onRequest: (upstream: string, status: number | 'error') => void = () => undefined,
+    private readonly options: UpstreamClientOptions = {},
   ) {
     this.name = config.name;
     const u = new URL(config.url);
@@ -53,14 +62,22 @@ export class UpstreamClient {
     this.base = `${config.url}/v2/`;
   }
 
-  static agent(): Agent {
+  static agent(timeouts: UpstreamTimeouts = { connectMs: 10_000, headersMs: 30_000, idleMs: 60_000 }): Agent {
     return new Agent({
       connections: 64,
       keepAliveTimeout: 30_000,
-      headersTimeout: 30_000,
+      headersTimeout: timeouts.headersMs,
       // Idle time between body chunks: a stalled upstream aborts the transfer.
-      bodyTimeout: 60_000,
-      connect: { timeout: 10_000 },
+      bodyTimeout: timeouts.idleMs,
+      connect: { timeout: timeouts.connectMs },
+    });
+  }
+
+  /** One request with retries (see retry.ts); every attempt is counted in the metrics. */
+  private retrying(send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
+    return withRetries(this.options.retry ?? defaultRetryPolicy, send, {
+      onAttempt: (status) => this.onRequest(this.name, status),
+      onRetry: ({ reason, delayMs }) => this.options.onRetry?.(this.name, reason, delayMs),
     });
   }
 
@@ -104,13 +121,12 @@ export class UpstreamClient {
       if (req.accept) headers.accept = req.accept;
       if (authorization && sameOrigin) headers.authorization = authorization;
       let res: Dispatcher.ResponseData;
+      const target = url;
       try {
-        res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher });
+        res = await this.retrying(() => request(target, { method: req.method, headers, dispatcher: this.dispatcher }));
       } catch (err) {
-        this.onRequest(this.name, 'error');
         throw new RegistryError('UNAVAILABLE', `upstream ${this.name} unreachable: ${describe(err)}`);
       }
-      this.onRequest(this.name, res.statusCode);
       const location = res.headers.location;
       if (res.statusCode >= 300 && res.statusCode < 400 && typeof location === 'string') {
         await res.body.dump().catch(() => undefined);
@@ -155,7 +171,7 @@ export class UpstreamClient {
     }
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(u, { method: 'GET', headers, dispatcher: this.dispatcher });
+      res = await this.retrying(() => request(u, { method: 'GET', headers, dispatcher: this.dispatcher }));
     } catch (err) {
       throw new RegistryError('UNAVAILABLE', `token service of ${this.name} unreachable: ${describe(err)}`);
     }
@@ -176,11 +192,6 @@ export class UpstreamClient {
     const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
     return { value, expiresAt: start + Math.max(lifetimeMs - tokenMarginMs, lifetimeMs / 2) };
   }
-}
-
-function describe(err: unknown): string {
-  const e = err as { code?: string; message?: string };
-  return e.code ?? e.message ?? 'error';
 }
 
 /** Maps an upstream status that is not a success to the error the client should see. */

@@ -8,6 +8,7 @@
 
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import type { V1Access } from '../access/v1-access.js';
 import { V1Cache, type DocAnswer } from '../cache/v1-cache.js';
 import type { MirrorConfig } from '../config.js';
 import { RegistryError } from '../errors.js';
@@ -17,7 +18,7 @@ import { V1Index } from '../store/v1-index.js';
 import { decodePath } from '../v2/path.js';
 import { toV1Error, V1Error } from './errors.js';
 import { parseV1Path } from './path.js';
-import { V1Source } from './source.js';
+import { V1Source, type V1SourceOptions } from './source.js';
 
 export interface V1Options {
   config: MirrorConfig['v1'];
@@ -30,6 +31,10 @@ export interface V1Options {
   makeRoom: (bytes: number) => Promise<void>;
   /** How often records of expired content are swept (default 10 minutes). */
   sweepIntervalMs?: number;
+  /** The v1 repository policy (access/v1-access.ts); undefined = every name. */
+  access?: V1Access;
+  /** upstreamTimeouts and upstreamRetries, as for the v2 upstreams. */
+  source?: V1SourceOptions;
 }
 
 /** The v1 protocol version announced; docker 1.x clients only log it. */
@@ -39,7 +44,7 @@ const readMethods = new Set(['GET', 'HEAD']);
 const immutable = 'public, max-age=31536000';
 
 export function registerV1(app: FastifyInstance, o: V1Options): V1Cache {
-  const source = new V1Source(o.config.source, o.config.sourceIndex ?? o.config.source, (name, status) => o.metrics.upstreamRequest(name, status));
+  const source = new V1Source(o.config.source, o.config.sourceIndex ?? o.config.source, (name, status) => o.metrics.upstreamRequest(name, status), o.source);
   const cache = new V1Cache(o.store, new V1Index(o.store.root, o.store.tmpDir), source, o.metrics, o.log, {
     tagsTTLMs: o.config.tagsCacheTTLMs,
     maxBytes: o.maxBytes,
@@ -48,7 +53,7 @@ export function registerV1(app: FastifyInstance, o: V1Options): V1Cache {
 
   const handler = async (req: FastifyRequest, reply: FastifyReply) => {
     reply.header('X-Docker-Registry-Version', registryVersion).header('X-Docker-Registry-Config', 'mirror');
-    return route(req, reply, cache);
+    return route(req, reply, cache, o.access);
   };
   const methods = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'];
   // An encapsulated scope so that its error handler, v1 JSON, also catches what fails after
@@ -73,13 +78,14 @@ export function registerV1(app: FastifyInstance, o: V1Options): V1Cache {
   return cache;
 }
 
-async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache) {
+async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache, access: V1Access | undefined) {
   if (!readMethods.has(req.method)) {
     throw new V1Error(405, 'this registry is a read-only mirror: push and delete are not supported');
   }
   const path = decodePath(req.url);
   if (path === undefined) throw new V1Error(400, 'malformed request path');
   const p = parseV1Path(path);
+  access?.check(p);
   const upstream = cache.sourceName;
   switch (p.kind) {
     case 'ping':
@@ -88,6 +94,7 @@ async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache) {
     case 'images': {
       req.mirror = { api: 'v1', kind: 'tag', upstream };
       const answer = await cache.images(p.repo);
+      access?.learn(p, answer.bytes);
       // The seed's rewrite: the client must fetch the images from us, not from the source.
       if (req.headers.host) reply.header('X-Docker-Endpoints', req.headers.host);
       return sendDoc(req, reply, answer);
@@ -97,7 +104,9 @@ async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache) {
     case 'repo-json': {
       req.mirror = { api: 'v1', kind: 'tag', upstream };
       const doc = p.kind === 'tags' ? 'tags' : p.kind === 'tag' ? (`tag/${p.tag}` as const) : 'json';
-      return sendDoc(req, reply, await cache.repoDoc(p.repo, doc));
+      const answer = await cache.repoDoc(p.repo, doc);
+      access?.learn(p, answer.bytes);
+      return sendDoc(req, reply, answer);
     }
     case 'image-json': {
       req.mirror = { api: 'v1', kind: 'image', upstream };
@@ -110,7 +119,9 @@ async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache) {
     case 'ancestry': {
       req.mirror = { api: 'v1', kind: 'image', upstream };
       reply.header('Cache-Control', immutable);
-      return sendDoc(req, reply, await cache.ancestry(p.id));
+      const answer = await cache.ancestry(p.id);
+      access?.learn(p, answer.bytes);
+      return sendDoc(req, reply, answer);
     }
     case 'layer': {
       req.mirror = { api: 'v1', kind: 'image', upstream };

@@ -2,10 +2,19 @@
 // Anonymous: the mirror forwards no client header (the seed forwarded them all, tokens
 // included); it caches public content and serves it to everyone, so it must only ever fetch
 // what anyone may fetch. Redirects (layers on blob storage) are followed by undici's
-// interceptor; there is no Authorization to leak across origins.
+// interceptor; there is no Authorization to leak across origins. Requests are GETs, retried
+// as upstream/retry.ts says (before any body byte reaches a client, never after).
 
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
+import type { UpstreamTimeouts } from '../config.js';
+import { defaultRetryPolicy, describeError, withRetries, type RetryPolicy } from '../upstream/retry.js';
 import { V1Error } from './errors.js';
+
+export interface V1SourceOptions {
+  timeouts?: UpstreamTimeouts;
+  retry?: RetryPolicy;
+  onRetry?: (source: string, reason: string, delayMs: number) => void;
+}
 
 export interface SourceResponse {
   status: number;
@@ -23,15 +32,17 @@ export class V1Source {
     private readonly source: string,
     private readonly index: string,
     private readonly onRequest: (source: string, status: number | 'error') => void = () => undefined,
+    private readonly options: V1SourceOptions = {},
   ) {
     this.name = new URL(source).host;
+    const t = options.timeouts ?? { connectMs: 10_000, headersMs: 30_000, idleMs: 60_000 };
     this.agent = new Agent({
       connections: 32,
       keepAliveTimeout: 30_000,
-      headersTimeout: 30_000,
+      headersTimeout: t.headersMs,
       // Idle time between body chunks: a stalled source aborts the transfer.
-      bodyTimeout: 60_000,
-      connect: { timeout: 10_000 },
+      bodyTimeout: t.idleMs,
+      connect: { timeout: t.connectMs },
     });
     this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: 5 }));
   }
@@ -44,17 +55,19 @@ export class V1Source {
     const url = (opts.index ? this.index : this.source) + path;
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(url, {
-        method: 'GET',
-        headers: { 'user-agent': 'registry-mirror', accept: 'application/json, */*' },
-        dispatcher: this.dispatcher,
+      const send = () =>
+        request(url, {
+          method: 'GET',
+          headers: { 'user-agent': 'registry-mirror', accept: 'application/json, */*' },
+          dispatcher: this.dispatcher,
+        });
+      res = await withRetries(this.options.retry ?? defaultRetryPolicy, send, {
+        onAttempt: (status) => this.onRequest(this.name, status),
+        onRetry: ({ reason, delayMs }) => this.options.onRetry?.(this.name, reason, delayMs),
       });
     } catch (err) {
-      this.onRequest(this.name, 'error');
-      const e = err as { code?: string; message?: string };
-      throw new V1Error(503, `the v1 source is unreachable: ${e.code ?? e.message ?? 'error'}`);
+      throw new V1Error(503, `the v1 source is unreachable: ${describeError(err)}`);
     }
-    this.onRequest(this.name, res.statusCode);
     return { status: res.statusCode, headers: res.headers, body: res.body };
   }
 

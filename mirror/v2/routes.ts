@@ -145,7 +145,12 @@ async function tagsList(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, 
     req.mirror.result = 'pass';
     const link = res.headers.link;
     if (typeof link === 'string') reply.header('Link', link);
-    return reply.header('Content-Type', 'application/json').send(await res.body.text());
+    // A body that stalls or breaks off is upstream trouble (UNAVAILABLE: the cached tags
+    // below), not an internal error.
+    const text = await res.body.text().catch((err: unknown) => {
+      throw new RegistryError('UNAVAILABLE', `upstream ${t.upstream.name} broke off the tag list: ${(err as Error).message}`);
+    });
+    return reply.header('Content-Type', 'application/json').send(text);
   } catch (err) {
     // The upstream is unreachable: the tags this mirror has cached are better than nothing.
     if ((err as RegistryError).code !== 'UNAVAILABLE') throw err;
@@ -162,7 +167,8 @@ async function catalog(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, n
   if (namespace) reply.header('OCI-Namespace', namespace);
   const n = single(query.n);
   if (n !== undefined && !/^\d{1,6}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
-  const all = await deps.repos.listRepositories(client.name);
+  // Names the upstream's policy refuses stay out of the catalog even if cached before.
+  const all = (await deps.repos.listRepositories(client.name)).filter((n) => deps.router.allows(client.name, n));
   const page = paginate(all, n, single(query.last));
   if (n !== undefined && page.length === Number(n) && page.length > 0 && all[all.length - 1] !== page[page.length - 1]) {
     reply.header('Link', `</v2/_catalog?n=${n}&last=${encodeURIComponent(page[page.length - 1]!)}>; rel="next"`);

@@ -35,7 +35,9 @@ export function reportContainerdConfig(flags: Pick<NodeAgentFlags, 'containerdCo
   } catch {
     text = undefined;
   }
-  for (const f of checkContainerdConfig(text, flags.nodeHostsPath)) log[f.level]({ containerdConfig: flags.containerdConfig }, f.message);
+  const findings = checkContainerdConfig(text, flags.nodeHostsPath);
+  for (const f of findings) log[f.level]({ containerdConfig: flags.containerdConfig }, f.message);
+  if (findings.length === 0) log.info({ containerdConfig: flags.containerdConfig, hostsPath: flags.nodeHostsPath }, 'containerd reads hosts.toml files from the hosts directory');
 }
 
 /**

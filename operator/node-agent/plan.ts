@@ -4,7 +4,8 @@
 // used by nodes. The winner is chosen the same way by every node agent, whatever order events
 // arrive in: the oldest creationTimestamp, then namespace/name. Every loser gets the
 // NodeConfig condition False/RegistryConflict naming the winner; the winner (once its Service
-// has a ClusterIP) True/HostsConfigured.
+// has a ClusterIP) True/HostsConfigured. Mirrors with spec.auth are never candidates
+// (False/ClientAuthRequired): nodes have no credentials for them.
 import { MIRROR_PORT, type RegistryMirror } from '../types.js';
 import { defaultUpstreamUrl } from '../well-known-registries.js';
 import { objectNames } from '../render/names.js';
@@ -24,7 +25,7 @@ export interface MirrorLike {
 
 export interface NodeConfigState {
   status: 'True' | 'False';
-  reason: 'HostsConfigured' | 'RegistryConflict' | 'WaitingForService' | 'NoUpstreamURL' | 'Disabled';
+  reason: 'HostsConfigured' | 'RegistryConflict' | 'WaitingForService' | 'NoUpstreamURL' | 'ClientAuthRequired' | 'Disabled';
   message: string;
 }
 
@@ -73,13 +74,26 @@ export function plan(mirrors: MirrorLike[], services: ServiceLike[], opts: { dia
   const entries = new Map<string, HostsEntry>();
   const conditions = new Map<string, NodeConfigState>();
   for (const [registry, list] of [...byRegistry].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    list.sort(compareMirrors);
-    const [winner, ...losers] = list as [MirrorLike, ...MirrorLike[]];
+    // A mirror that requires client credentials cannot serve the nodes: the agent has no
+    // credentials to give containerd (the Secret holds bcrypt hashes or token digests), so
+    // every pull would be refused by the mirror first (at best falling back to the upstream,
+    // at worst failing). Such mirrors are not candidates; another mirror of the registry may
+    // serve the nodes.
+    const candidates = list.filter((m) => !m.spec?.auth?.secret).sort(compareMirrors);
+    for (const m of list.filter((x) => x.spec?.auth?.secret)) {
+      conditions.set(key(m), {
+        status: 'False',
+        reason: 'ClientAuthRequired',
+        message: `spec.auth makes the mirror ask clients for credentials, which nodes cannot give; it is not configured on nodes (set nodeConfig.enabled: false to silence this)`,
+      });
+    }
+    if (candidates.length === 0) continue;
+    const [winner, ...losers] = candidates as [MirrorLike, ...MirrorLike[]];
     for (const l of losers) {
       conditions.set(key(l), {
         status: 'False',
         reason: 'RegistryConflict',
-        message: `Nodes use ${key(winner)} for ${registry} (the oldest RegistryMirror for a registry wins); this one is not configured on nodes`,
+        message: `Nodes use ${key(winner)} for ${registry} (of the RegistryMirrors nodes can use for a registry, the oldest wins); this one is not configured on nodes`,
       });
     }
     const server = upstreamUrl(winner);

@@ -1,15 +1,15 @@
 // ConfigMap holding the mirror's config.yaml. Pure.
 import { stringify } from 'yaml';
 import type { ResolvedSpec } from '../spec.js';
-import type { CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
 import { commonLabels, objectNames } from './names.js';
 import { renderMirrorConfig } from './mirror-config.js';
 import { ownerReference } from './owner.js';
 
 export const CONFIG_KEY = 'config.yaml';
 
-export function renderConfigMap(cr: RegistryMirror, spec: ResolvedSpec, credentials?: CredentialsForm): Manifest {
-  const config = renderMirrorConfig(spec, credentials);
+export function renderConfigMap(cr: RegistryMirror, spec: ResolvedSpec, credentials?: CredentialsForm, auth?: AuthForm): Manifest {
+  const config = renderMirrorConfig(spec, credentials, auth);
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',

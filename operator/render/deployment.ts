@@ -2,7 +2,7 @@
 // input (spec, config, credentials) shows up as a change in the output, and the hash
 // annotations on the pod template make such a change roll the pods.
 import type { ResolvedSpec } from '../spec.js';
-import type { CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
 import { MIRROR_PORT } from '../types.js';
 import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
 import { ownerReference } from './owner.js';
@@ -17,6 +17,8 @@ export interface DeploymentInputs {
   /** Hash of the rendered ConfigMap data. */
   configHash: string;
   credentials?: CredentialsForm;
+  /** The client-auth Secret's keys and hash (spec.auth). */
+  auth?: AuthForm;
 }
 
 function dataVolumeName(spec: ResolvedSpec): string {
@@ -27,6 +29,7 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
   const names = objectNames(cr);
   const podAnnotations: Record<string, string> = { [ANNOTATION.configHash]: inputs.configHash };
   if (inputs.credentials) podAnnotations[ANNOTATION.credentialsHash] = inputs.credentials.hash;
+  if (inputs.auth && spec.auth) podAnnotations[ANNOTATION.authHash] = inputs.auth.hash;
 
   const dataVolume = (source: Record<string, unknown>) => ({ name: dataVolumeName(spec), ...source });
   const volumes: unknown[] = [
@@ -48,6 +51,14 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
       secret: { secretName: spec.credentialsSecret, defaultMode: 0o440, items: keys.map((k) => ({ key: k, path: k })) },
     });
     mounts.push({ name: 'credentials', mountPath: MOUNT.credentials, readOnly: true });
+  }
+  if (inputs.auth && spec.auth) {
+    // Only the keys the config names; group-readable for the pod's fsGroup, nobody else.
+    volumes.push({
+      name: 'auth',
+      secret: { secretName: spec.auth.secret, defaultMode: 0o440, items: inputs.auth.keys.map((k) => ({ key: k, path: k })) },
+    });
+    mounts.push({ name: 'auth', mountPath: MOUNT.auth, readOnly: true });
   }
 
   const probe = (path: string, period: number, failures: number) => ({

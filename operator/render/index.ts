@@ -2,7 +2,7 @@
 // about the outside world it depends on (credentials form + hash, default image). Pure.
 import { hashOf } from '../hash.js';
 import type { ResolvedSpec } from '../spec.js';
-import type { CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
 import { renderConfigMap } from './config-map.js';
 import { renderDeployment } from './deployment.js';
 import { ANNOTATION } from './names.js';
@@ -12,6 +12,7 @@ import { renderService } from './service.js';
 export interface RenderInputs {
   defaultImage: string;
   credentials?: CredentialsForm;
+  auth?: AuthForm;
 }
 
 export interface Rendered {
@@ -22,12 +23,12 @@ export interface Rendered {
 }
 
 export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInputs): Rendered {
-  const configMap = renderConfigMap(cr, spec, inputs.credentials);
+  const configMap = renderConfigMap(cr, spec, inputs.credentials, inputs.auth);
   const configHash = hashOf(configMap.data);
   const out: Rendered = {
     configMap,
     pvc: renderPvc(cr, spec),
-    deployment: renderDeployment(cr, spec, { defaultImage: inputs.defaultImage, configHash, credentials: inputs.credentials }),
+    deployment: renderDeployment(cr, spec, { defaultImage: inputs.defaultImage, configHash, credentials: inputs.credentials, auth: inputs.auth }),
     service: renderService(cr),
   };
   for (const m of Object.values(out)) if (m) stampAppliedHash(m as Manifest);

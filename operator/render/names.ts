@@ -11,6 +11,8 @@ export const INSTANCE_LABEL = 'app.kubernetes.io/instance';
 export const ANNOTATION = {
   configHash: 'registry-mirror.io/config-hash',
   credentialsHash: 'registry-mirror.io/credentials-hash',
+  /** HMAC of the client-auth Secret's data: rotating htpasswd or tokens rolls the pods. */
+  authHash: 'registry-mirror.io/auth-hash',
   /** Hash of the rendered object itself: apply is skipped while it is unchanged. */
   appliedHash: 'registry-mirror.io/applied-hash',
 } as const;
@@ -19,6 +21,7 @@ export const MOUNT = {
   config: '/etc/registry-mirror',
   configFile: '/etc/registry-mirror/config.yaml',
   credentials: '/etc/registry-mirror/credentials',
+  auth: '/etc/registry-mirror/auth',
   data: '/var/lib/registry-mirror',
   tmp: '/tmp',
 } as const;

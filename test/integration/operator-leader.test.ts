@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { kubeAvailable, startKube } from '../rig/kube.js';
 import { startProcess, tail, waitFor, type ProcessHandle } from '../rig/proc.js';
 import { connect } from '../../operator/kube/client.js';
-import { createMirror, createNamespace, get, installCrd, installRbac, REPO, type Cluster } from './operator-kit.js';
+import { createMirror, createNamespace, get, installCrd, installRbac, REPO, waitMirror, type Cluster } from './operator-kit.js';
 
 const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';
 const OPS_NS = 'registry-mirror-system';
@@ -85,6 +85,8 @@ test('only the Lease holder reconciles; the standby takes over when it dies', { 
     throw new Error(`${e.message}\n${tail(b.logText())}`);
   });
   assert.ok(created(b, 'two'));
+  // The status write (PUT /status) works under the same RBAC.
+  await waitMirror(cluster.kube, 'apps', 'two', (m) => m.status?.observedGeneration === 1, 'status of two written by op-b');
   assert.ok(!b.logText().includes('"level":50'), `no errors in op-b's log:\n${tail(b.logText())}`);
 
   // SIGTERM: stops cleanly (exit 0) and gives the Lease up at once.

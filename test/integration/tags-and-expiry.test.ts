@@ -63,8 +63,10 @@ describe('tag TTL, revalidation and stale serving', { timeout: 300_000 }, () => 
     const stale0 = await staleCount();
     for (const status of [503, 429]) {
       await sleep(tagTTLMs + 200);
-      proxy.failNext(path, status, 1);
+      // More failures than the mirror's retries (upstreamRetries.attempts, 3 by default).
+      proxy.failNext(path, status, 10);
       const r = await getManifestVia(mirror.url, path);
+      proxy.clear();
       assert.equal(r.status, 200, `upstream ${status}`);
       assert.equal(r.digest, small.digest);
       assert.equal(proxy.requests().at(-1)!.fault, 'fail', 'the injected failure was what the mirror saw');

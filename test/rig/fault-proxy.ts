@@ -36,8 +36,20 @@ export interface FaultProxyHandle {
   stallBlob(digest: string): void;
   /** Deliver this blob's body at about bytesPerSecond (to make downloads overlap). */
   slowBlob(digest: string, bytesPerSecond: number): void;
-  /** Answer the next `count` requests whose path contains pathSubstring with `status`, without asking upstream. */
-  failNext(pathSubstring: string, status: number, count?: number): void;
+  /**
+   * Answer the next `count` requests whose path contains pathSubstring with `status`, without
+   * asking upstream (extra `headers`, e.g. Retry-After, go with it).
+   */
+  failNext(pathSubstring: string, status: number, count?: number, headers?: Record<string, string>): void;
+  /** Answer every request whose path contains pathSubstring with this response instead of upstream's. */
+  respondWith(pathSubstring: string, response: { status: number; headers: Record<string, string>; body: Buffer }): void;
+  /**
+   * Send the upstream's answer to GETs whose path contains pathSubstring with `extraBytes` more
+   * body than its Content-Length says (written on the raw socket, as a broken server would):
+   * declare 'real' keeps the true Content-Length and appends garbage; 'short' declares
+   * extraBytes less than the true body and sends it all.
+   */
+  extendBody(pathSubstring: string, extraBytes: number, declare?: 'real' | 'short'): void;
   /** Hold requests whose path contains pathSubstring for ms before forwarding them. */
   delay(pathSubstring: string, ms: number): void;
   /**
@@ -75,7 +87,9 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
   if (upstream.protocol !== 'http:') throw new Error(`fault proxy speaks plain http to its upstream, not ${upstream.protocol}`);
   const agent = new Agent({ keepAlive: true });
   const blobFaults = new Map<string, BlobFault>();
-  const failRules: { sub: string; status: number; left: number }[] = [];
+  const failRules: { sub: string; status: number; left: number; headers: Record<string, string> }[] = [];
+  const canned: { sub: string; status: number; headers: Record<string, string>; body: Buffer }[] = [];
+  const extended: { sub: string; extraBytes: number; declare: 'real' | 'short' }[] = [];
   const delays: { sub: string; ms: number }[] = [];
   const redirects = new Map<string, string>();
   const log: ProxyLogEntry[] = [];
@@ -89,7 +103,8 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     if (typeof req.headers.authorization === 'string') entry.authorization = req.headers.authorization;
     log.push(entry);
     res.on('close', () => {
-      entry.status = res.headersSent ? res.statusCode : 0;
+      // An extended body was written on the raw socket: its status is set there.
+      if (entry.fault !== 'extend') entry.status = res.headersSent ? res.statusCode : 0;
     });
 
     const rule = failRules.find((r) => r.left > 0 && path.includes(r.sub));
@@ -97,8 +112,23 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
       rule.left--;
       entry.fault = 'fail';
       const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: `injected by the fault proxy: ${rule.status}`, detail: null }] });
-      res.writeHead(rule.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.writeHead(rule.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...rule.headers });
       res.end(method === 'HEAD' ? undefined : body);
+      return;
+    }
+    const answer = canned.find((c) => path.includes(c.sub));
+    if (answer) {
+      entry.fault = 'respond';
+      const chunked = Object.keys(answer.headers).some((k) => k.toLowerCase() === 'transfer-encoding');
+      res.writeHead(answer.status, { ...(chunked ? {} : { 'content-length': answer.body.length }), ...answer.headers });
+      res.end(method === 'HEAD' ? undefined : answer.body);
+      entry.bytes = method === 'HEAD' ? 0 : answer.body.length;
+      return;
+    }
+    const extend = method === 'GET' ? extended.find((x) => path.includes(x.sub)) : undefined;
+    if (extend) {
+      entry.fault = 'extend';
+      await sendExtended(req, path, extend, entry);
       return;
     }
     for (const d of delays) if (path.includes(d.sub)) await new Promise((r) => setTimeout(r, d.ms));
@@ -141,6 +171,36 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     // 206 too: containerd resumes an interrupted blob with `Range: bytes=N-`, and a fault
     // that vanished on the resume would hide what a flaky upstream really does.
     upReq.on('response', (upRes) => relay(upRes, res, entry, upRes.statusCode === 200 || upRes.statusCode === 206 ? fault : undefined));
+  }
+
+  /**
+   * Fetches the upstream's whole answer, then writes status line, headers and a body longer
+   * than the declared Content-Length straight to the socket (node:http would not let us) and
+   * closes the connection a moment later.
+   */
+  async function sendExtended(req: IncomingMessage, path: string, x: { extraBytes: number; declare: 'real' | 'short' }, entry: ProxyLogEntry): Promise<void> {
+    const upRes = await new Promise<IncomingMessage>((resolve, reject) => {
+      const upReq = httpRequest({ host: upstream.hostname, port: upstream.port || 80, method: 'GET', path, headers: endToEnd(req.headers), agent });
+      upReq.on('response', resolve);
+      upReq.on('error', reject);
+      upReq.end();
+    });
+    const chunks: Buffer[] = [];
+    for await (const c of upRes) chunks.push(c as Buffer);
+    const real = Buffer.concat(chunks);
+    const body = x.declare === 'real' ? Buffer.concat([real, Buffer.alloc(x.extraBytes, 0x41)]) : real;
+    const declared = x.declare === 'real' ? real.length : Math.max(0, real.length - x.extraBytes);
+    const head = [`HTTP/1.1 ${upRes.statusCode ?? 502} ${upRes.statusMessage ?? ''}`];
+    for (const [k, v] of Object.entries(endToEnd(upRes.headers))) {
+      if (k === 'content-length' || v === undefined) continue;
+      for (const one of [v].flat()) head.push(`${k}: ${String(one)}`);
+    }
+    head.push(`content-length: ${declared}`, '', '');
+    const socket = req.socket;
+    socket.write(Buffer.concat([Buffer.from(head.join('\r\n'), 'latin1'), body]));
+    entry.status = upRes.statusCode ?? 0;
+    entry.bytes = body.length;
+    setTimeout(() => socket.destroy(), 200);
   }
 
   function relay(upRes: IncomingMessage, res: ServerResponse, entry: ProxyLogEntry, fault: BlobFault | undefined): void {
@@ -230,8 +290,14 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     truncateBlob: (d, afterBytes) => void blobFaults.set(d, { kind: 'truncate', afterBytes }),
     stallBlob: (d) => void blobFaults.set(d, { kind: 'stall' }),
     slowBlob: (d, bytesPerSecond) => void blobFaults.set(d, { kind: 'slow', bytesPerSecond }),
-    failNext(sub, status, count = 1) {
-      failRules.push({ sub, status, left: count });
+    failNext(sub, status, count = 1, headers = {}) {
+      failRules.push({ sub, status, left: count, headers });
+    },
+    respondWith(sub, response) {
+      canned.push({ sub, ...response });
+    },
+    extendBody(sub, extraBytes, declare = 'real') {
+      extended.push({ sub, extraBytes, declare });
     },
     delay(sub, ms) {
       delays.push({ sub, ms });
@@ -244,6 +310,8 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
       blobFaults.clear();
       failRules.length = 0;
       delays.length = 0;
+      canned.length = 0;
+      extended.length = 0;
     },
     requests: () => log.map((e) => ({ ...e })),
     countRequests: (method, sub) => log.filter((e) => e.method === method.toUpperCase() && e.path.includes(sub)).length,

