@@ -28,7 +28,19 @@ function takeBuffer(): Buffer {
 }
 
 function giveBuffer(b: Buffer): void {
-  if (pool.length < poolLimit) pool.push(b);
+  if (pool.length < poolLimit && b.length === chunkSize) pool.push(b);
+}
+
+/**
+ * The buffers one response needs: two full chunks to overlap reading and writing, but one
+ * for a body that fits in a single read, of the body's own size when that is much smaller.
+ * Under load (issue 8: 200 clients) most warm bodies are configs and small layers, and two
+ * 1 MiB buffers each for those made the external memory swing by hundreds of MB.
+ */
+function buffersFor(bytes: number): Buffer[] {
+  if (bytes > chunkSize) return [takeBuffer(), takeBuffer()];
+  if (bytes > chunkSize / 4) return [takeBuffer()];
+  return [Buffer.allocUnsafe(bytes)];
 }
 
 export class FileBody extends Readable {
@@ -100,7 +112,7 @@ export class FileBody extends Readable {
    * went away is no error of ours: the request log shows it as aborted).
    */
   async writeTo(res: Writable): Promise<Error | undefined> {
-    const bufs = [takeBuffer(), takeBuffer()];
+    const bufs = buffersFor(this.stop - this.pos);
     let pending: Promise<void> | undefined;
     let clean = false;
     let readError: Error | undefined;
@@ -114,7 +126,7 @@ export class FileBody extends Readable {
       if (this.pos < this.stop) {
         const fh = await reading(this.open());
         for (let i = 0; this.pos < this.stop; i++) {
-          const buf = bufs[i & 1]!;
+          const buf = bufs[i % bufs.length]!;
           // This buffer's previous write was awaited one turn ago, so it is free again.
           const n = await reading(this.readChunk(fh, buf));
           if (pending) await pending;
