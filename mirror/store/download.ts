@@ -39,7 +39,10 @@ export type DownloadOutcome =
   | { ok: true; cached: boolean; size: number }
   | { ok: false; error: Error };
 
-const readChunk = 1 << 20;
+// Each client of a running download reads (and buffers, as its highWaterMark) this much at a
+// time: 256 KiB, not 1 MiB, keeps 200 concurrent cold clients (issue 8 load test) about 100 MB
+// lighter at the same throughput.
+const readChunk = 256 << 10;
 const memoryQueueLimit = 4 << 20;
 
 export class Download {

@@ -200,5 +200,12 @@ export function upstreamError(status: number, upstream: string, notFound: Regist
   if (status === 401) return new RegistryError('UNAUTHORIZED', `upstream ${upstream} requires authentication`);
   if (status === 403) return new RegistryError('DENIED', `upstream ${upstream} denied access`);
   if (status === 429) return new RegistryError('TOOMANYREQUESTS', `upstream ${upstream} is rate limiting`);
+  // Any other 4xx (400 for a reference it does not accept, 406 for an Accept it cannot meet):
+  // the upstream refuses this request. That is no outage, so no 503 and no stale serving: it
+  // will not give us this content, as a 404 says, and containerd then tries its next host
+  // (the upstream itself) and gets the upstream's exact error.
+  if (status >= 400 && status < 500) {
+    return new RegistryError(notFound.code, `upstream ${upstream} refused the request (${status})`, notFound.detail, 404);
+  }
   return new RegistryError('UNAVAILABLE', `upstream ${upstream} answered ${status}`);
 }

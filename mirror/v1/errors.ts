@@ -34,5 +34,7 @@ export function sourceError(status: number, what: string): V1Error {
   if (status === 404) return notFound(what);
   if (status === 401 || status === 403) return new V1Error(status, `the v1 source refused access to ${what}`);
   if (status === 429) return new V1Error(429, 'the v1 source is rate limiting');
+  // Another 4xx is a refusal of this request, not an outage (see upstreamError).
+  if (status >= 400 && status < 500) return new V1Error(404, `${what} not found (the v1 source answered ${status})`);
   return new V1Error(503, `the v1 source answered ${status}`);
 }

@@ -2,12 +2,14 @@
 // pulled through the mirror. Clients still get every byte (verified by their own digests),
 // other pulls made while the disk is full still work, nothing half-written is left in the
 // store, an error is counted, and the mirror goes on serving and caching afterwards.
+// The same for v1 layers (a second tmpfs): a v1 layer bigger than the free space passes
+// through to its clients whole and verified, and nothing half-written stays behind.
 // Needs root (mount); skipped with a reason otherwise.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildFixtures, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
@@ -16,7 +18,9 @@ import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { run, tempDir, waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
 import { skopeoCopyToDir } from '../rig/skopeo.js';
-import { fetchHashed, getMetrics, getStats, metricValue, pullImage, storeFiles, tempFiles } from './helpers.js';
+import { pullV1 } from '../rig/v1-client.js';
+import { buildV1Fixture, startV1Source, type V1SourceHandle } from '../rig/v1-source.js';
+import { fetchHashed, getMetrics, getStats, isCached, metricValue, pullImage, storeFiles, tempFiles } from './helpers.js';
 
 const tmpfsBytes = 20 * 1024 * 1024;
 
@@ -122,5 +126,66 @@ describe('ENOSPC on a small tmpfs store', { timeout: 300_000 }, () => {
     const again = await fetchHashed(`${m.url}/v2/${pushed.big!.repository}/blobs/${pushed.big!.bigLayer!.digest}`);
     assert.equal(again.digest, pushed.big!.bigLayer!.digest);
     await waitFor(() => tempFiles(m.dataDir).length === 0, 10_000, 'temp files removed');
+  });
+});
+
+describe('ENOSPC on a small tmpfs store: v1 layers', { timeout: 120_000 }, () => {
+  // A 30 MB layer over a 20 MiB store, on top of a small one that fits.
+  const fixture = buildV1Fixture({ 'team/bigv1': [100_000, 30 << 20], 'team/smallv1': [200_000] });
+  let source: V1SourceHandle;
+  let mirror: MirrorHandle | undefined;
+  let storeDir: string;
+  let mounted = false;
+  let skip: string | undefined;
+
+  before(async () => {
+    storeDir = join(tempDir('enospc-v1'), 'store');
+    mkdirSync(storeDir);
+    skip = await mountTmpfs(storeDir);
+    if (skip) return;
+    mounted = true;
+    source = await startV1Source(fixture);
+    mirror = await startMirror({
+      storage: { path: storeDir },
+      upstreams: { 'docker.io': { url: 'http://127.0.0.1:1' } },
+      v1: { enabled: true, source: source.url },
+    });
+  });
+
+  after(async () => {
+    await mirror?.stop();
+    await source?.stop();
+    if (mounted && (await run('umount', [storeDir], { allowFail: true })).code !== 0) await run('umount', ['-l', storeDir], { allowFail: true });
+  });
+
+  it('a v1 layer bigger than the free space passes through verified; nothing half-written is left', async (t) => {
+    if (skip) return t.skip(skip);
+    const m = mirror!;
+    const top = source.images.get(fixture.repos['team/bigv1']!.latest!)!;
+    assert.ok(top.layer.length > tmpfsBytes);
+    // Two clients: a docker 1.x pull (checks every layer's payload checksum) and a direct GET.
+    const [pulled, direct] = await Promise.all([pullV1(m.url, 'team/bigv1', 'latest'), fetchHashed(`${m.url}/v1/images/${top.id}/layer`)]);
+    for (const id of top.ancestry) assert.equal(pulled.layers.get(id), source.images.get(id)!.layerDigest);
+    assert.equal(direct.error, undefined);
+    assert.equal(direct.digest, top.layerDigest);
+    assert.equal(direct.bytes, top.layer.length);
+
+    await waitFor(() => tempFiles(m.dataDir).length === 0, 10_000, 'temp files removed');
+    assert.ok(!isCached(m.dataDir, top.layerDigest), 'the big layer was not cached');
+    assert.ok(!existsSync(join(m.dataDir, 'v1', 'images', top.id.slice(0, 2), top.id, 'layer')), 'no layer record for it');
+    const files = storeFiles(m.dataDir);
+    for (const f of files) {
+      if (f.endsWith('.type')) continue;
+      const actual = createHash('sha256').update(readFileSync(join(m.dataDir, f))).digest('hex');
+      assert.equal(actual, f.split('/').at(-1)!, `${f} holds exactly its digest's content`);
+    }
+    assert.match(m.logText(), /store is full: v1 layer served without caching/);
+    assert.ok((await getStats(m.url)).upstreamErrors >= 1);
+
+    // Space is back (the big layer never stayed): other layers are cached again.
+    const small = source.images.get(fixture.repos['team/smallv1']!.latest!)!;
+    assert.equal((await pullV1(m.url, 'team/smallv1', 'latest')).layers.get(small.id), small.layerDigest);
+    assert.ok(isCached(m.dataDir, small.layerDigest));
+    assert.equal((await fetch(`${m.url}/readyz`)).status, 200);
   });
 });

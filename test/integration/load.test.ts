@@ -6,6 +6,7 @@
 // so LRU eviction keeps turning warm content cold again: the mix stays warm and cold for the
 // whole run, with shared cold downloads, eviction and tag revalidation under load.
 // Asserted: no error of any kind, and the mirror's peak RSS (VmHWM) under LOAD_RSS_MB (300).
+// LOAD_TRACE=1 prints RSS, V8 heap and external (Buffer) memory every 2 s.
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
