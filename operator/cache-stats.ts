@@ -1,19 +1,10 @@
 // The mirror's /stats figures, summed over the ready pods into status.cache. Pure.
 import type { CacheStatus } from './types.js';
 import { formatBytes } from './quantity.js';
+import type { Stats } from '../mirror/metrics.js';
 
-/** The JSON a mirror pod answers on GET /stats (DESIGN.md §3). */
-export interface MirrorStats {
-  hits: number;
-  misses: number;
-  staleServed: number;
-  bytesServed: number;
-  bytesFromUpstream: number;
-  storedBytes: number;
-  blobs: number;
-  upstreamErrors: number;
-  since?: string;
-}
+/** The JSON a mirror pod answers on GET /stats (DESIGN.md §3): the mirror's own type. */
+export type MirrorStats = Omit<Stats, 'since'> & { since?: string };
 
 const FIELDS = ['hits', 'misses', 'staleServed', 'bytesServed', 'bytesFromUpstream', 'storedBytes', 'blobs', 'upstreamErrors'] as const;
 

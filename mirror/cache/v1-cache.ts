@@ -13,11 +13,11 @@
 
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
-import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import parseRange from 'range-parser';
 import { LRUCache } from 'lru-cache';
 import type { MirrorMetrics } from '../metrics.js';
+import type { BlobBody } from './blob-cache.js';
 import { parseDigest } from '../reference.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type DownloadSource, type TailReader, type Verify } from '../store/download.js';
@@ -40,14 +40,8 @@ export interface ImageJsonAnswer extends DocAnswer {
   checksum?: string;
 }
 
-export interface LayerBody {
-  status: 200 | 206;
-  size: number | undefined;
-  range?: { start: number; end: number };
-  length: number | undefined;
-  stream: Readable;
-  result: 'hit' | 'miss' | 'pass';
-}
+/** A v1 layer answers exactly like a v2 blob. */
+export type LayerBody = BlobBody;
 
 export interface V1CacheOptions {
   tagsTTLMs: number;

@@ -69,17 +69,8 @@ export function rawRequest(base: string, path: string, method = 'GET'): Promise<
   });
 }
 
-export interface MirrorStats {
-  hits: number;
-  misses: number;
-  staleServed: number;
-  bytesServed: number;
-  bytesFromUpstream: number;
-  storedBytes: number;
-  blobs: number;
-  upstreamErrors: number;
-  since: string;
-}
+export type { Stats as MirrorStats } from '../../mirror/metrics.js';
+import type { Stats as MirrorStats } from '../../mirror/metrics.js';
 
 export async function getStats(mirrorUrl: string): Promise<MirrorStats> {
   return (await (await fetch(`${mirrorUrl}/stats`)).json()) as MirrorStats;
