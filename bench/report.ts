@@ -32,6 +32,8 @@ export interface ConcurrentPulls {
   maxGetsPerBlob?: number;
   /** Manifest requests (HEAD + GET) the upstream received from this cache (highest round). */
   upstreamManifestRequests?: number;
+  /** Pulls that failed (distribution's proxy only; ours must not fail), highest round. */
+  failedPulls?: number;
 }
 
 export interface BenchResult {
@@ -154,6 +156,7 @@ export function renderTable(r: BenchResult): string {
     [`   (cold ${fmt(p.blobMiB, 0)} MiB blob, 1 client (MiB/s))`, fmt(r.blobColdMiBps.mirror, 0), fmt(r.blobColdMiBps.distribution, 0), dash, dash, x(ratioOf(r.blobColdMiBps.mirror, r.blobColdMiBps.distribution)), dash, dash],
     [`3. ${p.pulls} concurrent cold pulls (s)`, fmt(r.concurrentColdPulls.mirror.ms / 1000, 2), fmt(r.concurrentColdPulls.distribution.ms / 1000, 2), fmt(r.concurrentColdPulls.direct.ms / 1000, 2), dash, x(q.concurrentMirrorToDistribution), x(q.concurrentMirrorToDirect), dash],
     ['   upstream GETs per blob', span(r.concurrentColdPulls.mirror), span(r.concurrentColdPulls.distribution), `${p.pulls}`, dash, dash, dash, dash],
+    ['   failed pulls', '0', `${r.concurrentColdPulls.distribution.failedPulls ?? 0}`, '0', dash, dash, dash, dash],
     [`4. manifest by tag, ${p.connections} connections (req/s)`, fmt(r.manifestByTag.mirror.rps, 0), fmt(r.manifestByTag.distribution.rps, 0), fmt(r.manifestByTag.direct.rps, 0), dash, x(q.manifestRpsMirrorToDistribution), x(ratioOf(r.manifestByTag.mirror.rps, r.manifestByTag.direct.rps)), dash],
     ['   latency p50 / p99 (ms)', `${fmt(r.manifestByTag.mirror.p50Ms)} / ${fmt(r.manifestByTag.mirror.p99Ms)}`, `${fmt(r.manifestByTag.distribution.p50Ms)} / ${fmt(r.manifestByTag.distribution.p99Ms)}`, `${fmt(r.manifestByTag.direct.p50Ms)} / ${fmt(r.manifestByTag.direct.p99Ms)}`, dash, dash, dash, dash],
     ['   upstream requests during the run', `${r.manifestByTag.mirror.upstreamRequests}`, `${r.manifestByTag.distribution.upstreamRequests}`, dash, dash, dash, dash, dash],
