@@ -4,11 +4,11 @@
 // what the upstream's own access rules allow.
 
 import type { Readable } from 'node:stream';
-import parseRange from 'range-parser';
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
 import type { Digest } from '../reference.js';
+import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader } from '../store/download.js';
 import { FileBody } from '../store/file-body.js';
@@ -100,19 +100,10 @@ export class BlobCache {
     const entry = this.store.get(digest.value);
     if (entry?.kind !== 'blob') return undefined;
     const size = entry.size;
-    let start = 0;
-    let end = size - 1;
-    let status: 200 | 206 = 200;
-    if (rangeHeader) {
-      const ranges = parseRange(size, rangeHeader, { combine: true });
-      if (ranges === -1) throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
-      // -2 (malformed) and multiple ranges are answered with the whole blob, as HTTP allows.
-      if (ranges !== -2 && ranges.type === 'bytes' && ranges.length === 1) {
-        start = ranges[0]!.start;
-        end = ranges[0]!.end;
-        status = 206;
-      }
-    }
+    const range = byteRange(size, rangeHeader);
+    if (range === 'unsatisfiable') throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
+    const { start, end } = range;
+    const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(digest.value);
     this.store.touch(digest.value);
     // The route writes a FileBody with reused buffers (see file-body.ts); size 0 is empty.

@@ -14,11 +14,11 @@
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
-import parseRange from 'range-parser';
 import { LRUCache } from 'lru-cache';
 import type { MirrorMetrics } from '../metrics.js';
 import type { BlobBody } from './blob-cache.js';
 import { parseDigest } from '../reference.js';
+import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type DownloadSource, type TailReader, type Verify } from '../store/download.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
@@ -229,19 +229,10 @@ export class V1Cache {
     const entry = this.store.get(record.digest);
     if (entry?.kind !== 'blob') return undefined;
     const size = entry.size;
-    let start = 0;
-    let end = size - 1;
-    let status: 200 | 206 = 200;
-    if (rangeHeader) {
-      const ranges = parseRange(size, rangeHeader, { combine: true });
-      if (ranges === -1) throw new V1Error(416, 'requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
-      // -2 (malformed) and multiple ranges are answered with the whole layer, as HTTP allows.
-      if (ranges !== -2 && ranges.type === 'bytes' && ranges.length === 1) {
-        start = ranges[0]!.start;
-        end = ranges[0]!.end;
-        status = 206;
-      }
-    }
+    const range = byteRange(size, rangeHeader);
+    if (range === 'unsatisfiable') throw new V1Error(416, 'requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
+    const { start, end } = range;
+    const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(record.digest);
     this.touchImage(id);
     const stream =
