@@ -52,35 +52,17 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
   } else {
     const spec = resolved.spec;
     let credentials: CredentialsForm | undefined;
+    let auth: AuthForm | undefined;
     let blocked: Outcome | undefined;
     if (spec.credentialsSecret) {
-      const secret = d.caches.secret(namespace, spec.credentialsSecret);
-      if (!secret) {
-        blocked = {
-          kind: 'blocked',
-          reason: 'CredentialsSecretNotFound',
-          message: `Secret "${spec.credentialsSecret}" named by spec.upstream.credentialsSecret does not exist in namespace "${namespace}"`,
-        };
-      } else {
-        const form = credentialsForm(secret);
-        if ('problem' in form) blocked = { kind: 'blocked', reason: 'CredentialsSecretInvalid', message: form.problem };
-        else credentials = form;
-      }
+      const r = secretForm(d, namespace, spec.credentialsSecret, 'spec.upstream.credentialsSecret', 'CredentialsSecret', credentialsForm);
+      if ('blocked' in r) blocked = r.blocked;
+      else credentials = r.form;
     }
-    let auth: AuthForm | undefined;
     if (!blocked && spec.auth) {
-      const secret = d.caches.secret(namespace, spec.auth.secret);
-      if (!secret) {
-        blocked = {
-          kind: 'blocked',
-          reason: 'AuthSecretNotFound',
-          message: `Secret "${spec.auth.secret}" named by spec.auth.secret does not exist in namespace "${namespace}"`,
-        };
-      } else {
-        const form = authForm(secret);
-        if ('problem' in form) blocked = { kind: 'blocked', reason: 'AuthSecretInvalid', message: form.problem };
-        else auth = form;
-      }
+      const r = secretForm(d, namespace, spec.auth.secret, 'spec.auth.secret', 'AuthSecret', authForm);
+      if ('blocked' in r) blocked = r.blocked;
+      else auth = r.form;
     }
     const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth });
     const configProblem = rendered && mirrorConfigProblem((rendered.configMap.data as Record<string, string>)[CONFIG_KEY] ?? '');
@@ -107,6 +89,29 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
 }
 
 class ConflictError extends Error {}
+
+/**
+ * A referenced Secret in the form the renderer needs, or why the RegistryMirror is blocked:
+ * <reasonPrefix>NotFound, or <reasonPrefix>Invalid with the parser's problem.
+ */
+function secretForm<F extends object>(
+  d: ReconcileDeps,
+  namespace: string,
+  name: string,
+  field: string,
+  reasonPrefix: 'CredentialsSecret' | 'AuthSecret',
+  parse: (s: SecretSummary) => F | { problem: string },
+): { form: F } | { blocked: Outcome } {
+  const secret = d.caches.secret(namespace, name);
+  if (!secret) {
+    return {
+      blocked: { kind: 'blocked', reason: `${reasonPrefix}NotFound`, message: `Secret "${name}" named by ${field} does not exist in namespace "${namespace}"` },
+    };
+  }
+  const form = parse(secret);
+  if ('problem' in form) return { blocked: { kind: 'blocked', reason: `${reasonPrefix}Invalid`, message: form.problem } };
+  return { form };
+}
 
 async function applyAll(cr: RegistryMirror, r: ReturnType<typeof render>, d: ReconcileDeps, log: Logger): Promise<Outcome> {
   const ns = cr.metadata.namespace;

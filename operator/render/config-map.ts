@@ -2,9 +2,9 @@
 import { stringify } from 'yaml';
 import type { ResolvedSpec } from '../spec.js';
 import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
-import { commonLabels, objectNames } from './names.js';
+import { objectNames } from './names.js';
 import { renderMirrorConfig } from './mirror-config.js';
-import { ownerReference } from './owner.js';
+import { ownedMetadata } from './owner.js';
 
 export const CONFIG_KEY = 'config.yaml';
 
@@ -13,12 +13,7 @@ export function renderConfigMap(cr: RegistryMirror, spec: ResolvedSpec, credenti
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',
-    metadata: {
-      name: objectNames(cr).configMap,
-      namespace: cr.metadata.namespace,
-      labels: commonLabels(cr),
-      ownerReferences: [ownerReference(cr)],
-    },
+    metadata: ownedMetadata(cr, objectNames(cr).configMap),
     data: {
       [CONFIG_KEY]: `# Rendered by the registry-mirror operator from RegistryMirror ${cr.metadata.name}; edits are overwritten.\n${stringify(config)}`,
     },

@@ -5,7 +5,7 @@ import type { ResolvedSpec } from '../spec.js';
 import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
 import { MIRROR_PORT } from '../types.js';
 import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
-import { ownerReference } from './owner.js';
+import { ownedMetadata } from './owner.js';
 import { CONFIG_KEY } from './config-map.js';
 
 /** The uid/gid the mirror runs as (the image's non-root user; fsGroup makes volumes writable). */
@@ -71,12 +71,7 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
   return {
     apiVersion: 'apps/v1',
     kind: 'Deployment',
-    metadata: {
-      name: names.deployment,
-      namespace: cr.metadata.namespace,
-      labels: commonLabels(cr),
-      ownerReferences: [ownerReference(cr)],
-    },
+    metadata: ownedMetadata(cr, names.deployment),
     spec: {
       replicas: spec.replicas,
       selector: { matchLabels: selectorLabels(cr) },

@@ -4,8 +4,8 @@
 import type { ResolvedSpec } from '../spec.js';
 import type { Manifest, RegistryMirror } from '../types.js';
 import { parseQuantity } from '../quantity.js';
-import { commonLabels, objectNames } from './names.js';
-import { ownerReference } from './owner.js';
+import { objectNames } from './names.js';
+import { ownedMetadata } from './owner.js';
 
 export function renderPvc(cr: RegistryMirror, spec: ResolvedSpec): Manifest | undefined {
   if (!spec.storage) return undefined;
@@ -17,12 +17,7 @@ export function renderPvc(cr: RegistryMirror, spec: ResolvedSpec): Manifest | un
   return {
     apiVersion: 'v1',
     kind: 'PersistentVolumeClaim',
-    metadata: {
-      name: objectNames(cr).pvc,
-      namespace: cr.metadata.namespace,
-      labels: commonLabels(cr),
-      ...(spec.storage.retain ? {} : { ownerReferences: [ownerReference(cr)] }),
-    },
+    metadata: ownedMetadata(cr, objectNames(cr).pvc, !spec.storage.retain),
     spec: pvcSpec,
   };
 }
