@@ -267,8 +267,10 @@ describe('fuzzing the HTTP surface', { timeout: (seconds + 120) * 1000 }, () => 
     assert.deepEqual(outside(), before, 'nothing created or changed outside the store root');
     assert.equal(readFileSync(join(jail, 'sentinel', 'secret'), 'utf8'), 'do not touch');
     for (const name of readdirSync(store)) assert.ok(rootEntries.has(name), `unexpected ${name} at the store root`);
-    // Every path the mirror created under repos/ is made of valid components.
-    for (const line of snapshot(join(store, 'repos'))) {
+    // Every path the mirror created under repos/ is made of valid components (a run whose
+    // random requests never reached a real repository creates no repos/ at all).
+    const repos = join(store, 'repos');
+    for (const line of existsSync(repos) ? snapshot(repos) : []) {
       for (const part of line.split(' ')[0]!.split('/').filter(Boolean)) {
         assert.match(part, /^(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?::\d+)?|_links|_tags|sha256|sha512|[a-f0-9]{64,128}|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$/, line);
       }
