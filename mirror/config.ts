@@ -37,6 +37,16 @@ export interface MirrorConfig {
   upstreamTimeouts: UpstreamTimeouts;
   /** Retries of idempotent upstream requests (see upstream/retry.ts). */
   upstreamRetries: { attempts: number; backoffMs: number; maxDelayMs: number };
+  /** Bounds on client connections (client-connections.ts). */
+  clientTimeouts: ClientTimeouts;
+  limits: { maxConnections: number };
+}
+
+export interface ClientTimeouts {
+  /** A connection with no request in flight (one that never sent a byte included) is closed after this. */
+  idleMs: number;
+  /** A response whose socket accepts no bytes for this long (the client stopped reading) is cut. */
+  writeMs: number;
 }
 
 export interface UpstreamTimeouts {
@@ -65,10 +75,14 @@ export const embeddedDefault = {
   v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
   upstreamTimeouts: { connect: '10s', headers: '30s', idle: '60s' },
   upstreamRetries: { attempts: 3, backoff: '200ms', maxDelay: '5s' },
+  clientTimeouts: { idle: '60s', write: '60s' },
+  limits: { maxConnections: 1024 },
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'auth'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'clientTimeouts', 'limits', 'auth'];
+/** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
+const maxConnectionsBound = 100_000;
 const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile', 'allow', 'deny'];
 
 type Env = Record<string, string | undefined>;
@@ -97,6 +111,10 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const retries = object(user.upstreamRetries ?? {}, 'upstreamRetries');
   unknownKeys(timeouts, ['connect', 'headers', 'idle'], 'upstreamTimeouts.');
   unknownKeys(retries, ['attempts', 'backoff', 'maxDelay'], 'upstreamRetries.');
+  const clientTimeouts = object(user.clientTimeouts ?? {}, 'clientTimeouts');
+  const limits = object(user.limits ?? {}, 'limits');
+  unknownKeys(clientTimeouts, ['idle', 'write'], 'clientTimeouts.');
+  unknownKeys(limits, ['maxConnections'], 'limits.');
 
   // A user who lists upstreams replaces the embedded docker.io entry rather than merging with
   // it, so a private-registry mirror never silently proxies Docker Hub too.
@@ -158,6 +176,13 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       backoffMs: limit(retries.backoff ?? embeddedDefault.upstreamRetries.backoff, 'upstreamRetries.backoff'),
       maxDelayMs: limit(retries.maxDelay ?? embeddedDefault.upstreamRetries.maxDelay, 'upstreamRetries.maxDelay'),
     },
+    clientTimeouts: {
+      idleMs: limit(clientTimeouts.idle ?? embeddedDefault.clientTimeouts.idle, 'clientTimeouts.idle'),
+      writeMs: limit(clientTimeouts.write ?? embeddedDefault.clientTimeouts.write, 'clientTimeouts.write'),
+    },
+    limits: {
+      maxConnections: connections(limits.maxConnections ?? embeddedDefault.limits.maxConnections, 'limits.maxConnections'),
+    },
   };
 }
 
@@ -175,6 +200,15 @@ function attempts(v: unknown, key: string): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) {
     throw new ConfigError(key, `"${String(v)}" must be a whole number of tries from 1 (no retries) to 10`);
+  }
+  return n;
+}
+
+/** A count of concurrent client connections: a whole number from 1 to maxConnectionsBound. */
+function connections(v: unknown, key: string): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > maxConnectionsBound) {
+    throw new ConfigError(key, `"${String(v)}" must be a whole number of connections from 1 to ${maxConnectionsBound}`);
   }
   return n;
 }

@@ -102,6 +102,29 @@ export class MirrorMetrics {
     });
   }
 
+  /** Gauges of each upstream's token cache (bounded: upstream/client.ts tokenCacheLimits). */
+  watchTokenCaches(sizes: () => Array<{ upstream: string; entries: number; bytes: number }>): void {
+    const read = (field: 'entries' | 'bytes') =>
+      function (this: Gauge<'upstream'>) {
+        this.reset();
+        for (const s of sizes()) this.set({ upstream: s.upstream }, s[field]);
+      };
+    new Gauge({
+      name: 'registry_mirror_upstream_token_cache_entries',
+      help: 'Bearer tokens cached for upstream requests, by upstream',
+      labelNames: ['upstream'],
+      registers: [this.registry],
+      collect: read('entries'),
+    });
+    new Gauge({
+      name: 'registry_mirror_upstream_token_cache_bytes',
+      help: 'Bytes of Bearer tokens cached for upstream requests, by upstream',
+      labelNames: ['upstream'],
+      registers: [this.registry],
+      collect: read('bytes'),
+    });
+  }
+
   request(api: Api, kind: Kind, result: CacheResult): void {
     this.requests.inc({ api, kind, result });
     if (result === 'hit') this.counts.hits++;

@@ -9,6 +9,7 @@ import { isDockerHub, RepositoryPolicy } from './access/patterns.js';
 import { V1Access } from './access/v1-access.js';
 import { BlobCache } from './cache/blob-cache.js';
 import { ManifestCache } from './cache/manifest-cache.js';
+import { clientServerOptions, limitClientConnections } from './client-connections.js';
 import type { MirrorConfig } from './config.js';
 import { RegistryError } from './errors.js';
 import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
@@ -67,13 +68,14 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   for (const u of Object.values(config.upstreams)) {
     clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status), { retry, onRetry }));
   }
+  metrics.watchTokenCaches(() => [...clients.values()].map((c) => ({ upstream: c.name, ...c.tokenCacheSize() })));
   const policies = new Map<string, RepositoryPolicy>();
   for (const u of Object.values(config.upstreams)) {
     const policy = RepositoryPolicy.from(u.name, u.allow, u.deny, isDockerHub(u.name, u.url));
     if (policy) policies.set(u.name, policy);
   }
   const router = new UpstreamRouter(clients, config.defaultUpstream, policies);
-  const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes });
+  const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes }, repos);
   const blobs = new BlobCache(store, repos, metrics, logger, {
     maxBytes: config.storage.maxBytes,
     makeRoom: (bytes) => evictor.makeRoom(bytes),
@@ -86,10 +88,15 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     return503OnClosing: true,
     // Registry clients send long repository paths; the reference grammar caps them anyway.
     routerOptions: { maxParamLength: 1024 },
+    // Keep-alive, header and request deadlines follow clientTimeouts.idle (client-connections.ts).
+    ...clientServerOptions(config.clientTimeouts),
   });
   app.removeAllContentTypeParsers();
   // The mirror accepts no request bodies; pushes are refused before their body is read.
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+  // Idle and write timeouts and limits.maxConnections. Its onRequest hook (the 503 past the
+  // limit) comes first, so a refused request costs no auth, store or upstream work.
+  limitClientConnections(app, { timeouts: config.clientTimeouts, maxConnections: config.limits.maxConnections }, metrics.registry, logger);
   // Before every route and the not-found handler, so it guards all of them.
   if (config.auth && authenticator) registerClientAuth(app, config.auth, authenticator, metrics.registry, logger);
 

@@ -22,6 +22,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { ConfigError } from './config.js';
+import { isSignedSchema1, provesDigest } from './manifest-digest.js';
 import { parseDigest, type Digest } from './reference.js';
 import { activeOwner, claimStore, describeOwner } from './store/owner.js';
 
@@ -46,7 +47,6 @@ export interface VerifyReport {
   ms: number;
 }
 
-const manifestSchema1Signed = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 const digestAlgorithms = ['sha256', 'sha512'] as const;
 
 /** Checks (and with repair, fixes) the store at root. Pure of any server state. */
@@ -139,7 +139,7 @@ export async function verifyStore(root: string, opts: { repair?: boolean; now?: 
           else report.checked.manifests++;
           let ok = actual === digest.hex;
           // A signed schema1 manifest's digest covers its payload without the signatures.
-          if (!ok && mediaType?.startsWith(manifestSchema1Signed)) ok = schema1PayloadDigest(await fs.readFile(path), digest.algorithm) === digest.hex;
+          if (!ok && mediaType && isSignedSchema1(mediaType)) ok = provesDigest(await fs.readFile(path), mediaType, digest);
           if (!ok) {
             await corrupt(path, `content hashes to ${digest.algorithm}:${actual}, not its name`, kind === 'manifest' ? [`${path}.type`] : []);
             continue;
@@ -303,24 +303,6 @@ async function readJsonRecord(path: string): Promise<{ digest?: unknown } | 'inv
     return v && typeof v === 'object' ? (v as { digest?: unknown }) : undefined;
   } catch {
     return 'invalid';
-  }
-}
-
-/**
- * The digest of a signed schema1 manifest: of its JWS payload, which is the manifest up to
- * the signatures (formatLength bytes) followed by the protected header's formatTail.
- */
-export function schema1PayloadDigest(bytes: Buffer, algorithm: string): string | undefined {
-  try {
-    const doc = JSON.parse(bytes.toString('utf8')) as { signatures?: Array<{ protected?: string }> };
-    const prot = doc.signatures?.[0]?.protected;
-    if (typeof prot !== 'string') return undefined;
-    const header = JSON.parse(Buffer.from(prot, 'base64url').toString('utf8')) as { formatLength?: number; formatTail?: string };
-    if (typeof header.formatLength !== 'number' || typeof header.formatTail !== 'string') return undefined;
-    const payload = Buffer.concat([bytes.subarray(0, header.formatLength), Buffer.from(header.formatTail, 'base64url')]);
-    return createHash(algorithm).update(payload).digest('hex');
-  } catch {
-    return undefined;
   }
 }
 

@@ -52,8 +52,8 @@ export class BlobCache {
   ) {}
 
   async head(t: Target, digest: Digest): Promise<BlobHead> {
-    const entry = this.store.get(digest.value);
-    if (entry?.kind === 'blob' && (await this.confirmedFor(t, digest))) {
+    const entry = this.store.get('blob', digest.value);
+    if (entry && (await this.confirmedFor(t, digest))) {
       return { size: entry.size, result: 'hit' };
     }
     const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/blobs/${digest.value}`, repository: t.name });
@@ -97,15 +97,15 @@ export class BlobCache {
   }
 
   private serveWarm(digest: Digest, rangeHeader: string | undefined, result: 'hit' | 'miss'): BlobBody | undefined {
-    const entry = this.store.get(digest.value);
-    if (entry?.kind !== 'blob') return undefined;
+    const entry = this.store.get('blob', digest.value);
+    if (!entry) return undefined;
     const size = entry.size;
     const range = byteRange(size, rangeHeader);
     if (range === 'unsatisfiable') throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
     const { start, end } = range;
     const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(digest.value);
-    this.store.touch(digest.value);
+    this.store.touch('blob', digest.value);
     // The route writes a FileBody with reused buffers (see file-body.ts); size 0 is empty.
     const stream = new FileBody(this.store.pathOf('blob', digest), start, end);
     stream.once('close', release);

@@ -3,7 +3,6 @@
 // Hub does not count HEADs against pull limits); when the upstream is unreachable, 5xx or
 // 429, the last known manifest is served stale rather than failing a pod start.
 
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
@@ -11,11 +10,10 @@ import { parseDigest, type Digest, type ManifestReference } from '../reference.j
 import type { ContentStore, StoredManifest } from '../store/content-store.js';
 import { isNoSpace } from '../store/fsutil.js';
 import type { RepoIndex } from '../store/repo-index.js';
+import { manifestDigestHex, provesDigest } from '../manifest-digest.js';
 import { upstreamError, type UpstreamResponse } from '../upstream/client.js';
-import { describeError } from '../upstream/retry.js';
+import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { Target } from './target.js';
-
-export const maxManifestBytes = 4 << 20;
 
 /** What the mirror asks for when the client did not say: every type it can pass through. */
 export const defaultAccept = [
@@ -28,8 +26,6 @@ export const defaultAccept = [
 ].join(', ');
 
 const knownManifestTypes = new Set(defaultAccept.split(', '));
-
-const schema1Signed = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 
 export interface ManifestAnswer {
   manifest: StoredManifest;
@@ -55,7 +51,7 @@ export class ManifestCache {
   private async byDigest(t: Target, digest: Digest, accept: string | undefined): Promise<ManifestAnswer> {
     const stored = await this.store.getManifest(digest);
     if (stored && (await this.confirmedFor(t, digest, accept))) {
-      this.store.touch(digest.value);
+      this.store.touch('manifest', digest.value);
       return { manifest: stored, result: 'hit' };
     }
     const manifest = await this.fetch(t, digest.value, accept, digest);
@@ -68,7 +64,7 @@ export class ManifestCache {
     const cached = record ? await this.store.getManifest(parseDigest(record.digest)) : undefined;
     const usable = cached && acceptable(cached.mediaType, accept) ? cached : undefined;
     if (usable && record && Date.now() - record.checkedAt < this.tagTTLMs) {
-      this.store.touch(usable.digest);
+      this.store.touch('manifest', usable.digest);
       return { manifest: usable, result: 'hit' };
     }
     if (usable && record) {
@@ -84,7 +80,7 @@ export class ManifestCache {
       await res.body.dump().catch(() => undefined);
       if (res.status === 200 && res.headers['docker-content-digest'] === usable.digest) {
         await this.repos.setTag(up, t.name, tag, { ...record, checkedAt: Date.now() });
-        this.store.touch(usable.digest);
+        this.store.touch('manifest', usable.digest);
         return { manifest: usable, result: 'hit' };
       }
       if (res.status >= 500 || res.status === 429) return this.stale(t, tag, usable, upstreamError(res.status, up, notFound(tag)));
@@ -109,7 +105,7 @@ export class ManifestCache {
   private stale(t: Target, tag: string, manifest: StoredManifest, err: unknown): ManifestAnswer {
     this.metrics.upstreamError(t.upstream.name);
     this.log.warn({ upstream: t.upstream.name, repository: t.name, tag, err: (err as Error).message }, 'upstream unavailable: serving stale manifest');
-    this.store.touch(manifest.digest);
+    this.store.touch('manifest', manifest.digest);
     return { manifest, result: 'stale' };
   }
 
@@ -139,7 +135,7 @@ export class ManifestCache {
       await res.body.dump().catch(() => undefined);
       throw this.failure(t, res.status, reference);
     }
-    const bytes = await readLimited(res, maxManifestBytes);
+    const bytes = await readBody(res, documentLimits.manifest, 'manifest', 'MANIFEST_INVALID');
     this.metrics.fromUpstream(bytes.length);
     const mediaType = contentType(res.headers['content-type'], bytes);
     const header = typeof res.headers['docker-content-digest'] === 'string' ? res.headers['docker-content-digest'] : undefined;
@@ -177,40 +173,15 @@ function isUpstreamTrouble(err: unknown): boolean {
   return code === 'UNAVAILABLE' || code === 'TOOMANYREQUESTS';
 }
 
-async function readLimited(res: UpstreamResponse, limit: number): Promise<Buffer> {
-  const declared = Number(res.headers['content-length']);
-  if (declared > limit) {
-    res.body.destroy();
-    throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
-  }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  try {
-    for await (const chunk of res.body) {
-      total += (chunk as Buffer).length;
-      if (total > limit) {
-        res.body.destroy();
-        throw new RegistryError('MANIFEST_INVALID', `upstream manifest larger than ${limit} bytes`);
-      }
-      chunks.push(chunk as Buffer);
-    }
-  } catch (err) {
-    // A body that stalls (upstreamTimeouts.idle) or breaks off is upstream trouble, not a
-    // fault of ours: UNAVAILABLE (so a cached manifest is served stale), never a 500.
-    if (err instanceof RegistryError) throw err;
-    throw new RegistryError('UNAVAILABLE', `upstream broke off the manifest: ${describeError(err)}`);
-  }
-  return Buffer.concat(chunks);
-}
-
-/** The digest the manifest is stored under, or undefined when it fails verification. */
+/**
+ * The digest the manifest is stored under: the one asked for, else the upstream's header,
+ * else its own; undefined unless the bytes prove it (manifest-digest.ts). The store is shared
+ * by every upstream, so a header is a claim to check, never a name to trust.
+ */
 function verify(bytes: Buffer, mediaType: string, expected: Digest | undefined): Digest | undefined {
-  const algorithm = expected?.algorithm ?? 'sha256';
-  const actual = parseDigest(`${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`);
-  if (!expected || expected.value === actual.value) return actual;
-  // Signed schema1 digests cover the payload without its signatures, so the bytes' own hash
-  // differs by design: trust the upstream's digest for that legacy type only.
-  return mediaType.startsWith(schema1Signed) ? expected : undefined;
+  if (expected) return provesDigest(bytes, mediaType, expected) ? expected : undefined;
+  const hex = manifestDigestHex(bytes, mediaType, 'sha256');
+  return hex ? parseDigest(`sha256:${hex}`) : undefined;
 }
 
 function tryDigest(value: string): Digest | undefined {

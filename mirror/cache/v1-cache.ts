@@ -15,12 +15,14 @@ import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
+import type { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
 import type { BlobBody } from './blob-cache.js';
 import { parseDigest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type DownloadSource, type TailReader, type Verify } from '../store/download.js';
+import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
 import { sourceError, toV1Error, V1Error } from '../v1/errors.js';
 import { checksumsFromImagesList, payloadChecksums, repoName, type V1Repository } from '../v1/path.js';
@@ -50,8 +52,6 @@ export interface V1CacheOptions {
   makeRoom: (bytes: number) => Promise<void>;
 }
 
-/** JSON documents (tags, images lists, image json) larger than this are refused. */
-export const maxDocBytes = 16 << 20;
 const warmReadChunk = 1 << 20;
 
 export class V1Cache {
@@ -194,7 +194,7 @@ export class V1Cache {
     void (async () => {
       for (const part of ['json', 'ancestry', 'layer'] as const) {
         const r = await this.index.getImage(id, part);
-        if (r) this.store.touch(r.digest);
+        if (r) this.store.touch('blob', r.digest);
       }
     })().catch(() => undefined);
   }
@@ -226,8 +226,8 @@ export class V1Cache {
   }
 
   private serveWarm(id: string, record: LayerRecord, rangeHeader: string | undefined, result: 'hit' | 'miss'): LayerBody | undefined {
-    const entry = this.store.get(record.digest);
-    if (entry?.kind !== 'blob') return undefined;
+    const entry = this.store.get('blob', record.digest);
+    if (!entry) return undefined;
     const size = entry.size;
     const range = byteRange(size, rangeHeader);
     if (range === 'unsatisfiable') throw new V1Error(416, 'requested range not satisfiable', { 'Content-Range': `bytes */${size}` });
@@ -345,9 +345,10 @@ export class V1Cache {
       await res.body.dump().catch(() => undefined);
       throw this.failure(res.status, what);
     }
-    const bytes = await readLimited(res, maxDocBytes).catch((err: unknown) => {
+    const bytes = await readBody(res, documentLimits.v1Document, 'v1 document', 'MANIFEST_INVALID').catch((err: unknown) => {
       this.metrics.upstreamError(this.source.name);
-      throw err instanceof V1Error ? err : new V1Error(503, `the v1 source broke off: ${(err as Error).message}`);
+      // Too large is bad content (502, as a bad manifest); a body that broke off is trouble (503).
+      throw new V1Error((err as RegistryError).status === 502 ? 502 : 503, `the v1 source: ${(err as Error).message}`);
     });
     this.metrics.fromUpstream(bytes.length);
     try {
@@ -373,7 +374,7 @@ export class V1Cache {
     const release = this.store.pin(digest);
     try {
       const bytes = await fs.readFile(this.store.pathOf('blob', parseDigest(digest)));
-      this.store.touch(digest);
+      this.store.touch('blob', digest);
       return bytes;
     } catch {
       return undefined;
@@ -386,7 +387,7 @@ export class V1Cache {
   private async putBlobQuietly(bytes: Buffer): Promise<string | undefined> {
     const digest = parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
     if (this.store.has('blob', digest.value)) {
-      this.store.touch(digest.value);
+      this.store.touch('blob', digest.value);
       return digest.value;
     }
     const tmp = this.store.tempPath();
@@ -418,26 +419,6 @@ function hashing(body: SourceResponse['body'], hash: Hash): DownloadSource['body
     }
   }
   return Object.assign(pass(), { destroy: (err?: Error) => body.destroy(err) });
-}
-
-async function readLimited(res: SourceResponse, limit: number): Promise<Buffer> {
-  const declared = Number(header(res.headers, 'content-length'));
-  const tooLarge = () => new V1Error(502, `the v1 source sent a document larger than ${limit} bytes`);
-  if (declared > limit) {
-    res.body.destroy();
-    throw tooLarge();
-  }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of res.body) {
-    total += (chunk as Buffer).length;
-    if (total > limit) {
-      res.body.destroy();
-      throw tooLarge();
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
 }
 
 /** An ancestry is a JSON list of image ids, the image itself first. */

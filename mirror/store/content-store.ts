@@ -1,6 +1,8 @@
 // The content-addressed part of the store: blobs and manifests on disk under
 // <root>/blobs/<alg>/<xx>/<hex> and <root>/manifests/<alg>/<xx>/<hex>, with an in-memory
-// index of size, kind and last access that is rebuilt from disk at start-up.
+// index of size, kind and last access that is rebuilt from disk at start-up. The index is
+// keyed by (kind, digest), as the trees are: OCI lets a client fetch a manifest as a blob, so
+// one digest can be stored once as each, and neither copy may hide or replace the other.
 //
 // Crash safety: content only ever appears in these trees by rename of a finished, verified,
 // fsynced temp file, so after a kill -9 a path either holds the whole content or nothing.
@@ -8,9 +10,12 @@
 //
 // Access bookkeeping costs no disk write per request: access times change in memory and are
 // flushed to <root>/state/access.json in one batched write (periodically and at close).
+// Version 2 of that file keeps the times per kind; version 1 (one time per bare digest) is
+// still read, its time applying to whichever kinds of that digest are on disk.
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import { provesDigest } from '../manifest-digest.js';
 import type { Digest } from '../reference.js';
 import { parseDigest } from '../reference.js';
 import { readJson, removeQuietly, renameInto, writeFileAtomic } from './fsutil.js';
@@ -34,15 +39,21 @@ export interface StoredManifest {
   bytes: Buffer;
 }
 
+/** state/access.json as written: last access (ms since epoch) by kind, then digest. */
 interface AccessState {
-  version: 1;
-  access: Record<string, number>;
+  version: 2;
+  access: Record<ContentKind, Record<string, number>>;
 }
+
+/** What open() finds in state/access.json: a lookup by kind and digest. */
+type SavedAccess = (kind: ContentKind, digest: string) => number | undefined;
 
 export class ContentStore {
   readonly root: string;
   readonly tmpDir: string;
-  private readonly entries = new Map<string, ContentEntry>();
+  /** By kind, then digest: a blob and a manifest with one digest are two entries. */
+  private readonly entries: Record<ContentKind, Map<string, ContentEntry>> = { blob: new Map(), manifest: new Map() };
+  /** Per digest, whatever the kind: pinning a digest keeps both its kinds. */
   private readonly pins = new Map<string, number>();
   private storedBytes = 0;
   private accessDirty = false;
@@ -64,7 +75,7 @@ export class ContentStore {
     await removeQuietly(this.tmpDir);
     await fs.mkdir(this.tmpDir, { recursive: true });
     await fs.mkdir(join(this.root, 'state'), { recursive: true });
-    const saved = (await readJson<AccessState>(this.accessFile()))?.access ?? {};
+    const saved = savedAccess(await readJson<unknown>(this.accessFile()));
     for (const kind of ['blob', 'manifest'] as const) {
       for (const alg of ['sha256', 'sha512']) {
         const algDir = join(this.root, dirOf(kind), alg);
@@ -79,7 +90,7 @@ export class ContentStore {
     return { sweptTemp };
   }
 
-  private async indexFromDisk(kind: ContentKind, digestValue: string, saved: Record<string, number>): Promise<void> {
+  private async indexFromDisk(kind: ContentKind, digestValue: string, saved: SavedAccess): Promise<void> {
     let digest: Digest;
     try {
       digest = parseDigest(digestValue);
@@ -89,7 +100,7 @@ export class ContentStore {
     const path = this.pathOf(kind, digest);
     const st = await fs.stat(path).catch(() => undefined);
     if (!st?.isFile()) return;
-    const entry: ContentEntry = { digest: digest.value, kind, size: st.size, lastAccess: saved[digest.value] ?? st.mtimeMs };
+    const entry: ContentEntry = { digest: digest.value, kind, size: st.size, lastAccess: saved(kind, digest.value) ?? st.mtimeMs };
     if (kind === 'manifest') {
       const mediaType = await fs.readFile(`${path}.type`, 'utf8').catch(() => undefined);
       if (mediaType === undefined) {
@@ -104,9 +115,10 @@ export class ContentStore {
   }
 
   private add(entry: ContentEntry): void {
-    const old = this.entries.get(entry.digest);
+    const map = this.entries[entry.kind];
+    const old = map.get(entry.digest);
     if (old) this.storedBytes -= old.size;
-    this.entries.set(entry.digest, entry);
+    map.set(entry.digest, entry);
     this.storedBytes += entry.size;
   }
 
@@ -114,16 +126,16 @@ export class ContentStore {
     return join(this.root, dirOf(kind), digest.algorithm, digest.hex.slice(0, 2), digest.hex);
   }
 
-  get(digest: string): ContentEntry | undefined {
-    return this.entries.get(digest);
+  get(kind: ContentKind, digest: string): ContentEntry | undefined {
+    return this.entries[kind].get(digest);
   }
 
   has(kind: ContentKind, digest: string): boolean {
-    return this.entries.get(digest)?.kind === kind;
+    return this.entries[kind].has(digest);
   }
 
-  touch(digest: string, now = Date.now()): void {
-    const e = this.entries.get(digest);
+  touch(kind: ContentKind, digest: string, now = Date.now()): void {
+    const e = this.entries[kind].get(digest);
     if (e) {
       e.lastAccess = now;
       this.accessDirty = true;
@@ -143,7 +155,7 @@ export class ContentStore {
 
   async putManifest(digest: Digest, mediaType: string, bytes: Buffer): Promise<void> {
     const path = this.pathOf('manifest', digest);
-    const known = this.entries.has(digest.value);
+    const known = this.entries.manifest.has(digest.value);
     try {
       await fs.mkdir(join(path, '..'), { recursive: true });
       await writeFileAtomic(`${path}.type`, mediaType, this.tmpDir);
@@ -164,14 +176,21 @@ export class ContentStore {
   }
 
   async getManifest(digest: Digest): Promise<StoredManifest | undefined> {
-    const entry = this.entries.get(digest.value);
-    if (entry?.kind !== 'manifest') return undefined;
+    const entry = this.entries.manifest.get(digest.value);
+    if (!entry) return undefined;
     try {
       const bytes = await fs.readFile(this.pathOf('manifest', digest));
+      // Manifests are small and every upstream shares the store: their bytes are proven on
+      // every read, so a file damaged on disk, or planted by a mirror before issue 11's fix,
+      // is fetched and proven again instead of served (the file stays for `verify`).
+      if (!provesDigest(bytes, entry.mediaType!, digest)) {
+        this.forget('manifest', digest.value);
+        return undefined;
+      }
       return { digest: digest.value, mediaType: entry.mediaType!, bytes };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.forget(digest.value);
+        this.forget('manifest', digest.value);
         return undefined;
       }
       throw err;
@@ -195,43 +214,40 @@ export class ContentStore {
     return this.pins.has(digest);
   }
 
-  /** Removes content from disk and index; refuses pinned content. */
-  async remove(digest: string): Promise<boolean> {
-    const e = this.entries.get(digest);
-    if (!e || this.isPinned(digest)) return false;
-    const d = parseDigest(digest);
-    const path = this.pathOf(e.kind, d);
-    this.forget(digest);
+  /** Removes content of one kind from disk and index; refuses pinned content. */
+  async remove(kind: ContentKind, digest: string): Promise<boolean> {
+    if (!this.entries[kind].has(digest) || this.isPinned(digest)) return false;
+    const path = this.pathOf(kind, parseDigest(digest));
+    this.forget(kind, digest);
     await removeQuietly(path);
-    if (e.kind === 'manifest') await removeQuietly(`${path}.type`);
+    if (kind === 'manifest') await removeQuietly(`${path}.type`);
     return true;
   }
 
-  private forget(digest: string): void {
-    const e = this.entries.get(digest);
+  private forget(kind: ContentKind, digest: string): void {
+    const e = this.entries[kind].get(digest);
     if (!e) return;
-    this.entries.delete(digest);
+    this.entries[kind].delete(digest);
     this.storedBytes -= e.size;
     this.accessDirty = true;
   }
 
-  all(): IterableIterator<ContentEntry> {
-    return this.entries.values();
+  /** Every entry, blobs then manifests. */
+  *all(): IterableIterator<ContentEntry> {
+    yield* this.entries.blob.values();
+    yield* this.entries.manifest.values();
   }
 
   totals(): { storedBytes: number; blobs: number; manifests: number } {
-    let blobs = 0;
-    for (const e of this.entries.values()) if (e.kind === 'blob') blobs++;
-    return { storedBytes: this.storedBytes, blobs, manifests: this.entries.size - blobs };
+    return { storedBytes: this.storedBytes, blobs: this.entries.blob.size, manifests: this.entries.manifest.size };
   }
 
   /** One write for all access-time changes since the last flush. */
   async flushAccess(): Promise<void> {
     if (!this.accessDirty) return;
     this.accessDirty = false;
-    const access: Record<string, number> = {};
-    for (const e of this.entries.values()) access[e.digest] = Math.round(e.lastAccess);
-    const state: AccessState = { version: 1, access };
+    const state: AccessState = { version: 2, access: { blob: {}, manifest: {} } };
+    for (const e of this.all()) state.access[e.kind][e.digest] = Math.round(e.lastAccess);
     try {
       await writeFileAtomic(this.accessFile(), JSON.stringify(state), this.tmpDir);
     } catch (err) {
@@ -243,6 +259,27 @@ export class ContentStore {
   private accessFile(): string {
     return join(this.root, 'state', 'access.json');
   }
+}
+
+/**
+ * Reads state/access.json of either version. Version 1 (a time per bare digest, written
+ * before the index was keyed by kind) gives its time to every kind of that digest, so an
+ * upgraded store keeps its access times. A file of neither shape is no saved time at all.
+ */
+function savedAccess(doc: unknown): SavedAccess {
+  const state = doc as { version?: unknown; access?: unknown } | undefined;
+  const access = state && typeof state === 'object' && state.access && typeof state.access === 'object' ? (state.access as Record<string, unknown>) : undefined;
+  if (!access) return () => undefined;
+  const time = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+  if (state!.version === 2) {
+    const byKind = (kind: ContentKind) => {
+      const m = access[kind];
+      return m && typeof m === 'object' ? (m as Record<string, unknown>) : {};
+    };
+    const saved = { blob: byKind('blob'), manifest: byKind('manifest') };
+    return (kind, digest) => (Object.hasOwn(saved[kind], digest) ? time(saved[kind][digest]) : undefined);
+  }
+  return (_kind, digest) => (Object.hasOwn(access, digest) ? time(access[digest]) : undefined);
 }
 
 function dirOf(kind: ContentKind): string {

@@ -14,7 +14,7 @@
 
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { Readable, type Writable } from 'node:stream';
+import { Readable, type Duplex, type Writable } from 'node:stream';
 
 // 1 MiB: per byte the least CPU of 256 KiB..2 MiB with 1 and with 16 clients (bench, issue 7:
 // ~400 ms per GiB served, against ~550 (1 client) and ~1000 (16) for createReadStream).
@@ -150,16 +150,37 @@ export class FileBody extends Readable {
   }
 }
 
-/** One write, settled by its callback, or rejected at once when the response closes first. */
+/**
+ * One write, settled by its callback, or rejected at once when the response or its connection
+ * closes first. The connection matters for a pipelined response still queued behind another:
+ * it has no socket yet, buffers the chunk and, when the connection is destroyed, never sees
+ * a callback or a 'close' of its own, which left writeTo (and the FileBody's file handle,
+ * buffers and store pin) waiting for ever.
+ */
 function writeChunk(res: Writable, chunk: Buffer): Promise<void> {
-  if (res.destroyed) return Promise.reject(new Error('client closed the connection'));
+  const conn = connectionOf(res);
+  if (res.destroyed || conn?.destroyed) return Promise.reject(new Error('client closed the connection'));
   return new Promise((resolve, reject) => {
-    const onClose = (): void => reject(new Error('client closed the connection'));
-    res.once('close', onClose);
-    res.write(chunk, (err) => {
+    const onClose = (): void => {
+      settle();
+      reject(new Error('client closed the connection'));
+    };
+    const settle = (): void => {
       res.off('close', onClose);
+      conn?.off('close', onClose);
+    };
+    res.once('close', onClose);
+    conn?.once('close', onClose);
+    res.write(chunk, (err) => {
+      settle();
       if (err) reject(err);
       else resolve();
     });
   });
+}
+
+/** The connection under an http.ServerResponse (through its request while it is queued). */
+function connectionOf(res: Writable): Duplex | undefined {
+  const r = res as Writable & { socket?: Duplex | null; req?: { socket?: Duplex | null } };
+  return r.socket ?? r.req?.socket ?? undefined;
 }

@@ -3,12 +3,21 @@
 // that Authorization is only ever sent to the upstream's own origin (blob storage behind a
 // redirect gets a pre-signed URL and must not see our token). Every request it sends is a
 // GET or HEAD, so each one (each redirect hop and token fetch too) is retried as retry.ts says.
+//
+// Whom the credentials reach (issue 11): only the upstream's own origin may challenge us. A
+// 401 from a redirect target is an answer, not a question: it is never answered with
+// credentials and never replaces the upstream's challenge, so a hostile blob store cannot
+// name a realm of its own and collect the Basic credentials sent to token services. The
+// realm the upstream names gets them only over a channel no weaker than the upstream's own
+// (an https upstream's credentials never go to an http realm).
 
+import { LRUCache } from 'lru-cache';
 import { Agent, request, type Dispatcher } from 'undici';
 import type { UpstreamConfig, UpstreamTimeouts } from '../config.js';
 import { RegistryError } from '../errors.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
+import { documentLimits, readBody } from './read-body.js';
 import { defaultRetryPolicy, describeError as describe, withRetries, type RetryPolicy } from './retry.js';
 
 export interface UpstreamClientOptions {
@@ -19,6 +28,8 @@ export interface UpstreamClientOptions {
 
 export interface UpstreamResponse {
   status: number;
+  /** The origin that answered: the upstream's own, or a redirect target's. */
+  origin: string;
   headers: Record<string, string | string[] | undefined>;
   body: Dispatcher.ResponseData['body'];
 }
@@ -41,12 +52,25 @@ interface CachedToken {
 const maxRedirects = 5;
 const tokenMarginMs = 10_000;
 
+/**
+ * Bearer tokens are cached per repository scope, so a client can make the mirror fetch one
+ * per repository name it invents: entries and bytes are bounded, expired tokens are dropped
+ * by a timer, and a token longer than `tokenBytes` is used once but not kept.
+ */
+export const tokenCacheLimits = { entries: 1000, bytes: 4 << 20, tokenBytes: 64 << 10 } as const;
+
 export class UpstreamClient {
   readonly name: string;
   readonly origin: string;
   private readonly base: string;
   private challenge: Challenge | undefined;
-  private readonly tokens = new Map<string, CachedToken>();
+  private readonly tokens = new LRUCache<string, string>({
+    max: tokenCacheLimits.entries,
+    maxSize: tokenCacheLimits.bytes,
+    maxEntrySize: tokenCacheLimits.tokenBytes,
+    sizeCalculation: (token) => Buffer.byteLength(token),
+    ttlAutopurge: true,
+  });
   private readonly tokenRequests = new Map<string, Promise<CachedToken>>();
 
   constructor(
@@ -81,10 +105,16 @@ export class UpstreamClient {
     });
   }
 
+  /** What the token cache holds now (for /metrics). */
+  tokenCacheSize(): { entries: number; bytes: number } {
+    return { entries: this.tokens.size, bytes: this.tokens.calculatedSize };
+  }
+
   /** Sends one request with auth; the caller owns (and must consume or destroy) the body. */
   async send(req: UpstreamRequest): Promise<UpstreamResponse> {
     const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
     let res = await this.sendOnce(req, await this.authorization(scope, false));
+    await this.refuseForeignChallenge(res);
     if (res.status === 401) {
       const challenge = parseChallenge(res.headers['www-authenticate']);
       await res.body.dump().catch(() => undefined);
@@ -93,6 +123,7 @@ export class UpstreamClient {
       const auth = await this.authorization(scope, true);
       if (auth === undefined) return res401();
       res = await this.sendOnce(req, auth);
+      await this.refuseForeignChallenge(res);
       if (res.status === 401) {
         await res.body.dump().catch(() => undefined);
         if (this.challenge?.scheme === 'bearer') this.tokens.delete(scope ?? '');
@@ -111,6 +142,13 @@ export class UpstreamClient {
     function res401(): never {
       throw new RegistryError('UNAUTHORIZED', 'upstream requires authentication the mirror cannot provide');
     }
+  }
+
+  /** A 401 from a redirect target (blob storage, a CDN) is never answered: see the top. */
+  private async refuseForeignChallenge(res: UpstreamResponse): Promise<void> {
+    if (res.status !== 401 || res.origin === this.origin) return;
+    await res.body.dump().catch(() => undefined);
+    throw new RegistryError('UNAVAILABLE', `a redirect of upstream ${this.name} led to ${res.origin}, which asked for authentication; the mirror authenticates to ${this.origin} only`);
   }
 
   private async sendOnce(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse> {
@@ -134,7 +172,7 @@ export class UpstreamClient {
         url = new URL(location, url).toString();
         continue;
       }
-      return { status: res.statusCode, headers: res.headers, body: res.body };
+      return { status: res.statusCode, origin: new URL(url).origin, headers: res.headers, body: res.body };
     }
   }
 
@@ -147,26 +185,39 @@ export class UpstreamClient {
       return `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
     }
     const key = scope ?? '';
-    const cached = this.tokens.get(key);
-    if (cached && !refresh && cached.expiresAt > Date.now()) return `Bearer ${cached.value}`;
+    const cached = refresh ? undefined : this.tokens.get(key);
+    if (cached) return `Bearer ${cached}`;
     let pending = this.tokenRequests.get(key);
     if (!pending) {
-      pending = this.fetchToken(c, scope).finally(() => this.tokenRequests.delete(key));
+      pending = this.fetchToken(c, scope)
+        .then((token) => {
+          const ttl = token.expiresAt - Date.now();
+          if (ttl > 0) this.tokens.set(key, token.value, { ttl });
+          return token;
+        })
+        .finally(() => this.tokenRequests.delete(key));
       this.tokenRequests.set(key, pending);
     }
-    const token = await pending;
-    this.tokens.set(key, token);
-    return `Bearer ${token.value}`;
+    return `Bearer ${(await pending).value}`;
   }
 
   private async fetchToken(c: Challenge, scope: string | undefined): Promise<CachedToken> {
     const realm = c.params.realm;
     if (!realm) throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} sent a Bearer challenge without realm`);
-    const u = new URL(realm);
+    let u: URL;
+    try {
+      u = new URL(realm);
+    } catch {
+      throw new RegistryError('UNAVAILABLE', `upstream ${this.name} named a token realm that is not a URL`);
+    }
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new RegistryError('UNAVAILABLE', `upstream ${this.name} named a token realm that is not http(s)`);
     if (c.params.service) u.searchParams.set('service', c.params.service);
     if (scope) u.searchParams.set('scope', scope);
     const headers: Record<string, string> = { 'user-agent': 'registry-mirror' };
     if (this.credentials) {
+      if (u.protocol === 'http:' && new URL(this.origin).protocol === 'https:') {
+        throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} named an http token realm; its credentials are only sent over https`);
+      }
       headers.authorization = `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
     }
     let res: Dispatcher.ResponseData;
@@ -183,12 +234,18 @@ export class UpstreamClient {
       await res.body.dump().catch(() => undefined);
       throw new RegistryError('UNAVAILABLE', `token service of ${this.name} answered ${res.statusCode}`);
     }
-    const doc = (await res.body.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
-    const value = doc.token ?? doc.access_token;
-    if (!value) throw new RegistryError('UNAUTHORIZED', `token service of ${this.name} sent no token`);
+    const text = (await readBody(res, documentLimits.token, 'token response')).toString('utf8');
+    let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
+    try {
+      doc = (JSON.parse(text) ?? {}) as typeof doc;
+    } catch {
+      doc = {};
+    }
+    const value = typeof doc.token === 'string' && doc.token ? doc.token : doc.access_token;
+    if (typeof value !== 'string' || !value) throw new RegistryError('UNAUTHORIZED', `token service of ${this.name} sent no token`);
     // The spec's default lifetime is 60 s when expires_in is missing.
     const lifetimeMs = (typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : 60) * 1000;
-    const issued = doc.issued_at ? Date.parse(doc.issued_at) : NaN;
+    const issued = typeof doc.issued_at === 'string' ? Date.parse(doc.issued_at) : NaN;
     const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
     return { value, expiresAt: start + Math.max(lifetimeMs - tokenMarginMs, lifetimeMs / 2) };
   }

@@ -12,6 +12,7 @@ import type { UpstreamRouter } from '../routing.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { FileBody } from '../store/file-body.js';
 import { upstreamError } from '../upstream/client.js';
+import { documentLimits, readBody } from '../upstream/read-body.js';
 import { decodePath, parseV2Path } from './path.js';
 
 export interface V2Deps {
@@ -142,14 +143,12 @@ async function tagsList(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, 
       await res.body.dump().catch(() => undefined);
       throw upstreamError(res.status, t.upstream.name, new RegistryError('NAME_UNKNOWN', undefined, { name: t.name }));
     }
+    // A body that stalls, breaks off or passes documentLimits.tagList is upstream trouble
+    // (UNAVAILABLE: the cached tags below), not an internal error.
+    const text = await readBody(res, documentLimits.tagList, 'tag list');
     req.mirror.result = 'pass';
     const link = res.headers.link;
     if (typeof link === 'string') reply.header('Link', link);
-    // A body that stalls or breaks off is upstream trouble (UNAVAILABLE: the cached tags
-    // below), not an internal error.
-    const text = await res.body.text().catch((err: unknown) => {
-      throw new RegistryError('UNAVAILABLE', `upstream ${t.upstream.name} broke off the tag list: ${(err as Error).message}`);
-    });
     return reply.header('Content-Type', 'application/json').send(text);
   } catch (err) {
     // The upstream is unreachable: the tags this mirror has cached are better than nothing.

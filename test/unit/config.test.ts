@@ -55,3 +55,41 @@ describe('mirror config', () => {
     assert.throws(() => parseConfigText('a: [1'), ConfigError);
   });
 });
+
+describe('mirror config: clientTimeouts and limits', () => {
+  it('defaults: idle and write 60s, 1024 connections', () => {
+    const c = parseConfigText('');
+    assert.deepEqual(c.clientTimeouts, { idleMs: 60_000, writeMs: 60_000 });
+    assert.deepEqual(c.limits, { maxConnections: 1024 });
+  });
+
+  it('reads durations and a connection count (number or numeric string)', () => {
+    const c = parseConfigText('clientTimeouts: {idle: 2s, write: 1m30s}\nlimits: {maxConnections: 3}\n');
+    assert.deepEqual(c.clientTimeouts, { idleMs: 2000, writeMs: 90_000 });
+    assert.deepEqual(c.limits, { maxConnections: 3 });
+    assert.equal(parseConfigText('limits: {maxConnections: "200"}').limits.maxConnections, 200);
+    assert.deepEqual(parseConfigText('clientTimeouts: {write: 250ms}').clientTimeouts, { idleMs: 60_000, writeMs: 250 }, 'keys default one by one');
+  });
+
+  const bad: Array<[string, string, RegExp]> = [
+    ['clientTimeouts: {idle: 0s}', 'clientTimeouts.idle', /above 0/],
+    ['clientTimeouts: {idle: "0"}', 'clientTimeouts.idle', /above 0/],
+    ['clientTimeouts: {write: 2h}', 'clientTimeouts.write', /at most 1h/],
+    ['clientTimeouts: {write: 60}', 'clientTimeouts.write', /not a duration/],
+    ['clientTimeouts: {idle: soon}', 'clientTimeouts.idle', /not a duration/],
+    ['clientTimeouts: {read: 5s}', 'clientTimeouts.read', /unknown key/],
+    ['clientTimeouts: 30s', 'clientTimeouts', /mapping/],
+    ['limits: {maxConnections: 0}', 'limits.maxConnections', /from 1 to 100000/],
+    ['limits: {maxConnections: -5}', 'limits.maxConnections', /whole number/],
+    ['limits: {maxConnections: 1.5}', 'limits.maxConnections', /whole number/],
+    ['limits: {maxConnections: many}', 'limits.maxConnections', /whole number/],
+    ['limits: {maxConnections: 100001}', 'limits.maxConnections', /from 1 to 100000/],
+    ['limits: {connections: 5}', 'limits.connections', /unknown key/],
+    ['limits: [1]', 'limits', /mapping/],
+  ];
+  for (const [yaml, key, message] of bad) {
+    it(`rejects ${yaml} naming ${key}`, () => {
+      assert.throws(() => parseConfigText(yaml), (err: unknown) => err instanceof ConfigError && err.key === key && message.test(err.message));
+    });
+  }
+});

@@ -1,0 +1,161 @@
+// The content store's index is keyed by (kind, digest): OCI lets a client fetch a manifest
+// as a blob, so one digest can be stored once as each, and neither may hide the other, in
+// the index, in the totals or in state/access.json (version 2; version 1 is still read).
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { parseDigest, type Digest } from '../../mirror/reference.js';
+import { ContentStore } from '../../mirror/store/content-store.js';
+import { tempDir } from '../rig/proc.js';
+
+const ociManifest = 'application/vnd.oci.image.manifest.v1+json';
+const sha = (b: Buffer) => parseDigest(`sha256:${createHash('sha256').update(b).digest('hex')}`);
+
+async function openStore(root = join(tempDir('content-store'), 'store')) {
+  const store = new ContentStore(root);
+  await store.open();
+  return { root, store };
+}
+
+async function putBlob(store: ContentStore, bytes: Buffer): Promise<Digest> {
+  const d = sha(bytes);
+  const tmp = store.tempPath();
+  writeFileSync(tmp, bytes);
+  await store.commitBlob(tmp, d, bytes.length);
+  return d;
+}
+
+/** A manifest, stored as a manifest and then (fetched under /blobs/) as a blob too. */
+async function storeBoth(store: ContentStore) {
+  const layer = await putBlob(store, Buffer.from('a layer'));
+  const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: ociManifest, config: { digest: layer.value }, layers: [{ digest: layer.value }] }));
+  const d = sha(bytes);
+  await store.putManifest(d, ociManifest, bytes);
+  assert.deepEqual(await putBlob(store, bytes), d);
+  return { d, bytes, layer };
+}
+
+describe('content store: a blob and a manifest with one digest', () => {
+  it('are two index entries, both counted in the totals', async () => {
+    const { store } = await openStore();
+    const { d, bytes } = await storeBoth(store);
+    assert.equal(store.get('manifest', d.value)?.kind, 'manifest');
+    assert.equal(store.get('manifest', d.value)?.mediaType, ociManifest);
+    assert.equal(store.get('blob', d.value)?.kind, 'blob');
+    assert.ok(store.has('blob', d.value) && store.has('manifest', d.value));
+    assert.deepEqual((await store.getManifest(d))?.bytes, bytes, 'the blob commit did not replace the manifest');
+    const totals = store.totals();
+    assert.equal(totals.manifests, 1);
+    assert.equal(totals.blobs, 2);
+    // The store's byte count is what is on disk: the digest's bytes are there twice.
+    const onDisk = statSync(store.pathOf('blob', d)).size + statSync(store.pathOf('manifest', d)).size + 'a layer'.length;
+    assert.equal(totals.storedBytes, onDisk);
+    assert.equal(totals.storedBytes, 2 * bytes.length + 'a layer'.length);
+    assert.equal([...store.all()].length, 3);
+  });
+
+  it('removing one kind leaves the other, on disk and in the index', async () => {
+    const { store } = await openStore();
+    const { d, bytes } = await storeBoth(store);
+    assert.equal(await store.remove('blob', d.value), true);
+    assert.ok(!existsSync(store.pathOf('blob', d)));
+    assert.ok(existsSync(store.pathOf('manifest', d)));
+    assert.ok(store.has('manifest', d.value) && !store.has('blob', d.value));
+    assert.deepEqual((await store.getManifest(d))?.bytes, bytes);
+    assert.deepEqual(store.totals(), { storedBytes: bytes.length + 'a layer'.length, blobs: 1, manifests: 1 });
+    assert.equal(await store.remove('blob', d.value), false, 'nothing left of that kind');
+
+    await putBlob(store, bytes);
+    assert.equal(await store.remove('manifest', d.value), true);
+    assert.ok(existsSync(store.pathOf('blob', d)));
+    assert.ok(!existsSync(store.pathOf('manifest', d)) && !existsSync(`${store.pathOf('manifest', d)}.type`));
+    assert.equal(await store.getManifest(d), undefined);
+    assert.deepEqual(store.totals(), { storedBytes: bytes.length + 'a layer'.length, blobs: 2, manifests: 0 });
+  });
+
+  it('touch and pins: access times are per kind, a pin holds the digest in both kinds', async () => {
+    const { store } = await openStore();
+    const { d } = await storeBoth(store);
+    store.touch('blob', d.value, 1000);
+    store.touch('manifest', d.value, 2000);
+    assert.equal(store.get('blob', d.value)?.lastAccess, 1000);
+    assert.equal(store.get('manifest', d.value)?.lastAccess, 2000);
+    const release = store.pin(d.value);
+    assert.equal(await store.remove('blob', d.value), false);
+    assert.equal(await store.remove('manifest', d.value), false);
+    release();
+    assert.equal(await store.remove('blob', d.value), true);
+  });
+
+  it('a restart indexes both again, with the access time of each (state/access.json version 2)', async () => {
+    const { root, store } = await openStore();
+    const { d, bytes, layer } = await storeBoth(store);
+    store.touch('blob', d.value, 1111);
+    store.touch('manifest', d.value, 2222);
+    store.touch('blob', layer.value, 3333);
+    await store.flushAccess();
+    const state = JSON.parse(readFileSync(join(root, 'state', 'access.json'), 'utf8')) as { version: number; access: Record<string, Record<string, number>> };
+    assert.equal(state.version, 2);
+    assert.deepEqual(state.access, { blob: { [d.value]: 1111, [layer.value]: 3333 }, manifest: { [d.value]: 2222 } });
+
+    const { store: again } = await openStore(root);
+    assert.equal(again.get('blob', d.value)?.lastAccess, 1111);
+    assert.equal(again.get('manifest', d.value)?.lastAccess, 2222);
+    assert.equal(again.get('blob', layer.value)?.lastAccess, 3333);
+    assert.deepEqual(again.totals(), { storedBytes: 2 * bytes.length + 'a layer'.length, blobs: 2, manifests: 1 });
+  });
+
+  it('a version-1 state/access.json (times by bare digest) still gives an upgraded store its times', async () => {
+    const { root, store } = await openStore();
+    const { d, layer } = await storeBoth(store);
+    const other = await putBlob(store, Buffer.from('never saved'));
+    writeFileSync(join(root, 'state', 'access.json'), JSON.stringify({ version: 1, access: { [d.value]: 5555, [layer.value]: 6666 } }));
+
+    const { store: upgraded } = await openStore(root);
+    assert.equal(upgraded.get('manifest', d.value)?.lastAccess, 5555);
+    assert.equal(upgraded.get('blob', d.value)?.lastAccess, 5555, 'a version-1 time applies to every kind of its digest');
+    assert.equal(upgraded.get('blob', layer.value)?.lastAccess, 6666);
+    const mtime = statSync(upgraded.pathOf('blob', other)).mtimeMs;
+    assert.equal(upgraded.get('blob', other.value)?.lastAccess, mtime, 'no saved time: the file mtime');
+
+    // The next flush writes version 2.
+    upgraded.touch('blob', layer.value, 7777);
+    await upgraded.flushAccess();
+    const state = JSON.parse(readFileSync(join(root, 'state', 'access.json'), 'utf8')) as { version: number; access: Record<string, Record<string, number>> };
+    assert.equal(state.version, 2);
+    assert.equal(state.access.blob![layer.value], 7777);
+    assert.equal(state.access.manifest![d.value], 5555);
+  });
+
+  it('a malformed state/access.json is no saved times, not a failed start', async () => {
+    const { root, store } = await openStore();
+    const { d } = await storeBoth(store);
+    for (const text of ['{"version": 2, "access": {"blob": 3}}', '{"version": 2}', '[1, 2]', 'not json']) {
+      writeFileSync(join(root, 'state', 'access.json'), text);
+      const { store: again } = await openStore(root);
+      assert.equal(again.get('blob', d.value)?.lastAccess, statSync(again.pathOf('blob', d)).mtimeMs, text);
+    }
+  });
+});
+
+describe('content store: manifests are proven on every read', () => {
+  it('a manifest file whose bytes no longer prove its digest is not served, and stays on disk for verify', async () => {
+    const { store } = await openStore();
+    const bytes = Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}');
+    const d = sha(bytes);
+    await store.putManifest(d, ociManifest, bytes);
+    assert.ok((await store.getManifest(d))?.bytes.equals(bytes));
+    // What a mirror before issue 11 could have stored: forged bytes under a victim's digest.
+    const path = store.pathOf('manifest', d);
+    writeFileSync(path, '{"schemaVersion":2,"forged":true}');
+    assert.equal(await store.getManifest(d), undefined);
+    assert.equal(store.has('manifest', d.value), false);
+    assert.ok(existsSync(path), 'left for registry-mirror verify to quarantine');
+    // A fetch stores the proven bytes again.
+    await store.putManifest(d, ociManifest, bytes);
+    assert.ok((await store.getManifest(d))?.bytes.equals(bytes));
+  });
+});
