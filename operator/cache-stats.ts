@@ -8,17 +8,25 @@ export type MirrorStats = Omit<Stats, 'since'> & { since?: string };
 
 const FIELDS = ['hits', 'misses', 'staleServed', 'bytesServed', 'bytesFromUpstream', 'storedBytes', 'blobs', 'upstreamErrors'] as const;
 
-/** Validates an untrusted /stats body; missing or non-numeric figures count as 0. */
+/**
+ * Validates an untrusted /stats body: a JSON object whose figures, when present, are
+ * non-negative safe integers (a figure of another type refuses the whole body; a missing one
+ * counts as 0, at least one must be there). `since` is kept only as a string of at most 64
+ * characters. Nothing
+ * else of the body is kept.
+ */
 export function parseMirrorStats(body: unknown): MirrorStats | undefined {
-  if (!body || typeof body !== 'object') return undefined;
+  if (!body || typeof body !== 'object' || Array.isArray(body)) return undefined;
   const b = body as Record<string, unknown>;
   if (!FIELDS.some((f) => typeof b[f] === 'number')) return undefined;
   const out = {} as MirrorStats;
   for (const f of FIELDS) {
     const v = b[f];
-    out[f] = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0;
+    if (v === undefined) out[f] = 0;
+    else if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) out[f] = v;
+    else return undefined;
   }
-  if (typeof b.since === 'string') out.since = b.since;
+  if (typeof b.since === 'string' && b.since.length <= 64) out.since = b.since;
   return out;
 }
 

@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import { jitter } from './backoff.js';
 import { aggregateCache } from './cache-stats.js';
+import { slimOwned, slimPod, slimRegistryMirror, type CachedRegistryMirror } from './cache-transforms.js';
 import { collectionPath, lister, RESOURCES, type Kube, type ResourceType } from './kube/client.js';
 import { errorText, Informer, type KubeObject } from './kube/informer.js';
 import type { Metrics } from './metrics.js';
@@ -12,7 +13,7 @@ import { WorkQueue } from './queue.js';
 import { reconcile } from './reconcile.js';
 import { INSTANCE_LABEL, MANAGED_SELECTOR } from './render/names.js';
 import { summarizeSecret, type SecretSummary } from './secrets.js';
-import { isPodReady, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
+import { isPodReady, mapLimit, STATS_PARALLELISM, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
 import type { CacheStatus, RegistryMirror } from './types.js';
 import { keyOf } from './types.js';
 
@@ -29,8 +30,12 @@ export interface ControllerOptions {
   resyncIntervalMs: number;
   statsPort: number;
   fetchStats: FetchStats;
+  /** Pods scraped at once (default STATS_PARALLELISM). */
+  statsParallelism?: number;
   informer?: { relistIntervalMs?: number; watchdogMs?: number };
   concurrency?: number;
+  /** The admin's node policy, handed to reconcile (operator/node-policy.ts). */
+  policy?: import('./node-policy.js').NodePolicy;
 }
 
 const OWNED_KINDS = {
@@ -41,7 +46,7 @@ const OWNED_KINDS = {
 } as const;
 
 export class Controller {
-  private readonly crs: Informer<RegistryMirror & KubeObject>;
+  private readonly crs: Informer<CachedRegistryMirror>;
   private readonly owned = new Map<string, Informer<KubeObject>>();
   private readonly pods: Informer<PodLike & KubeObject>;
   private readonly secrets: Informer<SecretSummary & KubeObject>;
@@ -64,9 +69,10 @@ export class Controller {
         watchdogMs: o.informer?.watchdogMs,
         onRestart: (reason) => o.metrics.informerRestarts.inc({ informer: rt.plural, reason }),
       });
-    this.crs = make(RESOURCES.registryMirrors);
-    for (const [kind, rt] of Object.entries(OWNED_KINDS)) this.owned.set(kind, make(rt, MANAGED_SELECTOR));
-    this.pods = make(RESOURCES.pods, MANAGED_SELECTOR);
+    // Every cache keeps only what is read (cache-transforms.ts, secrets.ts).
+    this.crs = make(RESOURCES.registryMirrors, undefined, slimRegistryMirror);
+    for (const [kind, rt] of Object.entries(OWNED_KINDS)) this.owned.set(kind, make(rt, MANAGED_SELECTOR, slimOwned(rt)));
+    this.pods = make(RESOURCES.pods, MANAGED_SELECTOR, slimPod);
     this.secrets = make(RESOURCES.secrets, undefined, summarizeSecret as (x: any) => SecretSummary & KubeObject);
 
     this.queue = new WorkQueue((key) => this.reconcileKey(key), {
@@ -81,7 +87,7 @@ export class Controller {
       if (
         cr.metadata.generation !== old?.metadata.generation ||
         cr.metadata.deletionTimestamp !== old?.metadata.deletionTimestamp ||
-        JSON.stringify(cr.metadata.labels) !== JSON.stringify(old?.metadata.labels)
+        cr.labelsDigest !== old?.labelsDigest
       ) {
         this.queue.add(keyOf(cr));
       }
@@ -139,6 +145,16 @@ export class Controller {
     await Promise.all(this.all().map((i) => i.stop()));
   }
 
+  /** For tests: what the caches hold (after the informers' transforms). */
+  cached(): Record<'registryMirrors' | 'pods' | 'secrets' | 'owned', KubeObject[]> {
+    return {
+      registryMirrors: this.crs.list(),
+      pods: this.pods.list(),
+      secrets: this.secrets.list() as unknown as KubeObject[],
+      owned: [...this.owned.values()].flatMap((i) => i.list()),
+    };
+  }
+
   /** For tests: resolves when the queue has nothing to do. */
   idle(): Promise<void> {
     return this.queue.idle();
@@ -152,7 +168,7 @@ export class Controller {
       owned: (kind: string, ns: string, n: string) => this.owned.get(kind)?.get(ns, n),
       cacheStats: (k: string) => this.stats.get(k),
     };
-    return reconcile(key, { kube: this.o.kube, caches, defaultImage: this.o.defaultImage, log: this.o.log, metrics: this.o.metrics }).then(
+    return reconcile(key, { kube: this.o.kube, caches, defaultImage: this.o.defaultImage, log: this.o.log, metrics: this.o.metrics, policy: this.o.policy }).then(
       () => {
         end();
         this.o.metrics.reconciles.inc({ result: 'ok' });
@@ -165,33 +181,35 @@ export class Controller {
     );
   }
 
-  /** Reads /stats of every ready mirror pod; queues the RegistryMirrors whose figures moved. */
+  /**
+   * Reads /stats of every ready mirror pod, STATS_PARALLELISM pods at once over all
+   * RegistryMirrors; queues the RegistryMirrors whose figures moved.
+   */
   private async refreshStats(): Promise<void> {
-    await Promise.all(
-      // With protectMetrics the mirror's /stats wants credentials the operator does not hold
-      // (it never reads Secret values): no scrape, status.cache stays as it was.
-      this.crs.list().filter((cr) => cr.spec?.auth?.protectMetrics !== true).map(async (cr) => {
-        const key = keyOf(cr);
-        const pods = this.pods
-          .list(cr.metadata.namespace)
-          .filter((p) => p.metadata?.labels?.[INSTANCE_LABEL] === cr.metadata.name && isPodReady(p));
-        const samples = (
-          await Promise.all(
-            pods.map((p) =>
-              this.o.fetchStats(statsUrl(p.status!.podIP!, this.o.statsPort)).catch((err) => {
-                this.o.metrics.statsScrapeErrors.inc();
-                this.o.log.debug({ pod: p.metadata?.name, err: errorText(err) }, 'stats scrape failed');
-                return undefined;
-              }),
-            ),
-          )
-        ).filter((s) => s !== undefined);
-        const previous = this.stats.get(key) ?? cr.status?.cache;
-        const next = aggregateCache(samples, previous, new Date());
-        if (!next) return;
-        this.stats.set(key, next);
-        if (next.updated !== cr.status?.cache?.updated || next.pods !== cr.status?.cache?.pods) this.queue.add(key);
+    // With protectMetrics the mirror's /stats wants credentials the operator does not hold
+    // (it never reads Secret values): no scrape, status.cache stays as it was.
+    const crs = this.crs.list().filter((cr) => cr.spec?.auth?.protectMetrics !== true);
+    const jobs = crs.flatMap((cr, i) =>
+      this.pods
+        .list(cr.metadata.namespace)
+        .filter((p) => p.metadata?.labels?.[INSTANCE_LABEL] === cr.metadata.name && isPodReady(p))
+        .map((p) => ({ cr: i, pod: p })),
+    );
+    const results = await mapLimit(jobs, this.o.statsParallelism ?? STATS_PARALLELISM, (j) =>
+      this.o.fetchStats(statsUrl(j.pod.status!.podIP!, this.o.statsPort)).catch((err) => {
+        this.o.metrics.statsScrapeErrors.inc();
+        this.o.log.debug({ pod: j.pod.metadata?.name, err: errorText(err) }, 'stats scrape failed');
+        return undefined;
       }),
     );
+    crs.forEach((cr, i) => {
+      const key = keyOf(cr);
+      const samples = results.filter((s, k): s is NonNullable<typeof s> => jobs[k]!.cr === i && s !== undefined);
+      const previous = this.stats.get(key) ?? cr.status?.cache;
+      const next = aggregateCache(samples, previous, new Date());
+      if (!next) return;
+      this.stats.set(key, next);
+      if (next.updated !== cr.status?.cache?.updated || next.pods !== cr.status?.cache?.pods) this.queue.add(key);
+    });
   }
 }

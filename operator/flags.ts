@@ -2,6 +2,7 @@
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parseDuration } from './duration.js';
+import { parsePolicy, POLICY_OPTIONS, POLICY_USAGE, type NodePolicy } from './node-policy.js';
 
 export interface OperatorFlags {
   kubeconfig?: string;
@@ -20,6 +21,8 @@ export interface OperatorFlags {
   resyncIntervalMs: number;
   statsPort: number;
   logLevel: string;
+  /** Who may configure the nodes, and which upstreams a namespace may use (node agents share it). */
+  policy: NodePolicy;
 }
 
 export const USAGE = `registry-mirror operator [flags]
@@ -37,7 +40,9 @@ export const USAGE = `registry-mirror operator [flags]
   --status-interval D      how often mirror pods' /stats are read into status.cache (default: 30s)
   --resync-interval D      how often every RegistryMirror is reconciled without an event (default: 5m)
   --stats-port N           port of the mirror pods' /stats (default: 5000; tests only)
-  --log-level L            trace|debug|info|warn|error (default: info)`;
+  --log-level L            trace|debug|info|warn|error (default: info)
+Node policy (give the node agents the same flags):
+${POLICY_USAGE}`;
 
 export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env): OperatorFlags {
   const { values } = parseArgs({
@@ -62,6 +67,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
       'resync-interval': { type: 'string' },
       'stats-port': { type: 'string' },
       'log-level': { type: 'string' },
+      ...POLICY_OPTIONS,
     },
   });
   const duration = (flag: string, fallback: string) => {
@@ -95,6 +101,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     resyncIntervalMs: duration('resync-interval', '5m'),
     statsPort: port('stats-port', 5000),
     logLevel: values['log-level'] || 'info',
+    policy: parsePolicy(values, env),
   };
   if (flags.renewDeadlineMs >= flags.leaseDurationMs) {
     throw new Error('--renew-deadline must be shorter than --lease-duration (a leader must stop before others may take over)');

@@ -48,6 +48,7 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
       resyncIntervalMs: flags.resyncIntervalMs,
       statsPort: flags.statsPort,
       fetchStats: opts.fetchStats ?? httpStatsFetcher(3000),
+      policy: flags.policy,
     });
   // Leadership changes are serialised: a stop always completes before the next start.
   const startLeading = () => {
@@ -96,7 +97,14 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
   };
   const health = await startHealthServer({ host: flags.healthHost, port: flags.healthPort, ready, registry: metrics.registry });
   log.info(
-    { healthPort: health.port, namespace: flags.namespace ?? '(all)', leaderElect: flags.leaderElect, identity: flags.identity },
+    {
+      healthPort: health.port,
+      namespace: flags.namespace ?? '(all)',
+      leaderElect: flags.leaderElect,
+      identity: flags.identity,
+      adminNamespace: flags.policy.adminNamespace ?? '(none)',
+      nodeConfigNamespaces: flags.policy.namespaces,
+    },
     'operator started',
   );
 

@@ -12,8 +12,9 @@ import { mirrorConfigProblem } from './render/mirror-config.js';
 import { ANNOTATION, endpointOf, INSTANCE_LABEL, MANAGED_BY } from './render/names.js';
 import { pvcChange } from './render/pvc.js';
 import { authForm, credentialsForm, type SecretSummary } from './secrets.js';
-import { resolveSpec } from './spec.js';
-import { computeStatus, statusEqual, type DeploymentLike, type Outcome } from './status.js';
+import { DEFAULT_POLICY, nodeConfigRefusal, POLICY_REASONS, upstreamRefusal, type NodePolicy } from './node-policy.js';
+import { resolveSpec, type ResolvedSpec } from './spec.js';
+import { computeStatus, NODE_CONFIG, statusEqual, type DeploymentLike, type NodeConfigUpdate, type Outcome } from './status.js';
 import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror } from './types.js';
 import { splitKey } from './types.js';
 
@@ -31,6 +32,8 @@ export interface ReconcileDeps {
   defaultImage: string;
   log: Logger;
   metrics: Metrics;
+  /** The admin's node policy (operator/node-policy.ts); the node agents apply the same. */
+  policy?: NodePolicy;
   now?: () => Date;
 }
 
@@ -46,9 +49,13 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
 
   let outcome: Outcome;
   let failure: unknown;
+  const policy = d.policy ?? DEFAULT_POLICY;
   const resolved = resolveSpec(cr);
+  const upstreamProblem = resolved.ok ? upstreamRefusal(policy, namespace, resolved.spec) : undefined;
   if (!resolved.ok) {
     outcome = { kind: 'blocked', reason: 'InvalidSpec', message: resolved.problems.join('; ') };
+  } else if (upstreamProblem) {
+    outcome = { kind: 'blocked', reason: 'UpstreamNotAllowed', message: `${upstreamProblem}; nothing was applied` };
   } else {
     const spec = resolved.spec;
     let credentials: CredentialsForm | undefined;
@@ -84,11 +91,25 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
   }
 
   if (outcome.kind !== 'applied') log.info({ reason: 'reason' in outcome ? outcome.reason : 'ApplyFailed', message: outcome.message }, 'not applied');
-  await writeStatus(cr, outcome, d, log);
+  await writeStatus(cr, outcome, nodeConfigUpdate(cr, resolved.ok ? resolved.spec : undefined, policy), d, log);
   if (failure && !(failure instanceof ConflictError)) throw failure;
 }
 
 class ConflictError extends Error {}
+
+/**
+ * The NodeConfig condition as far as the operator speaks for it: a RegistryMirror the admin's
+ * policy keeps off the nodes says so (the node agents, applying the same policy, agree); a
+ * refusal that no longer applies is cleared for the agents to report the node state.
+ */
+export function nodeConfigUpdate(cr: RegistryMirror, spec: ResolvedSpec | undefined, policy: NodePolicy): NodeConfigUpdate {
+  const current = cr.status?.conditions?.find((c) => (c.type as string) === NODE_CONFIG);
+  const stale: NodeConfigUpdate = current && POLICY_REASONS.includes(current.reason) ? { kind: 'clear' } : { kind: 'keep' };
+  if (cr.spec?.nodeConfig?.enabled === false) return stale;
+  if (!spec) return { kind: 'keep' };
+  const refusal = nodeConfigRefusal(policy, cr.metadata.namespace, spec);
+  return refusal ? { kind: 'refuse', reason: refusal.reason, message: refusal.message } : stale;
+}
 
 /**
  * A referenced Secret in the form the renderer needs, or why the RegistryMirror is blocked:
@@ -158,10 +179,10 @@ function isOurs(live: Record<string, any>, cr: RegistryMirror): boolean {
   return !refs.some((r) => r.controller) && labels[INSTANCE_LABEL] === cr.metadata.name && labels['app.kubernetes.io/managed-by'] === MANAGED_BY;
 }
 
-async function writeStatus(cr: RegistryMirror, outcome: Outcome, d: ReconcileDeps, log: Logger): Promise<void> {
+async function writeStatus(cr: RegistryMirror, outcome: Outcome, nodeConfig: NodeConfigUpdate, d: ReconcileDeps, log: Logger): Promise<void> {
   const key = `${cr.metadata.namespace}/${cr.metadata.name}`;
   const now = d.now?.() ?? new Date();
-  const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr), cache: d.caches.cacheStats(key) }, now);
+  const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr), cache: d.caches.cacheStats(key), nodeConfig }, now);
   if (statusEqual(cr.status, status)) return;
   try {
     await replaceStatus(d.kube, cr, status);

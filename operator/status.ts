@@ -3,7 +3,16 @@
 // controller writes the result only when it differs from the live status.
 import { setConditions, type ConditionInput } from './conditions.js';
 import { stableStringify } from './hash.js';
-import type { CacheStatus, RegistryMirror, RegistryMirrorStatus } from './types.js';
+import type { CacheStatus, Condition, RegistryMirror, RegistryMirrorStatus } from './types.js';
+
+/** The node agent's condition; the operator sets it only for the admin policy's refusals. */
+export const NODE_CONFIG = 'NodeConfig';
+
+/**
+ * What the operator does with the NodeConfig condition: leave it (the node agents own it),
+ * set a policy refusal, or clear a refusal that no longer applies (the agents then write theirs).
+ */
+export type NodeConfigUpdate = { kind: 'keep' } | { kind: 'refuse'; reason: string; message: string } | { kind: 'clear' };
 
 export type Outcome =
   /** The spec or its references cannot be used; nothing was applied. */
@@ -61,7 +70,7 @@ export function rolloutState(d: DeploymentLike | undefined): RolloutState {
 export function computeStatus(
   cr: RegistryMirror,
   outcome: Outcome,
-  extra: { endpoint: string; cache?: CacheStatus },
+  extra: { endpoint: string; cache?: CacheStatus; nodeConfig?: NodeConfigUpdate },
   now: Date,
 ): RegistryMirrorStatus {
   const prev = cr.status ?? {};
@@ -102,9 +111,28 @@ export function computeStatus(
     conds = [ready, progressing, degraded];
   }
 
+  let conditions = setConditions(prev.conditions, conds, gen, now);
+  const nc = extra.nodeConfig ?? { kind: 'keep' };
+  if (nc.kind !== 'keep') {
+    const i = conditions.findIndex((c) => (c.type as string) === NODE_CONFIG);
+    const old = i >= 0 ? conditions[i] : undefined;
+    if (nc.kind === 'clear') {
+      if (old) conditions = conditions.filter((_, k) => k !== i);
+    } else {
+      const c = {
+        type: NODE_CONFIG,
+        status: 'False',
+        reason: nc.reason,
+        message: nc.message,
+        lastTransitionTime: old && old.status === 'False' ? old.lastTransitionTime : now.toISOString(),
+        ...(gen !== undefined ? { observedGeneration: gen } : {}),
+      } as unknown as Condition;
+      conditions = old ? conditions.map((x, k) => (k === i ? c : x)) : [...conditions, c];
+    }
+  }
   const status: RegistryMirrorStatus = {
     observedGeneration: gen,
-    conditions: setConditions(prev.conditions, conds, gen, now),
+    conditions,
     readyReplicas,
     endpoint: extra.endpoint,
   };

@@ -97,10 +97,23 @@ export function collectionPath(rt: ResourceType, namespace?: string): string {
   return `${base}${namespace ? `/namespaces/${namespace}` : ''}/${rt.plural}`;
 }
 
+/** Lists one page of a collection (all of it when no page is given). */
 export function lister(kube: Kube, rt: ResourceType, namespace?: string, labelSelector?: string) {
-  return async () =>
-    kube.objects.list(rt.apiVersion, rt.kind, namespace, undefined, undefined, undefined, undefined, labelSelector) as Promise<{
-      items: unknown[];
-      metadata?: { resourceVersion?: string };
-    }>;
+  return async (page?: { limit: number; continue?: string }) => {
+    const res = (await kube.objects.list(
+      rt.apiVersion,
+      rt.kind,
+      namespace,
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+      labelSelector,
+      page?.limit,
+      page?.continue,
+    )) as { items: unknown[]; metadata?: { resourceVersion?: string; continue?: string; _continue?: string } };
+    // The typed client names the token _continue.
+    const cont = res.metadata?.continue ?? res.metadata?._continue;
+    return { items: res.items, metadata: { resourceVersion: res.metadata?.resourceVersion, continue: cont || undefined } };
+  };
 }

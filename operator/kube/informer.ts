@@ -22,18 +22,35 @@ export interface KubeObject {
 
 export interface ListResult {
   items: unknown[];
-  metadata?: { resourceVersion?: string };
+  metadata?: { resourceVersion?: string; continue?: string };
 }
+
+/** One page of a list: at most `limit` items, from the `continue` token of the previous page. */
+export interface ListPage {
+  limit: number;
+  continue?: string;
+}
+
+/** Items per list page: a re-list never holds more than one page of raw objects. */
+export const LIST_PAGE_SIZE = 100;
 
 export interface InformerOptions<T extends KubeObject> {
   /** For logs and metrics, e.g. "deployments". */
   name: string;
   /** Collection path to watch, e.g. /apis/apps/v1/namespaces/ns/deployments. */
   path: string;
-  list: () => Promise<ListResult>;
+  /** Lists one page (a lister that ignores the page returns everything at once). */
+  list: (page?: ListPage) => Promise<ListResult>;
+  /** Items per page (default LIST_PAGE_SIZE). */
+  listPageSize?: number;
   watch: Watch;
   labelSelector?: string;
-  /** Maps each listed or watched object into what the cache keeps (e.g. strip Secret values). */
+  /**
+   * Maps each listed or watched object (a plain JSON copy) into what the cache keeps, e.g. a
+   * Secret's summary without its values or a RegistryMirror without the fields nobody reads.
+   * Applied before the object is cached or handed to any handler (list, ADDED, MODIFIED,
+   * DELETED), so neither ever sees the raw object. Without it the whole object is kept.
+   */
   transform?: (obj: any) => T;
   relistIntervalMs?: number;
   watchdogMs?: number;
@@ -123,12 +140,22 @@ export class Informer<T extends KubeObject> {
   }
 
   private async relist(): Promise<void> {
-    const res = await this.opts.list();
+    // Page by page, each raw page shaped (transformed) before the next is fetched, so the raw
+    // objects held at once are one page's, whatever the collection's size. An expired continue
+    // token is a 410, which re-lists from the start.
     const fresh = new Map<string, T>();
-    for (const raw of res.items ?? []) {
-      const obj = this.shape(raw);
-      fresh.set(keyOf(obj), obj);
-    }
+    let cont: string | undefined;
+    let rv = '';
+    do {
+      const res = await this.opts.list({ limit: this.opts.listPageSize ?? LIST_PAGE_SIZE, continue: cont });
+      for (const raw of res.items ?? []) {
+        const obj = this.shape(raw);
+        fresh.set(keyOf(obj), obj);
+      }
+      rv = res.metadata?.resourceVersion ?? rv;
+      cont = res.metadata?.continue || undefined;
+    } while (cont && !this.stopped);
+    if (this.stopped) return;
     for (const [k, old] of this.store) {
       if (!fresh.has(k)) {
         this.store.delete(k);
@@ -141,7 +168,7 @@ export class Informer<T extends KubeObject> {
       if (!old) this.emit('add', obj);
       else if (old.metadata?.resourceVersion !== obj.metadata?.resourceVersion) this.emit('update', obj, old);
     }
-    this.rv = res.metadata?.resourceVersion ?? '';
+    this.rv = rv;
     if (!this.ready) {
       this.ready = true;
       this.syncedResolve();

@@ -4,20 +4,30 @@
 // made to match the whole plan, so no event ordering or missed event can leave a stale file
 // behind for longer than the next event or the periodic resync.
 //
+// Memory: both informers keep summaries, not objects (plan.ts summarizeMirror and
+// summarizeService). A RegistryMirror is validated (resolveSpec) and checked against the
+// admin's node policy as it arrives; the cache keeps its metadata, the verdict, the validated
+// registry and upstream URL and its NodeConfig condition, so a tenant's oversized spec costs
+// the agent a few hundred bytes whatever its size.
+//
 // Status: each RegistryMirror with nodeConfig enabled gets a `NodeConfig` condition (True:
-// HostsConfigured; False: RegistryConflict naming the winner, WaitingForService, NoUpstreamURL).
-// The operator owns the rest of status; the agent touches only its own condition, with a JSON
-// patch that first tests the resourceVersion it read (a concurrent write makes it fail; the
-// resulting update event brings the next attempt). Every agent computes the same condition,
-// so after the first write on a cluster the others find nothing to change.
+// HostsConfigured; False: InvalidSpec, a policy refusal naming who can allow it,
+// RegistryConflict naming the winner, WaitingForService, ClientAuthRequired). The operator
+// owns the rest of status; the agent touches only its own condition, with a JSON patch that
+// first tests the resourceVersion it read (a concurrent write makes it fail; the resulting
+// update event brings the next attempt) and then replaces or appends that one list entry.
+// Every agent computes the same condition, so after the first write on a cluster the others
+// find nothing to change. Files another agent instance (another release) manages on this node
+// are left alone and reported (log, metric, /readyz detail), never fought over.
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { collectionPath, lister, RESOURCES, type Kube } from '../kube/client.js';
 import { errorText, Informer, statusOf, type KubeObject } from '../kube/informer.js';
 import { MANAGED_SELECTOR } from '../render/names.js';
-import { GROUP, PLURAL, VERSION, type Condition, type RegistryMirror } from '../types.js';
+import { DEFAULT_POLICY, type NodePolicy } from '../node-policy.js';
+import { GROUP, PLURAL, VERSION } from '../types.js';
 import { HostsDir } from './files.js';
-import { NODE_CONFIG_CONDITION, plan, type NodeConfigState, type ServiceLike } from './plan.js';
+import { NODE_CONFIG_CONDITION, plan, summarizeMirror, summarizeService, type MirrorLike, type NodeConfigState, type NodeMirror, type ServiceLike } from './plan.js';
 
 export interface AgentOptions {
   kube: Kube;
@@ -25,6 +35,10 @@ export interface AgentOptions {
   hostsDir: string;
   namespace?: string;
   dialTimeout?: string;
+  /** The admin's node policy (the same flags as the operator's). */
+  policy?: NodePolicy;
+  /** This agent's instance (namespace/DaemonSet): the owner of the files it writes. */
+  instance?: string;
   reportStatus: boolean;
   resyncIntervalMs: number;
   /** Debounce between an event and the sync it triggers. */
@@ -42,10 +56,15 @@ export function createAgentMetrics() {
     changes: new Counter({ name: `${p}file_change_total`, help: 'hosts.toml files written or removed', labelNames: ['action'], registers: [registry] }),
     managed: new Gauge({ name: `${p}managed_files`, help: 'hosts.toml files this agent manages', registers: [registry] }),
     statusWrites: new Counter({ name: `${p}status_write_total`, help: 'NodeConfig condition writes by result', labelNames: ['result'], registers: [registry] }),
+    foreign: new Gauge({
+      name: `${p}foreign_owner_files`,
+      help: 'Registries this agent would configure whose hosts.toml another agent instance (release) manages on this node',
+      registers: [registry],
+    }),
   };
 }
 
-type Mirror = RegistryMirror & KubeObject & { metadata: RegistryMirror['metadata'] & { creationTimestamp?: string } };
+type Mirror = NodeMirror & KubeObject;
 type Service = ServiceLike & KubeObject;
 
 export class NodeAgent {
@@ -59,22 +78,25 @@ export class NodeAgent {
   private stopped = false;
   private firstSync = false;
   private lastError = '';
+  private lastForeign = '';
 
   constructor(private readonly o: AgentOptions) {
-    this.dir = new HostsDir(o.hostsDir);
-    const make = <T extends KubeObject>(rt: typeof RESOURCES.services, selector?: string) =>
+    this.dir = new HostsDir(o.hostsDir, o.instance);
+    const policy = o.policy ?? DEFAULT_POLICY;
+    const make = <T extends KubeObject>(rt: typeof RESOURCES.services, transform: (x: any) => T, selector?: string) =>
       new Informer<T>({
         name: `node-agent-${rt.plural}`,
         path: collectionPath(rt, o.namespace),
         list: lister(o.kube, rt, o.namespace, selector),
         watch: o.kube.watch,
         labelSelector: selector,
+        transform,
         log: o.log,
         relistIntervalMs: o.informer?.relistIntervalMs,
         watchdogMs: o.informer?.watchdogMs,
       });
-    this.mirrors = make<Mirror>(RESOURCES.registryMirrors);
-    this.services = make<Service>(RESOURCES.services, MANAGED_SELECTOR);
+    this.mirrors = make<Mirror>(RESOURCES.registryMirrors, (x: MirrorLike) => summarizeMirror(x, policy) as Mirror);
+    this.services = make<Service>(RESOURCES.services, (x: ServiceLike) => summarizeService(x) as Service, MANAGED_SELECTOR);
     for (const inf of [this.mirrors, this.services] as Informer<KubeObject>[]) {
       inf.on('add', () => this.schedule()).on('update', () => this.schedule()).on('delete', () => this.schedule());
     }
@@ -87,7 +109,8 @@ export class NodeAgent {
 
   readiness(): { ok: boolean; detail: string } {
     if (!this.firstSync) return { ok: false, detail: 'caches not synced yet' };
-    return { ok: true, detail: this.lastError ? `last sync failed: ${this.lastError}` : 'synced' };
+    const detail = [this.lastError && `last sync failed: ${this.lastError}`, this.lastForeign].filter(Boolean).join('; ');
+    return { ok: true, detail: detail || 'synced' };
   }
 
   async start(): Promise<void> {
@@ -129,9 +152,15 @@ export class NodeAgent {
   private async syncOnce(): Promise<void> {
     if (this.stopped) return;
     const mirrors = this.mirrors.list();
-    const p = plan(mirrors, this.services.list(), { dialTimeout: this.o.dialTimeout });
-    const { changes, errors } = this.dir.sync(p.entries);
+    const p = plan(mirrors, this.services.list(), { dialTimeout: this.o.dialTimeout, policy: this.o.policy ?? DEFAULT_POLICY });
+    const { changes, errors, foreign } = this.dir.sync(p.entries);
     this.lastError = errors.map((e) => `${e.registry}: ${e.message}`).join('; ');
+    const foreignText = foreign.map((f) => f.message).join('; ');
+    if (foreignText !== this.lastForeign) {
+      for (const f of foreign) this.o.log.warn({ registry: f.registry, otherAgent: f.instance, hostsDir: this.o.hostsDir }, f.message);
+    }
+    this.lastForeign = foreignText;
+    this.metrics.foreign.set(foreign.length);
     this.metrics.syncs.inc({ result: errors.length ? 'error' : 'ok' });
     for (const e of errors) this.o.log.error({ registry: e.registry, err: e.message, hostsDir: this.o.hostsDir }, 'could not update hosts.toml');
     for (const c of changes) {
@@ -154,8 +183,7 @@ export class NodeAgent {
     for (const m of mirrors) {
       if (m.metadata.deletionTimestamp) continue;
       const key = `${m.metadata.namespace}/${m.metadata.name}`;
-      const conds = (m.status?.conditions ?? []) as Array<Condition | (Omit<Condition, 'type'> & { type: string })>;
-      const current = conds.find((c) => c.type === NODE_CONFIG_CONDITION);
+      const current = m.nodeStatus.current;
       let want = wanted.get(key);
       if (!want) {
         // nodeConfig disabled: say so only where an earlier condition would otherwise mislead.
@@ -168,13 +196,16 @@ export class NodeAgent {
         status: want.status,
         reason: want.reason,
         message: want.message,
-        lastTransitionTime: current && current.status === want.status ? current.lastTransitionTime : new Date().toISOString(),
+        lastTransitionTime: current && current.status === want.status && current.lastTransitionTime ? current.lastTransitionTime : new Date().toISOString(),
         ...(m.metadata.generation !== undefined ? { observedGeneration: m.metadata.generation } : {}),
       };
-      const list = [...conds.filter((c) => c.type !== NODE_CONFIG_CONDITION), next];
+      // Only the NodeConfig entry changes; the resourceVersion test makes the index safe.
       const ops: object[] = [{ op: 'test', path: '/metadata/resourceVersion', value: m.metadata.resourceVersion }];
-      if (!m.status) ops.push({ op: 'add', path: '/status', value: { conditions: list } });
-      else ops.push({ op: m.status.conditions ? 'replace' : 'add', path: '/status/conditions', value: list });
+      const st = m.nodeStatus;
+      if (!st.hasStatus) ops.push({ op: 'add', path: '/status', value: { conditions: [next] } });
+      else if (st.conditions === undefined) ops.push({ op: 'add', path: '/status/conditions', value: [next] });
+      else if (st.index >= 0) ops.push({ op: 'replace', path: `/status/conditions/${st.index}`, value: next });
+      else ops.push({ op: 'add', path: '/status/conditions/-', value: next });
       try {
         await this.o.kube.custom.patchNamespacedCustomObjectStatus({
           group: GROUP,
@@ -195,6 +226,11 @@ export class NodeAgent {
         }
       }
     }
+  }
+
+  /** For tests and memory checks: the summaries the informers hold. */
+  cached(): { mirrors: NodeMirror[]; services: ServiceLike[] } {
+    return { mirrors: this.mirrors.list(), services: this.services.list() };
   }
 
   async stop(): Promise<void> {

@@ -5,10 +5,43 @@
 //  - a hosts.toml without our marker is never overwritten: it is first renamed to
 //    hosts.toml.registry-mirror-backup, and its hosts are carried into ours;
 //  - only files with our marker are removed; when one goes, its backup (if any) is renamed back;
-//  - a registry directory is removed only when it is empty after that.
+//  - a registry directory is removed only when it is empty after that;
+//  - several agents (one per release) may share a node's certs.d: the marker's owner names the
+//    RegistryMirror and the agent instance ("ns/name@instance"), and an agent rewrites or
+//    removes only files of its own instance. A registry another instance already manages on
+//    this node is left to it (reported as a conflict), and an uninstall of one release
+//    removes only its own files. A marker without an instance (written before instances
+//    existed) counts as the file of whichever agent finds it.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { BACKUP_SUFFIX, isManaged, registryDirName, renderHostsToml, type HostsEntry } from './hosts-toml.js';
+import { BACKUP_SUFFIX, isManaged, managedOwner, registryDirName, renderHostsToml, type HostsEntry } from './hosts-toml.js';
+
+/** The instance used when none is configured (a single agent per node). */
+export const DEFAULT_INSTANCE = 'registry-mirror';
+const INSTANCE_RE = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$/;
+
+export function checkInstance(instance: string): string {
+  if (!INSTANCE_RE.test(instance) || instance.length > 253) throw new Error(`agent instance "${instance}" must be NAMESPACE/NAME or NAME (lower-case)`);
+  return instance;
+}
+
+/** The RegistryMirror key and agent instance recorded in a managed file, or undefined. */
+export function fileOwner(text: string): { mirror: string; instance?: string } | undefined {
+  const owner = managedOwner(text);
+  if (owner === undefined) return isManaged(text) ? { mirror: '' } : undefined;
+  const at = owner.lastIndexOf('@');
+  return at < 0 ? { mirror: owner } : { mirror: owner.slice(0, at), instance: owner.slice(at + 1) };
+}
+
+/** A registry's hosts.toml managed by another agent instance: left alone, reported. */
+export class ForeignOwnerError extends Error {
+  constructor(readonly registry: string, readonly instance: string) {
+    super(
+      `hosts.toml of ${registry} is managed by node agent ${instance} (another registry-mirror release); ` +
+        'this agent leaves it alone: configure each registry in one release only',
+    );
+  }
+}
 
 export type FileChange =
   | { registry: string; action: 'written'; backedUp: boolean }
@@ -50,14 +83,24 @@ function fsyncDir(dir: string): void {
 }
 
 export class HostsDir {
-  constructor(readonly dir: string) {}
+  readonly instance: string;
+
+  constructor(readonly dir: string, instance: string = DEFAULT_INSTANCE) {
+    this.instance = checkInstance(instance);
+  }
+
+  /** True when text is a managed file this instance may rewrite or remove. */
+  private ours(text: string): boolean {
+    const o = fileOwner(text);
+    return o !== undefined && (o.instance === undefined || o.instance === this.instance);
+  }
 
   private paths(registry: string) {
     const d = join(this.dir, registryDirName(registry));
     return { dir: d, file: join(d, 'hosts.toml'), backup: join(d, `hosts.toml${BACKUP_SUFFIX}`) };
   }
 
-  /** Registries whose hosts.toml carries our marker. */
+  /** Registries whose hosts.toml carries our marker with this instance (or none). */
   managedRegistries(): string[] {
     if (!existsSync(this.dir)) return [];
     const out: string[] = [];
@@ -68,7 +111,7 @@ export class HostsDir {
       } catch {
         continue; // not a directory, unreadable: not ours
       }
-      if (text !== undefined && isManaged(text)) out.push(name);
+      if (text !== undefined && this.ours(text)) out.push(name);
     }
     return out.sort();
   }
@@ -78,6 +121,9 @@ export class HostsDir {
     const p = this.paths(e.registry);
     mkdirSync(p.dir, { recursive: true });
     const current = readIfExists(p.file);
+    if (current !== undefined && isManaged(current) && !this.ours(current)) {
+      throw new ForeignOwnerError(e.registry, fileOwner(current)?.instance ?? '?');
+    }
     let backedUp = false;
     if (current !== undefined && !isManaged(current)) {
       // Someone else's file (or one an admin wrote over ours): keep it, ours carries its hosts.
@@ -86,17 +132,20 @@ export class HostsDir {
       backedUp = true;
     }
     const previous = readIfExists(p.backup);
-    const text = renderHostsToml(e, previous);
+    const text = renderHostsToml({ ...e, owner: `${e.owner}@${this.instance}` }, previous);
     if (!backedUp && current === text) return undefined;
     atomicWrite(p.file, text);
     return { registry: e.registry, action: 'written', backedUp };
   }
 
-  /** Removes our hosts.toml for registry (restoring a backup); never touches a foreign file. */
+  /**
+   * Removes our hosts.toml for registry (restoring a backup); never touches a foreign file or
+   * one of another agent instance.
+   */
   remove(registry: string): FileChange | undefined {
     const p = this.paths(registry);
     const current = readIfExists(p.file);
-    if (current === undefined || !isManaged(current)) return undefined;
+    if (current === undefined || !this.ours(current)) return undefined;
     let restored = false;
     if (existsSync(p.backup)) {
       renameSync(p.backup, p.file);
@@ -118,15 +167,22 @@ export class HostsDir {
    * One registry's failure (e.g. a read-only subdirectory) does not stop the others; the
    * failures are returned with the changes.
    */
-  sync(entries: Map<string, HostsEntry>): { changes: FileChange[]; errors: Array<{ registry: string; message: string }> } {
+  sync(entries: Map<string, HostsEntry>): {
+    changes: FileChange[];
+    errors: Array<{ registry: string; message: string }>;
+    /** Registries whose file another agent instance manages on this node (not an error). */
+    foreign: Array<{ registry: string; instance: string; message: string }>;
+  } {
     const changes: FileChange[] = [];
     const errors: Array<{ registry: string; message: string }> = [];
+    const foreign: Array<{ registry: string; instance: string; message: string }> = [];
     const attempt = (registry: string, fn: () => FileChange | undefined) => {
       try {
         const c = fn();
         if (c) changes.push(c);
       } catch (err) {
-        errors.push({ registry, message: (err as Error).message });
+        if (err instanceof ForeignOwnerError) foreign.push({ registry, instance: err.instance, message: err.message });
+        else errors.push({ registry, message: (err as Error).message });
       }
     };
     for (const e of entries.values()) attempt(e.registry, () => this.write(e));
@@ -137,10 +193,10 @@ export class HostsDir {
       errors.push({ registry: '*', message: (err as Error).message });
     }
     for (const r of managed) if (!entries.has(r)) attempt(r, () => this.remove(r));
-    return { changes, errors };
+    return { changes, errors, foreign };
   }
 
-  /** Removes every file of ours (restoring backups): `node-agent --cleanup`, uninstall. */
+  /** Removes every file of this instance (restoring backups): `node-agent --cleanup`, uninstall. */
   removeAll(): FileChange[] {
     return this.managedRegistries()
       .map((r) => this.remove(r))

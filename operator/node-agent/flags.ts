@@ -1,6 +1,8 @@
 // Command-line flags of `registry-mirror node-agent`. Pure: argv in, options or an error out.
 import { parseArgs } from 'node:util';
 import { parseDuration } from '../duration.js';
+import { parsePolicy, POLICY_OPTIONS, POLICY_USAGE, type NodePolicy } from '../node-policy.js';
+import { checkInstance, DEFAULT_INSTANCE } from './files.js';
 import { DEFAULT_DIAL_TIMEOUT } from './hosts-toml.js';
 
 export interface NodeAgentFlags {
@@ -21,6 +23,10 @@ export interface NodeAgentFlags {
   healthPort: number;
   cleanup: boolean;
   logLevel: string;
+  /** Who may configure the nodes (the operator applies the same policy). */
+  policy: NodePolicy;
+  /** Owner of the files this agent writes: namespace/DaemonSet of its release. */
+  instance: string;
 }
 
 export const USAGE = `registry-mirror node-agent [flags]
@@ -36,8 +42,13 @@ export const USAGE = `registry-mirror node-agent [flags]
   --daemonset NAME         the DaemonSet running this agent (default: $NODE_AGENT_DAEMONSET); when it
                            no longer exists at shutdown (helm uninstall) the agent removes its files
   --health-host H / --health-port N   /healthz /readyz /metrics (default: 0.0.0.0:8082; 0 picks a port)
-  --cleanup                remove every hosts.toml this agent wrote (restoring backups) and exit
-  --log-level L            trace|debug|info|warn|error (default: info)`;
+  --instance ID            owner recorded in the files this agent writes; it never rewrites or removes
+                           files of another instance (default: $POD_NAMESPACE/$NODE_AGENT_DAEMONSET,
+                           else ${DEFAULT_INSTANCE})
+  --cleanup                remove every hosts.toml of this --instance (restoring backups) and exit
+  --log-level L            trace|debug|info|warn|error (default: info)
+Node policy (give the operator the same flags):
+${POLICY_USAGE}`;
 
 export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = process.env): NodeAgentFlags {
   const { values } = parseArgs({
@@ -58,6 +69,8 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
       'health-port': { type: 'string' },
       cleanup: { type: 'boolean' },
       'log-level': { type: 'string' },
+      instance: { type: 'string' },
+      ...POLICY_OPTIONS,
     },
   });
   const hostsDir = values['hosts-dir'] || '/etc/containerd/certs.d';
@@ -70,6 +83,14 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
   const rawPort = values['health-port'];
   const healthPort = rawPort === undefined ? 8082 : Number(rawPort);
   if (!Number.isInteger(healthPort) || healthPort < 0 || healthPort > 65535) throw new Error(`--health-port "${rawPort}" is not a port number`);
+  const daemonSet = values.daemonset || env.NODE_AGENT_DAEMONSET || undefined;
+  const instance =
+    values.instance || (env.POD_NAMESPACE && daemonSet ? `${env.POD_NAMESPACE}/${daemonSet}` : daemonSet) || DEFAULT_INSTANCE;
+  try {
+    checkInstance(instance);
+  } catch (err) {
+    throw new Error(`--instance: ${(err as Error).message}`);
+  }
   return {
     hostsDir,
     nodeHostsPath: values['node-hosts-path'] || hostsDir,
@@ -79,12 +100,14 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
     dialTimeout,
     resyncIntervalMs: resyncMs,
     reportStatus: !values['no-report-status'],
-    daemonSet: values.daemonset || env.NODE_AGENT_DAEMONSET || undefined,
+    daemonSet,
     podNamespace: env.POD_NAMESPACE || undefined,
     nodeName: env.NODE_NAME || undefined,
     healthHost: values['health-host'] || '0.0.0.0',
     healthPort,
     cleanup: values.cleanup ?? false,
     logLevel: values['log-level'] || 'info',
+    policy: parsePolicy(values, env),
+    instance,
   };
 }

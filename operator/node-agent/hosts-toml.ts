@@ -49,20 +49,38 @@ type TomlTable = Record<string, unknown>;
 
 /**
  * hosts.toml for one registry. `previous` is the text of a file that was there before the agent
- * (the backup): its hosts follow the mirror, and its `server`, when it differs from ours,
- * becomes one more host before our `server`, so nothing the node had configured is lost.
- * An unparsable previous file is ignored (it stays in the backup and comes back on removal).
+ * (the backup, restored byte for byte when the mirror goes). Nothing it configured is lost:
+ *  - its hosts follow the mirror, each with every key it had (ca, client, skip_verify,
+ *    [header], override_path, proxy, keys we do not know);
+ *  - its server-level settings (every top-level key but `server` and `host`) belong to its
+ *    server. When that server is ours (the same URL, or both the registry's default when the
+ *    file names none), they stay server-level in our file. When it differs, the previous server
+ *    becomes one more host before our `server`, carrying those settings (capabilities default
+ *    to pull and resolve there unless the file set them). If that URL is already one of its
+ *    hosts, the host's own keys win and the server-level keys it lacks are added.
+ * The mirror's own host never receives any of these settings (a registry's Authorization
+ * header must not go to the mirror). An unparsable previous file is ignored (it stays in the
+ * backup and comes back on removal).
  */
 export function renderHostsToml(e: HostsEntry, previous?: string): string {
+  const mirror = e.mirrorUrl.replace(/\/+$/, '');
   const hosts: Record<string, TomlTable> = {};
-  hosts[e.mirrorUrl.replace(/\/+$/, '')] = { capabilities: ['pull', 'resolve'], dial_timeout: e.dialTimeout ?? DEFAULT_DIAL_TIMEOUT };
+  hosts[mirror] = { capabilities: ['pull', 'resolve'], dial_timeout: e.dialTimeout ?? DEFAULT_DIAL_TIMEOUT };
+  let serverSettings: TomlTable = {};
   let kept = '';
   if (previous !== undefined) {
     const prev = parsePrevious(previous);
     if (prev) {
-      for (const [url, table] of Object.entries(prev.hosts)) if (!(url in hosts)) hosts[url] = table;
-      if (prev.server && normalizeUrl(prev.server) !== normalizeUrl(e.server) && !(prev.server in hosts)) {
-        hosts[prev.server] = { capabilities: ['pull', 'resolve'] };
+      for (const [url, table] of Object.entries(prev.hosts)) {
+        if (normalizeUrl(url) !== normalizeUrl(mirror) && !(url in hosts)) hosts[url] = table;
+      }
+      const prevServer = prev.server ?? defaultServer(e.registry);
+      if (normalizeUrl(prevServer) === normalizeUrl(e.server)) {
+        serverSettings = prev.settings;
+      } else if (normalizeUrl(prevServer) !== normalizeUrl(mirror)) {
+        const existing = Object.keys(hosts).find((u) => u !== mirror && normalizeUrl(u) === normalizeUrl(prevServer));
+        if (existing) hosts[existing] = { ...prev.settings, ...hosts[existing] };
+        else hosts[prevServer] = { capabilities: ['pull', 'resolve'], ...prev.settings };
       }
       kept = ` Hosts of the file that was here before (saved as hosts.toml${BACKUP_SUFFIX}, restored when this mirror goes) follow the mirror.`;
     } else {
@@ -73,25 +91,41 @@ export function renderHostsToml(e: HostsEntry, previous?: string): string {
     `${MARKER} (owner: ${e.owner}). Do not edit: the agent rewrites and removes it.`,
     `# Pulls of ${e.registry} go to the registry-mirror Service first, then to the upstream.${kept}`,
   ];
-  const body = stringify({ server: e.server, host: hosts });
+  const body = stringify({ server: e.server, ...serverSettings, host: hosts });
   return `${header.join('\n')}\n${body.endsWith('\n') ? body : `${body}\n`}`;
 }
 
-function parsePrevious(text: string): { server?: string; hosts: Record<string, TomlTable> } | undefined {
+interface PreviousFile {
+  server?: string;
+  /** Every top-level key but server and host: the settings of the server. */
+  settings: TomlTable;
+  hosts: Record<string, TomlTable>;
+}
+
+function parsePrevious(text: string): PreviousFile | undefined {
   try {
     const doc = parse(text) as TomlTable;
-    const server = typeof doc.server === 'string' ? doc.server : undefined;
-    const hostTable = doc.host && typeof doc.host === 'object' ? (doc.host as Record<string, unknown>) : {};
+    const server = typeof doc.server === 'string' && doc.server !== '' ? doc.server : undefined;
+    const settings: TomlTable = {};
+    for (const [k, v] of Object.entries(doc)) if (k !== 'server' && k !== 'host') settings[k] = v;
+    const hostTable = doc.host && typeof doc.host === 'object' && !Array.isArray(doc.host) ? (doc.host as Record<string, unknown>) : {};
     const hosts: Record<string, TomlTable> = {};
     for (const [url, t] of Object.entries(hostTable)) if (t && typeof t === 'object' && !Array.isArray(t)) hosts[url] = t as TomlTable;
-    return { server, hosts };
+    return { server, settings, hosts };
   } catch {
     return undefined;
   }
 }
 
+/** containerd's server for a registry namespace whose hosts.toml names none. */
+function defaultServer(registry: string): string {
+  return registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${registry}`;
+}
+
 function normalizeUrl(u: string): string {
-  return u.replace(/\/+$/, '').toLowerCase();
+  let s = u.trim().replace(/\/+$/, '').toLowerCase();
+  if (s.startsWith('https://')) s = s.replace(/^(https:\/\/[^/]+):443(?=\/|$)/, '$1');
+  return s.replace(/^(https?:\/\/)docker\.io(?=\/|$)/, '$1registry-1.docker.io');
 }
 
 /** What a managed file says, for tests and the agent's own checks. */

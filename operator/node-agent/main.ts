@@ -4,7 +4,8 @@
 // Shutdown: SIGTERM stops the watch and leaves the files in place (a rolling update or a
 // restart must not flap every node's pull path). When the agent's own DaemonSet is gone (helm
 // uninstall, kubectl delete), nothing will maintain the files any more, so the agent removes
-// them, restoring any backups, before it exits. `--cleanup` does the same by hand.
+// them, restoring any backups, before it exits. `--cleanup` does the same by hand. Either
+// way only the files of this agent's instance (its release) go; another release's stay.
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { connect, getObject, type Kube } from '../kube/client.js';
@@ -68,6 +69,8 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
     hostsDir: flags.hostsDir,
     namespace: flags.namespace,
     dialTimeout: flags.dialTimeout,
+    policy: flags.policy,
+    instance: flags.instance,
     reportStatus: flags.reportStatus,
     resyncIntervalMs: flags.resyncIntervalMs,
   });
@@ -79,7 +82,16 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
   });
   agent.start().catch((err) => log.error({ err: errorText(err) }, 'node agent failed to start'));
   log.info(
-    { hostsDir: flags.hostsDir, node: flags.nodeName, namespace: flags.namespace ?? '(all)', healthPort: health.port, daemonSet: flags.daemonSet },
+    {
+      hostsDir: flags.hostsDir,
+      node: flags.nodeName,
+      namespace: flags.namespace ?? '(all)',
+      healthPort: health.port,
+      daemonSet: flags.daemonSet,
+      instance: flags.instance,
+      adminNamespace: flags.policy.adminNamespace ?? '(none)',
+      nodeConfigNamespaces: flags.policy.namespaces,
+    },
     'node agent started',
   );
   let stopping: Promise<void> | undefined;
@@ -118,8 +130,8 @@ export async function runNodeAgent(argv: string[]): Promise<void> {
   }
   const log = nodeLogger(flags.logLevel);
   if (flags.cleanup) {
-    const removed = new HostsDir(flags.hostsDir).removeAll();
-    log.info({ hostsDir: flags.hostsDir, removed: removed.map((c) => c.registry) }, 'removed this agent\'s hosts.toml files');
+    const removed = new HostsDir(flags.hostsDir, flags.instance).removeAll();
+    log.info({ hostsDir: flags.hostsDir, instance: flags.instance, removed: removed.map((c) => c.registry) }, 'removed this agent\'s hosts.toml files');
     return;
   }
   const handle = await startNodeAgent(flags, { log });

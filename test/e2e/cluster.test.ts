@@ -160,6 +160,9 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
         '--set', `nodeAgent.hostsDir=${cluster.certsDir}`,
         '--set', `nodeAgent.containerdConfig=${join(cluster.dir, 'containerd.toml')}`,
         '--set', 'operator.statusInterval=3s',
+        // The RegistryMirror lives in its own namespace: steering the nodes from there is the
+        // admin's decision (README "Tenancy"), made here at install.
+        '--set', `nodeConfig.allowedNamespaces={${NS}}`,
         '--wait', '--timeout', '3m',
       ]);
       assert.match(r.stdout, /STATUS: deployed/);
@@ -191,7 +194,8 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
       assert.match(clusterIP, /^10\.96\./);
       await waitFor(() => existsSync(hostsFile) && readFileSync(hostsFile, 'utf8').includes(clusterIP), 30_000, `hosts.toml naming ${clusterIP}`);
       const text = readFileSync(hostsFile, 'utf8');
-      assert.equal(managedOwner(text), `${NS}/docker-hub`);
+      // The marker names the RegistryMirror and the node agent instance (release) that wrote it.
+      assert.equal(managedOwner(text), `${NS}/docker-hub@${RELEASE_NS}/${RELEASE}-registry-mirror-node-agent`);
       const doc = readHostsToml(text);
       assert.equal(doc.server, upstream.url);
       assert.deepEqual(doc.hosts, [{ url: `http://${clusterIP}:5000`, capabilities: ['pull', 'resolve'], dialTimeout: '200ms' }]);

@@ -30,6 +30,11 @@ const VALUE_SETS: Record<string, string[]> = {
     '--set', 'mirrors[1].namespace=apps',
     '--set', 'mirrors[1].spec.upstream.registry=ghcr.io',
     '--set', 'mirrors[1].spec.nodeConfig.enabled=false',
+    '--set', 'nodeConfig.allowedNamespaces={apps,team-a}',
+    '--set', 'nodeConfig.allowedRegistries={ghcr.io,quay.io}',
+    '--set', 'nodeConfig.allowedUpstreams.*={https://ghcr.io,https://quay.io}',
+    '--set', 'nodeConfig.allowedUpstreams.apps={https://registry-1.docker.io}',
+    '--set', 'nodeConfig.allowUnsafeUpstreams=true',
   ],
   'no node agent': ['--set', 'nodeAgent.enabled=false', '--set', 'nodeAgent.containerdConfig='],
 };
@@ -81,6 +86,33 @@ describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (te
 });
 
 describe('helm chart RBAC', () => {
+  it('passes the same node policy to the operator and the node agent', async () => {
+    const tools = await helmTools();
+    const dir = tempDir('chart-policy');
+    const env = { HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config'), HELM_DATA_HOME: join(dir, 'data') };
+    const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system', ...VALUE_SETS.everything!], { env });
+    const objs = parseAllDocuments(r.stdout).map((d) => d.toJS()).filter(Boolean);
+    const argsOf = (kind: string) => objs.find((o: any) => o.kind === kind)!.spec.template.spec.containers[0].args as string[];
+    const policy = (args: string[]) => args.filter((a) => /^--(node-config|allowed-upstream|admin-namespace)/.test(a));
+    const want = [
+      '--node-config-namespaces=apps,team-a',
+      '--node-config-registries=ghcr.io,quay.io',
+      '--allowed-upstream=*=https://ghcr.io,https://quay.io',
+      '--allowed-upstream=apps=https://registry-1.docker.io',
+      '--node-config-allow-unsafe',
+    ];
+    assert.deepEqual(policy(argsOf('Deployment')).sort(), [...want].sort());
+    assert.deepEqual(policy(argsOf('DaemonSet')).sort(), [...want].sort());
+    // Both read the admin namespace (the release's) from $POD_NAMESPACE.
+    for (const kind of ['Deployment', 'DaemonSet']) {
+      const envs = objs.find((o: any) => o.kind === kind)!.spec.template.spec.containers[0].env as any[];
+      assert.equal(envs.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath, 'metadata.namespace');
+    }
+    // Defaults: no flags, i.e. only the release namespace configures nodes.
+    const d = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system'], { env });
+    assert.doesNotMatch(d.stdout, /--node-config|--allowed-upstream/);
+  });
+
   it("grants the operator exactly deploy/rbac/operator.yaml's rules", async () => {
     const tools = await helmTools();
     const dir = tempDir('chart-rbac');
@@ -92,11 +124,12 @@ describe('helm chart RBAC', () => {
     const rulesOf = (list: any[], kind: string, nameEnd: string) => list.find((o) => o.kind === kind && o.metadata.name.endsWith(nameEnd))?.rules;
     assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-operator'), rulesOf(reference, 'ClusterRole', '-operator'));
     assert.deepEqual(rulesOf(rendered, 'Role', '-operator-leader-election'), rulesOf(reference, 'Role', '-operator-leader-election'));
-    // The node agent: reads RegistryMirrors and Services, patches only /status (its NodeConfig
-    // condition), and may get its own DaemonSet (to tell an uninstall from a restart).
+    // The node agent: lists and watches RegistryMirrors and Services (informers only, never a
+    // single GET), patches only /status (its NodeConfig condition), and may get its own
+    // DaemonSet (to tell an uninstall from a restart).
     assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-node-agent'), [
-      { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors'], verbs: ['list', 'watch'] },
+      { apiGroups: [''], resources: ['services'], verbs: ['list', 'watch'] },
       { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors/status'], verbs: ['patch'] },
     ]);
     assert.deepEqual(rulesOf(rendered, 'Role', '-node-agent'), [

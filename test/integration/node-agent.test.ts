@@ -9,16 +9,19 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createWriteStream } from 'node:fs';
 import { pino } from 'pino';
-import { BACKUP_SUFFIX, managedOwner, readHostsToml } from '../../operator/node-agent/hosts-toml.js';
+import { BACKUP_SUFFIX, managedOwner as markerOwner, readHostsToml } from '../../operator/node-agent/hosts-toml.js';
+import { fileOwner } from '../../operator/node-agent/files.js';
 import { parseNodeAgentFlags } from '../../operator/node-agent/flags.js';
 import { startNodeAgent, type NodeAgentHandle } from '../../operator/node-agent/main.js';
 import { MANAGED_SELECTOR } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
 import { tempDir, waitFor } from '../rig/proc.js';
-import { condition, createMirror, createNamespace, deleteMirror, patchMirror, startClusterWithCrd, waitMirror, type Cluster } from './operator-kit.js';
+import { condition, createMirror, createNamespace, deleteMirror, getMirror, patchMirror, startClusterWithCrd, waitMirror, type Cluster } from './operator-kit.js';
 
 const [labelKey, labelValue] = MANAGED_SELECTOR.split('=') as [string, string];
 const NS = 'mirrors';
+/** The RegistryMirror named in a managed file's marker (the agent instance is checked apart). */
+const managedOwner = (t: string) => (markerOwner(t) === undefined ? undefined : fileOwner(t)?.mirror);
 const ORIGINAL = '# written by the node\'s admin\nserver = "https://registry-1.docker.io"\n\n[host."https://corp-cache.example.com"]\n  capabilities = ["pull", "resolve"]\n';
 
 describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)' }, () => {
@@ -27,11 +30,14 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   let agent: NodeAgentHandle;
   let logFile: string;
 
+  // As the operator creates it: labelled, and controlled by the RegistryMirror (by uid).
   const createService = async (name: string) => {
+    const cr = await getMirror(cluster.kube, NS, name);
+    const ownerReferences = [{ apiVersion: 'registry-mirror.io/v1alpha1', kind: 'RegistryMirror', name, uid: cr.metadata.uid, controller: true, blockOwnerDeletion: true }];
     const svc = (await cluster.kube.objects.create({
       apiVersion: 'v1',
       kind: 'Service',
-      metadata: { name, namespace: NS, labels: { [labelKey]: labelValue } },
+      metadata: { name, namespace: NS, labels: { [labelKey]: labelValue }, ownerReferences },
       spec: { ports: [{ name: 'http', port: 5000, targetPort: 'http' as any }], selector: { app: name } },
     } as any)) as any;
     return svc.spec.clusterIP as string;
@@ -42,7 +48,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
     waitFor(() => pred(readFile(registry)), 15_000, `${what} (${registry}/hosts.toml now: ${readFile(registry) ?? 'absent'})`);
   const start = async () => {
     const flags = parseNodeAgentFlags(
-      ['--kubeconfig', cluster.kubeconfig, '--hosts-dir', hostsDir, '--containerd-config', join(hostsDir, '..', 'no-config.toml'), '--health-host', '127.0.0.1', '--health-port', '0', '--resync-interval', '2s'],
+      ['--kubeconfig', cluster.kubeconfig, '--hosts-dir', hostsDir, '--containerd-config', join(hostsDir, '..', 'no-config.toml'), '--health-host', '127.0.0.1', '--health-port', '0', '--resync-interval', '2s', '--node-config-namespaces', NS],
       { POD_NAMESPACE: 'kube-system', NODE_AGENT_DAEMONSET: 'rm-node-agent' },
     );
     return startNodeAgent(flags, { log: pino({ level: 'debug' }, createWriteStream(logFile, { flags: 'a' })) });
@@ -79,6 +85,8 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
     assert.deepEqual(doc.hosts.map((h) => h.url), [`http://${ip}:5000`, 'https://corp-cache.example.com', 'https://registry-1.docker.io']);
     assert.deepEqual(doc.hosts[0], { url: `http://${ip}:5000`, capabilities: ['pull', 'resolve'], dialTimeout: '200ms' });
     assert.equal(readFileSync(join(hostsDir, 'docker.io', `hosts.toml${BACKUP_SUFFIX}`), 'utf8'), ORIGINAL);
+    // The marker names this agent's instance (its release: namespace/DaemonSet).
+    assert.equal(fileOwner(readFile('docker.io')!)?.instance, 'kube-system/rm-node-agent');
     const cr = await waitMirror(cluster.kube, NS, 'hub', (c) => condition(c, 'NodeConfig')?.status === 'True', 'NodeConfig True');
     assert.equal(condition(cr, 'NodeConfig')?.reason, 'HostsConfigured');
   });

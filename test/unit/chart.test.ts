@@ -51,6 +51,8 @@ describe('helm chart', () => {
     assert.equal(v.nodeAgent.enabled, true);
     assert.equal(v.nodeAgent.hostsDir, '/etc/containerd/certs.d');
     assert.deepEqual(v.mirrors, []);
+    // Secure by default: only the release namespace's RegistryMirrors configure nodes.
+    assert.deepEqual(v.nodeConfig, { allowedNamespaces: [], allowedRegistries: [], allowedUpstreams: {}, allowUnsafeUpstreams: false });
     const chart = parse(readFileSync(join(CHART, 'Chart.yaml'), 'utf8'));
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8'));
     assert.equal(chart.appVersion, pkg.version, 'Chart.yaml appVersion follows package.json version');

@@ -10,15 +10,21 @@ import { reportContainerdConfig } from '../../operator/node-agent/main.js';
 import { HostsDir } from '../../operator/node-agent/files.js';
 import { parseNodeAgentFlags } from '../../operator/node-agent/flags.js';
 import { BACKUP_SUFFIX, isManaged, managedOwner, readHostsToml, registryDirName, renderHostsToml } from '../../operator/node-agent/hosts-toml.js';
-import { compareMirrors, mirrorUrl, plan, type MirrorLike, type ServiceLike } from '../../operator/node-agent/plan.js';
+import { compareMirrors, mirrorUrl, plan as planWith, type MirrorLike, type PlanOptions, type ServiceLike } from '../../operator/node-agent/plan.js';
+import { DEFAULT_POLICY } from '../../operator/node-policy.js';
+
+// These cases are about choosing and rendering, not tenancy: every namespace is allowed.
+const OPEN = { ...DEFAULT_POLICY, namespaces: ['*'] };
+const plan = (m: MirrorLike[], s: ServiceLike[], o: PlanOptions = {}) => planWith(m, s, { policy: OPEN, ...o });
 
 const entry = { registry: 'docker.io', server: 'https://registry-1.docker.io', mirrorUrl: 'http://10.96.0.10:5000', owner: 'infra/hub' };
 
 function mirror(ns: string, name: string, registry: string, created: string, extra: Partial<MirrorLike['spec']> = {}): MirrorLike {
-  return { metadata: { namespace: ns, name, creationTimestamp: created }, spec: { upstream: { registry }, ...extra } };
+  return { metadata: { namespace: ns, name, creationTimestamp: created, uid: `uid-${ns}-${name}` }, spec: { upstream: { registry }, ...extra } };
 }
 function service(ns: string, name: string, ip: string): ServiceLike {
-  return { metadata: { namespace: ns, name }, spec: { clusterIP: ip } };
+  const ownerReferences = [{ apiVersion: 'registry-mirror.io/v1alpha1', kind: 'RegistryMirror', name, uid: `uid-${ns}-${name}`, controller: true }];
+  return { metadata: { namespace: ns, name, ownerReferences }, spec: { clusterIP: ip } };
 }
 
 describe('hosts.toml rendering', () => {
@@ -86,7 +92,8 @@ describe('plan', () => {
     assert.equal(plan([m], []).conditions.get('a/r')?.reason, 'WaitingForService');
     assert.equal(plan([m], [service('a', 'r', 'None')]).entries.size, 0);
     assert.equal(plan([m], [service('a', 'r', '10.96.0.12')]).entries.get('registry.example.com:5000')?.server, 'http://10.88.0.1:5001');
-    assert.equal(plan([mirror('a', 'x', 'unknown.example.com', '2024-01-01T00:00:00Z')], []).conditions.get('a/x')?.reason, 'NoUpstreamURL');
+    // No URL for a registry that is not well known: the operator refuses the spec, so do the nodes.
+    assert.equal(plan([mirror('a', 'x', 'unknown.example.com', '2024-01-01T00:00:00Z')], []).conditions.get('a/x')?.reason, 'InvalidSpec');
   });
 
   it('resolves two mirrors for one registry the same way in any order: oldest, then namespace/name', () => {

@@ -58,7 +58,13 @@ test('parseMirrorStats accepts the /stats JSON and rejects other bodies', () => 
   assert.deepEqual(s, { hits: 1, misses: 2, staleServed: 0, bytesServed: 3, bytesFromUpstream: 4, storedBytes: 5, blobs: 6, upstreamErrors: 0, since: 'x' });
   assert.equal(parseMirrorStats({ hello: 1 }), undefined);
   assert.equal(parseMirrorStats(null), undefined);
-  assert.equal(parseMirrorStats({ hits: -1, misses: 'x' })?.hits, 0);
+  // Figures must be non-negative safe integers; anything else refuses the whole body.
+  for (const bad of [{ hits: -1 }, { hits: 1, misses: 'x' }, { hits: 1.5 }, { hits: 1, blobs: { x: 1 } }, { hits: 2 ** 60 }, [{ hits: 1 }]]) {
+    assert.equal(parseMirrorStats(bad), undefined, JSON.stringify(bad));
+  }
+  assert.deepEqual(parseMirrorStats({ hits: 1 }), { hits: 1, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0 });
+  assert.equal(parseMirrorStats({ hits: 1, since: 'y'.repeat(1000) })?.since, undefined);
+  assert.equal('extra' in parseMirrorStats({ hits: 1, extra: 'z'.repeat(1000) })!, false);
 });
 
 test('setConditions keeps lastTransitionTime unless the status flips; ordered Ready, Progressing, Degraded', () => {

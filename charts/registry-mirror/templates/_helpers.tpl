@@ -48,3 +48,22 @@ app.kubernetes.io/component: node-agent
 {{- define "registry-mirror.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/*
+The admin's node policy, as flags for the operator and the node agent (both apply the same
+policy; operator/node-policy.ts). The release namespace is the admin namespace ($POD_NAMESPACE).
+*/}}
+{{- define "registry-mirror.policyArgs" -}}
+{{- with .Values.nodeConfig.allowedNamespaces }}
+- {{ printf "--node-config-namespaces=%s" (join "," .) | quote }}
+{{- end }}
+{{- with .Values.nodeConfig.allowedRegistries }}
+- {{ printf "--node-config-registries=%s" (join "," .) | quote }}
+{{- end }}
+{{- range $ns, $urls := .Values.nodeConfig.allowedUpstreams }}
+- {{ printf "--allowed-upstream=%s=%s" $ns (join "," $urls) | quote }}
+{{- end }}
+{{- if .Values.nodeConfig.allowUnsafeUpstreams }}
+- --node-config-allow-unsafe
+{{- end }}
+{{- end }}
