@@ -26,7 +26,8 @@ export interface MirrorConfig {
   listen: { host: string; port: number };
   logLevel: string;
   storage: { path: string; maxBytes: number };
-  cache: { ttlMs: number; tagTTLMs: number };
+  /** notFoundTTLMs: how long an upstream 404 for a manifest is remembered (0 = never). */
+  cache: { ttlMs: number; tagTTLMs: number; notFoundTTLMs: number };
   defaultUpstream: string;
   upstreams: Record<string, UpstreamConfig>;
   /** The legacy v1 API; sourceIndex (for /v1/repositories/<name>/images) defaults to source. */
@@ -69,7 +70,7 @@ export const embeddedDefault = {
   listen: '0.0.0.0:5000',
   logLevel: 'info',
   storage: { path: './data', maxBytes: 0 },
-  cache: { ttl: '168h', tagTTL: '5m' },
+  cache: { ttl: '168h', tagTTL: '5m', notFoundTTL: '15s' },
   defaultUpstream: 'docker.io',
   upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
   v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
@@ -105,7 +106,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const cache = object(user.cache ?? {}, 'cache');
   const v1 = object(user.v1 ?? {}, 'v1');
   unknownKeys(storage, ['path', 'maxBytes'], 'storage.');
-  unknownKeys(cache, ['ttl', 'tagTTL'], 'cache.');
+  unknownKeys(cache, ['ttl', 'tagTTL', 'notFoundTTL'], 'cache.');
   unknownKeys(v1, ['enabled', 'source', 'sourceIndex', 'tagsCacheTTL', 'allow', 'deny'], 'v1.');
   const timeouts = object(user.upstreamTimeouts ?? {}, 'upstreamTimeouts');
   const retries = object(user.upstreamRetries ?? {}, 'upstreamRetries');
@@ -152,6 +153,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     cache: {
       ttlMs: duration(env.MIRROR_CACHE_TTL ?? cache.ttl ?? embeddedDefault.cache.ttl, 'cache.ttl'),
       tagTTLMs: duration(env.MIRROR_CACHE_TAGTTL ?? cache.tagTTL ?? embeddedDefault.cache.tagTTL, 'cache.tagTTL'),
+      notFoundTTLMs: notFoundTTL(env.MIRROR_CACHE_NOTFOUNDTTL ?? cache.notFoundTTL ?? embeddedDefault.cache.notFoundTTL, 'cache.notFoundTTL'),
     },
     defaultUpstream,
     upstreams,
@@ -193,6 +195,16 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
 function limit(v: unknown, key: string): number {
   const ms = duration(v, key);
   if (ms <= 0 || ms > 3_600_000) throw new ConfigError(key, `"${String(v)}" must be above 0 and at most 1h`);
+  return ms;
+}
+
+/**
+ * cache.notFoundTTL: 0 (off) up to 1h. A remembered 404 hides a tag pushed meanwhile for this
+ * long, so it is meant to be seconds; an hour is already far past any use.
+ */
+function notFoundTTL(v: unknown, key: string): number {
+  const ms = duration(v, key);
+  if (ms > 3_600_000) throw new ConfigError(key, `"${String(v)}" must be at most 1h (0 turns it off)`);
   return ms;
 }
 

@@ -6,7 +6,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export type Api = 'v2' | 'v1';
 export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image';
-export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass';
+/** negative: a 404 answered from a remembered upstream 404 (cache.notFoundTTL), no upstream asked. */
+export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass' | 'negative';
 
 export interface Stats {
   hits: number;
@@ -122,6 +123,18 @@ export class MirrorMetrics {
       labelNames: ['upstream'],
       registers: [this.registry],
       collect: read('bytes'),
+    });
+  }
+
+  /** Gauge of the upstream 404s remembered (bounded: cache/manifest-cache.ts notFoundMax). */
+  watchNotFoundCache(entries: () => number): void {
+    new Gauge({
+      name: 'registry_mirror_not_found_cache_entries',
+      help: 'Upstream 404s for manifests remembered for cache.notFoundTTL',
+      registers: [this.registry],
+      collect() {
+        this.set(entries());
+      },
     });
   }
 

@@ -8,7 +8,7 @@ import { loadAuthenticator, registerClientAuth } from './access/client-auth.js';
 import { isDockerHub, RepositoryPolicy } from './access/patterns.js';
 import { V1Access } from './access/v1-access.js';
 import { BlobCache } from './cache/blob-cache.js';
-import { ManifestCache } from './cache/manifest-cache.js';
+import { isRememberedNotFound, ManifestCache } from './cache/manifest-cache.js';
 import { clientServerOptions, limitClientConnections } from './client-connections.js';
 import type { MirrorConfig } from './config.js';
 import { RegistryError } from './errors.js';
@@ -80,7 +80,10 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     maxBytes: config.storage.maxBytes,
     makeRoom: (bytes) => evictor.makeRoom(bytes),
   });
-  const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs, (bytes) => evictor.makeRoom(bytes));
+  const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs, (bytes) => evictor.makeRoom(bytes), {
+    notFoundTTLMs: config.cache.notFoundTTLMs,
+  });
+  metrics.watchNotFoundCache(() => manifests.notFoundEntries());
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -105,7 +108,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     const bytes = Number(reply.getHeader('content-length')) || 0;
     const complete = reply.raw.writableFinished && req.method === 'GET' && reply.statusCode < 300;
     if (m) {
-      metrics.request(m.api, m.kind, reply.statusCode >= 400 ? 'error' : (m.result ?? 'pass'));
+      // A remembered upstream 404 is a 404 answered by the cache: counted as result "negative".
+      metrics.request(m.api, m.kind, m.result === 'negative' ? 'negative' : reply.statusCode >= 400 ? 'error' : (m.result ?? 'pass'));
       metrics.duration.observe({ api: m.api, kind: m.kind }, reply.elapsedTime / 1000);
       if (complete && (m.kind === 'blob' || m.kind === 'manifest' || m.kind === 'image')) metrics.served(m.source ?? 'cache', bytes);
     }
@@ -127,6 +131,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
 
   app.setErrorHandler((err, req, reply) => {
     const e = toRegistryError(err);
+    if (req.mirror && isRememberedNotFound(err)) req.mirror.result = 'negative';
     if (e.status >= 500 && !(err instanceof RegistryError)) req.log.error({ err }, 'internal error');
     if (reply.sent || reply.raw.headersSent) {
       reply.raw.destroy();
@@ -135,8 +140,10 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     if (req.url.startsWith('/v2')) reply.header('Docker-Distribution-API-Version', 'registry/2.0');
     return reply.code(e.status).header('Content-Type', 'application/json').send(e.body());
   });
+  // Every unknown route (any method, any path) is a 404 with OCI error JSON.
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(new RegistryError('NAME_UNKNOWN', 'no such route').body());
+    if (req.url.startsWith('/v2')) reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    reply.code(404).header('Content-Type', 'application/json').send(new RegistryError('NAME_UNKNOWN', 'no such route').body());
   });
 
   let ready = false;

@@ -2,9 +2,22 @@
 // there. By tag the mapping is trusted for cache.tagTTL, then revalidated with a HEAD (Docker
 // Hub does not count HEADs against pull limits); when the upstream is unreachable, 5xx or
 // 429, the last known manifest is served stale rather than failing a pod start.
+//
+// What a tag resolves to depends on the client's Accept (manifest-class.ts): a tag keeps one
+// mapping per format class of request (index, image, schema1), each fetched, revalidated and
+// served stale with its own class's Accept, so a client asking for an old format never
+// changes what the others get. A request whose Accept names only some of its class's types
+// is served from its class's mapping when the upstream would give it the same manifest, and
+// otherwise passed through with its own Accept (recording nothing).
+//
+// An upstream 404 for a manifest (by tag or digest) is remembered for cache.notFoundTTL, per
+// (upstream, repository, reference, class), in memory and bounded (notFoundMax): a
+// crash-looping pod asking again and again for a missing tag costs the upstream nothing more.
 
+import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
+import { classAccept, negotiate, servable, upstreamAccept } from '../manifest-class.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from '../reference.js';
 import type { ContentStore, StoredManifest } from '../store/content-store.js';
@@ -15,25 +28,38 @@ import { upstreamError, type UpstreamResponse } from '../upstream/client.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { Target } from './target.js';
 
-/** What the mirror asks for when the client did not say: every type it can pass through. */
-export const defaultAccept = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.v1+prettyjws',
-  'application/vnd.docker.distribution.manifest.v1+json',
-].join(', ');
+export { acceptable, defaultAccept, upstreamAccept } from '../manifest-class.js';
 
-const knownManifestTypes = new Set(defaultAccept.split(', '));
+/**
+ * How many upstream 404s are remembered at once (least recently used out first). A key is
+ * upstream, repository, reference and class: a few hundred bytes at most (names are capped by
+ * the reference grammar), so 10,000 entries stay within a few MB.
+ */
+export const notFoundMax = 10_000;
 
 export interface ManifestAnswer {
   manifest: StoredManifest;
   result: 'hit' | 'miss' | 'stale';
 }
 
+export interface ManifestCacheOptions {
+  /** How long an upstream 404 for a manifest is remembered; 0 = not at all. */
+  notFoundTTLMs?: number;
+  /** Bound on remembered 404s (default notFoundMax). */
+  notFoundMax?: number;
+}
+
+/** Errors that are an upstream's own 404 for a manifest (the ones worth remembering). */
+const upstream404 = new WeakSet<object>();
+
+/** A 404 answered from memory of an earlier upstream 404 (metrics: result "negative"). */
+export function isRememberedNotFound(err: unknown): boolean {
+  return (err as { cacheResult?: unknown } | undefined)?.cacheResult === 'negative';
+}
+
 export class ManifestCache {
   private readonly fetching = new Map<string, Promise<StoredManifest>>();
+  private readonly notFound: LRUCache<string, true> | undefined;
 
   constructor(
     private readonly store: ContentStore,
@@ -42,35 +68,76 @@ export class ManifestCache {
     private readonly log: Logger,
     private readonly tagTTLMs: number,
     private readonly makeRoom: (bytes: number) => Promise<void> = async () => undefined,
-  ) {}
+    options: ManifestCacheOptions = {},
+  ) {
+    const ttl = options.notFoundTTLMs ?? 0;
+    this.notFound = ttl > 0 ? new LRUCache<string, true>({ max: options.notFoundMax ?? notFoundMax, ttl }) : undefined;
+  }
+
+  /** Upstream 404s remembered now (expired ones dropped first). */
+  notFoundEntries(): number {
+    if (!this.notFound) return 0;
+    this.notFound.purgeStale();
+    return this.notFound.size;
+  }
 
   async get(t: Target, ref: ManifestReference, accept: string | undefined): Promise<ManifestAnswer> {
     return ref.kind === 'digest' ? this.byDigest(t, ref.digest, accept) : this.byTag(t, ref.tag, accept);
   }
 
   private async byDigest(t: Target, digest: Digest, accept: string | undefined): Promise<ManifestAnswer> {
+    const up = t.upstream.name;
     const stored = await this.store.getManifest(digest);
-    if (stored && (await this.confirmedFor(t, digest, accept))) {
+    if (stored && (await this.repos.isLinked(up, t.name, digest))) {
       this.store.touch('manifest', digest.value);
       return { manifest: stored, result: 'hit' };
     }
-    const manifest = await this.fetch(t, digest.value, accept, digest);
-    return { manifest, result: 'miss' };
+    // distribution answers an OCI manifest's digest with 404 to an Accept without its type,
+    // so a remembered 404 is per variant of Accept, as for tags.
+    const key = this.notFoundKey(t, digest.value, negotiate(accept).variant);
+    this.rememberedNotFound(key, digest.value);
+    try {
+      if (stored) {
+        const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${digest.value}`, repository: t.name, accept: upstreamAccept(accept) });
+        await res.body.dump().catch(() => undefined);
+        if (res.status !== 200) throw this.failure(t, res.status, digest.value);
+        await this.repos.link(up, t.name, digest);
+        this.notFound?.delete(key);
+        this.store.touch('manifest', digest.value);
+        return { manifest: stored, result: 'hit' };
+      }
+      const manifest = await this.fetch(t, digest.value, upstreamAccept(accept), `accept:${upstreamAccept(accept)}`, digest);
+      this.notFound?.delete(key);
+      return { manifest, result: 'miss' };
+    } catch (err) {
+      this.remember(err, key);
+      throw err;
+    }
   }
 
   private async byTag(t: Target, tag: string, accept: string | undefined): Promise<ManifestAnswer> {
     const up = t.upstream.name;
-    const record = await this.repos.getTag(up, t.name, tag);
+    const want = negotiate(accept);
+    const cls = want.class;
+    const record = await this.repos.getTag(up, t.name, tag, cls);
     const cached = record ? await this.store.getManifest(parseDigest(record.digest)) : undefined;
-    const usable = cached && acceptable(cached.mediaType, accept) ? cached : undefined;
+    // The class's mapping, when the upstream would give this client that same manifest.
+    const usable = cached && servable(cached.mediaType, accept) ? cached : undefined;
     if (usable && record && Date.now() - record.checkedAt < this.tagTTLMs) {
       this.store.touch('manifest', usable.digest);
       return { manifest: usable, result: 'hit' };
     }
+    // A 404 for the class is a 404 for every request of it (their types are a subset).
+    const classKey = this.notFoundKey(t, tag, cls);
+    const ownKey = this.notFoundKey(t, tag, want.variant);
+    this.rememberedNotFound(classKey, tag);
+    this.rememberedNotFound(ownKey, tag);
+    // The class's own Accept when this client's names only part of it.
+    const recordAccept = want.complete ? upstreamAccept(accept) : classAccept[cls];
     if (usable && record) {
       let res: UpstreamResponse;
       try {
-        res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: upstreamAccept(accept) });
+        res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${tag}`, repository: t.name, accept: recordAccept });
       } catch (err) {
         // Only trouble (unreachable, token service down, 5xx, 429) is served stale; an
         // upstream that refuses us (401) must not be bypassed by the cache.
@@ -79,27 +146,52 @@ export class ManifestCache {
       }
       await res.body.dump().catch(() => undefined);
       if (res.status === 200 && res.headers['docker-content-digest'] === usable.digest) {
-        await this.repos.setTag(up, t.name, tag, { ...record, checkedAt: Date.now() });
+        await this.repos.setTag(up, t.name, tag, { ...record, checkedAt: Date.now() }, cls);
         this.store.touch('manifest', usable.digest);
         return { manifest: usable, result: 'hit' };
       }
       if (res.status >= 500 || res.status === 429) return this.stale(t, tag, usable, upstreamError(res.status, up, notFound(tag)));
       if (res.status === 404) {
-        await this.repos.removeTag(up, t.name, tag);
+        await this.repos.removeTag(up, t.name, tag, cls);
+        this.notFound?.set(classKey, true);
         throw notFound(tag);
       }
       if (res.status !== 200) throw upstreamError(res.status, up, notFound(tag));
     }
+    let asking = classKey;
     try {
-      const manifest = await this.fetch(t, tag, accept, undefined);
-      if (acceptable(manifest.mediaType, accept)) {
-        await this.repos.setTag(up, t.name, tag, { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: Date.now() });
+      if (want.complete || !cached || usable) {
+        // No mapping for the class yet, or it moved: the upstream's answer to the class.
+        const manifest = await this.fetch(t, tag, recordAccept, `class:${cls}`, undefined);
+        await this.repos.setTag(up, t.name, tag, { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: Date.now() }, cls);
+        this.notFound?.delete(classKey);
+        if (want.complete || servable(manifest.mediaType, accept)) return { manifest, result: 'miss' };
       }
+      // The upstream answers this Accept otherwise than its class: pass it through.
+      asking = ownKey;
+      const manifest = await this.fetch(t, tag, upstreamAccept(accept), `variant:${want.variant}`, undefined);
+      this.notFound?.delete(ownKey);
       return { manifest, result: 'miss' };
     } catch (err) {
       if (usable && isUpstreamTrouble(err)) return this.stale(t, tag, usable, err);
+      this.remember(err, asking);
       throw err;
     }
+  }
+
+  private notFoundKey(t: Target, reference: string, variant: string): string {
+    return `${t.upstream.name}\n${t.name}\n${reference}\n${variant}`;
+  }
+
+  /** Throws the remembered 404 if the upstream answered this key with one lately. */
+  private rememberedNotFound(key: string, reference: string): void {
+    if (this.notFound?.get(key) !== true) return;
+    throw Object.assign(notFound(reference), { cacheResult: 'negative' as const });
+  }
+
+  /** Remembers an upstream 404 (nothing else: trouble, refusals and bad content are not). */
+  private remember(err: unknown, key: string): void {
+    if (this.notFound && typeof err === 'object' && err !== null && upstream404.has(err)) this.notFound.set(key, true);
   }
 
   private stale(t: Target, tag: string, manifest: StoredManifest, err: unknown): ManifestAnswer {
@@ -109,18 +201,9 @@ export class ManifestCache {
     return { manifest, result: 'stale' };
   }
 
-  private async confirmedFor(t: Target, digest: Digest, accept: string | undefined): Promise<boolean> {
-    if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;
-    const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/manifests/${digest.value}`, repository: t.name, accept: upstreamAccept(accept) });
-    await res.body.dump().catch(() => undefined);
-    if (res.status !== 200) throw this.failure(t, res.status, digest.value);
-    await this.repos.link(t.upstream.name, t.name, digest);
-    return true;
-  }
-
-  /** One upstream GET per (repository, reference, accept) at a time. */
-  private fetch(t: Target, reference: string, accept: string | undefined, expected: Digest | undefined): Promise<StoredManifest> {
-    const key = `${t.upstream.name}/${t.name}:${reference}|${accept ?? ''}`;
+  /** One upstream GET per (repository, reference, what decides the answer) at a time. */
+  private fetch(t: Target, reference: string, accept: string, variant: string, expected: Digest | undefined): Promise<StoredManifest> {
+    const key = `${t.upstream.name}/${t.name}:${reference}|${variant}`;
     let p = this.fetching.get(key);
     if (!p) {
       p = this.fetchOnce(t, reference, accept, expected).finally(() => this.fetching.delete(key));
@@ -129,8 +212,8 @@ export class ManifestCache {
     return p;
   }
 
-  private async fetchOnce(t: Target, reference: string, accept: string | undefined, expected: Digest | undefined): Promise<StoredManifest> {
-    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/manifests/${reference}`, repository: t.name, accept: upstreamAccept(accept) });
+  private async fetchOnce(t: Target, reference: string, accept: string, expected: Digest | undefined): Promise<StoredManifest> {
+    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/manifests/${reference}`, repository: t.name, accept });
     if (res.status !== 200) {
       await res.body.dump().catch(() => undefined);
       throw this.failure(t, res.status, reference);
@@ -160,7 +243,9 @@ export class ManifestCache {
 
   private failure(t: Target, status: number, reference: string): RegistryError {
     if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
-    return upstreamError(status, t.upstream.name, notFound(reference));
+    const err = upstreamError(status, t.upstream.name, notFound(reference));
+    if (status === 404) upstream404.add(err);
+    return err;
   }
 }
 
@@ -201,25 +286,4 @@ function contentType(header: string | string[] | undefined, bytes: Buffer): stri
     /* fall through */
   }
   return 'application/vnd.oci.image.manifest.v1+json';
-}
-
-/**
- * What to ask the upstream for. A client that names manifest types gets exactly those; one
- * that names none (curl's and fetch's "*\/*", or no header) gets every type we pass through:
- * distribution answers "*\/*" for an OCI manifest with 404, not with the manifest.
- */
-export function upstreamAccept(accept: string | undefined): string {
-  if (!accept) return defaultAccept;
-  const types = accept.split(',').map((a) => a.split(';')[0]!.trim());
-  return types.some((t) => knownManifestTypes.has(t)) ? accept : defaultAccept;
-}
-
-/** Whether a client's Accept header admits a media type (no header admits anything). */
-export function acceptable(mediaType: string, accept: string | undefined): boolean {
-  if (!accept) return true;
-  const want = mediaType.split(';')[0]!.trim();
-  return accept.split(',').some((a) => {
-    const t = a.split(';')[0]!.trim();
-    return t === '*/*' || t === want;
-  });
 }

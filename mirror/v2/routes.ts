@@ -7,13 +7,12 @@ import type { BlobCache } from '../cache/blob-cache.js';
 import type { ManifestCache } from '../cache/manifest-cache.js';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
-import { parseDigest, parseManifestReference } from '../reference.js';
+import { clip, parseDigest, parseManifestReference, type ManifestReference } from '../reference.js';
 import type { UpstreamRouter } from '../routing.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { FileBody } from '../store/file-body.js';
-import { upstreamError } from '../upstream/client.js';
-import { documentLimits, readBody } from '../upstream/read-body.js';
 import { decodePath, parseV2Path } from './path.js';
+import { fetchUpstreamTags, lexical, nextPageLink, pageOf } from './tag-list.js';
 
 export interface V2Deps {
   router: UpstreamRouter;
@@ -31,6 +30,8 @@ export function registerV2(app: FastifyInstance, deps: V2Deps): void {
     const path = decodePath(req.url);
     if (path === undefined) throw new RegistryError('NAME_INVALID', 'malformed request path');
     const p = parseV2Path(path);
+    // An unknown route is a 404 whatever the method; a known one refuses writes with 405.
+    if (p.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'no such registry API route');
     if (!readMethods.has(req.method) || p.kind === 'upload') {
       throw new RegistryError('UNSUPPORTED', 'this registry is a read-only mirror: push and delete are not supported');
     }
@@ -47,12 +48,22 @@ export function registerV2(app: FastifyInstance, deps: V2Deps): void {
         return manifest(req, reply, deps, p.name, p.reference, ns);
       case 'blob':
         return blob(req, reply, deps, p.name, p.digest, ns);
-      default:
-        throw new RegistryError('NAME_UNKNOWN', 'no such registry API route');
     }
   };
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/v2', handler, exposeHeadRoute: false });
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/v2/*', handler, exposeHeadRoute: false });
+}
+
+/**
+ * A reference that is neither a valid tag nor a valid digest names no manifest: 404
+ * MANIFEST_UNKNOWN, as distribution answers and the OCI spec's clients expect (not 400).
+ */
+function manifestReference(rawRef: string): ManifestReference {
+  try {
+    return parseManifestReference(rawRef);
+  } catch {
+    throw new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown: the reference is neither a valid tag nor a valid digest', { reference: clip(rawRef) });
+  }
 }
 
 function single(v: string | string[] | undefined): string | undefined {
@@ -61,7 +72,7 @@ function single(v: string | string[] | undefined): string | undefined {
 
 async function manifest(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawRef: string, ns: string | undefined) {
   const routed = deps.router.route(rawName, ns);
-  const ref = parseManifestReference(rawRef);
+  const ref = manifestReference(rawRef);
   req.mirror = { api: 'v2', kind: 'manifest', upstream: routed.target.upstream.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
   const accept = typeof req.headers.accept === 'string' ? req.headers.accept : undefined;
@@ -129,35 +140,25 @@ async function tagsList(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, 
   const t = routed.target;
   req.mirror = { api: 'v2', kind: 'tags', upstream: t.upstream.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
-  const pass = new URLSearchParams();
-  const n = single(query.n);
+  const rawN = single(query.n);
   const last = single(query.last);
-  if (n !== undefined) {
-    if (!/^\d{1,6}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
-    pass.set('n', n);
-  }
-  if (last !== undefined) pass.set('last', last);
+  if (rawN !== undefined && !/^\d{1,6}$/.test(rawN)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
+  const n = rawN === undefined ? undefined : Number(rawN);
+  let tags: string[];
   try {
-    const res = await t.upstream.send({ method: 'GET', path: `${t.name}/tags/list`, repository: t.name, query: pass.toString() || undefined });
-    if (res.status !== 200) {
-      await res.body.dump().catch(() => undefined);
-      throw upstreamError(res.status, t.upstream.name, new RegistryError('NAME_UNKNOWN', undefined, { name: t.name }));
-    }
-    // A body that stalls, breaks off or passes documentLimits.tagList is upstream trouble
-    // (UNAVAILABLE: the cached tags below), not an internal error.
-    const text = await readBody(res, documentLimits.tagList, 'tag list');
+    // The whole list, every upstream page, sorted here: n and last are the mirror's to apply.
+    tags = await fetchUpstreamTags(t);
     req.mirror.result = 'pass';
-    const link = res.headers.link;
-    if (typeof link === 'string') reply.header('Link', link);
-    return reply.header('Content-Type', 'application/json').send(text);
   } catch (err) {
     // The upstream is unreachable: the tags this mirror has cached are better than nothing.
     if ((err as RegistryError).code !== 'UNAVAILABLE') throw err;
-    const tags = await deps.repos.listTags(t.upstream.name, t.name);
+    tags = (await deps.repos.listTags(t.upstream.name, t.name)).sort(lexical);
     if (tags.length === 0) throw err;
     req.mirror.result = 'stale';
-    return reply.send({ name: t.name, tags: paginate(tags, n, last) });
   }
+  const page = pageOf(tags, n, last);
+  if (page.nextLast !== undefined) reply.header('Link', nextPageLink(rawName, n!, page.nextLast, ns));
+  return reply.header('Content-Type', 'application/json').send({ name: rawName, tags: page.tags });
 }
 
 async function catalog(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, ns: string | undefined, query: Record<string, string | string[] | undefined>) {
@@ -170,7 +171,9 @@ async function catalog(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, n
   const all = (await deps.repos.listRepositories(client.name)).filter((n) => deps.router.allows(client.name, n));
   const page = paginate(all, n, single(query.last));
   if (n !== undefined && page.length === Number(n) && page.length > 0 && all[all.length - 1] !== page[page.length - 1]) {
-    reply.header('Link', `</v2/_catalog?n=${n}&last=${encodeURIComponent(page[page.length - 1]!)}>; rel="next"`);
+    const q = new URLSearchParams({ n, last: page[page.length - 1]! });
+    if (ns !== undefined) q.set('ns', ns);
+    reply.header('Link', `</v2/_catalog?${q.toString()}>; rel="next"`);
   }
   return reply.send({ repositories: page });
 }

@@ -139,12 +139,15 @@ describe('blobs through the mirror', { timeout: 600_000 }, () => {
       [`/v2/${repo}/blobs/md5:${'a'.repeat(32)}`, 'DIGEST_INVALID'],
       [`/v2/Bad_Name/manifests/latest`, 'NAME_INVALID'],
       [`/v2/a/%2e%2e/%2e%2e/etc/manifests/latest`, 'NAME_INVALID'],
-      [`/v2/${repo}/manifests/-notatag`, 'TAG_INVALID'],
     ] as const) {
       const r = await rawRequest(m.url, path);
       assert.equal(r.status, 400, path);
       assert.equal((JSON.parse(r.body) as { errors: Array<{ code: string }> }).errors[0]!.code, code, path);
     }
+    // A reference that is neither a tag nor a digest names no manifest (issue 13): 404, as distribution answers.
+    const notATag = await rawRequest(m.url, `/v2/${repo}/manifests/-notatag`);
+    assert.equal(notATag.status, 404);
+    assert.equal((JSON.parse(notATag.body) as { errors: Array<{ code: string }> }).errors[0]!.code, 'MANIFEST_UNKNOWN');
     for (const [method, path] of [
       ['POST', `/v2/${repo}/blobs/uploads/`],
       ['PUT', `/v2/${repo}/manifests/v9`],

@@ -8,7 +8,7 @@ describe('mirror config', () => {
     assert.deepEqual(c.listen, { host: '0.0.0.0', port: 5000 });
     assert.equal(c.logLevel, 'info');
     assert.deepEqual(c.storage, { path: './data', maxBytes: 0 });
-    assert.deepEqual(c.cache, { ttlMs: 168 * 3600_000, tagTTLMs: 5 * 60_000 });
+    assert.deepEqual(c.cache, { ttlMs: 168 * 3600_000, tagTTLMs: 5 * 60_000, notFoundTTLMs: 15_000 });
     assert.equal(c.defaultUpstream, 'docker.io');
     assert.equal(c.upstreams['docker.io']!.url, 'https://registry-1.docker.io');
     assert.deepEqual(c.v1, { enabled: true, source: 'https://index.docker.io', tagsCacheTTLMs: 48 * 3600_000 });
@@ -26,6 +26,20 @@ describe('mirror config', () => {
     assert.equal(c.defaultUpstream, 'ghcr.io', 'the first listed upstream is the default');
     assert.equal(c.upstreams['ghcr.io']!.url, 'https://ghcr.io');
     assert.equal(c.upstreams['docker.io'], undefined, 'listing upstreams replaces the embedded one');
+  });
+
+  it('cache.notFoundTTL: a duration from 0 (off) to 1h, MIRROR_CACHE_NOTFOUNDTTL wins', () => {
+    assert.equal(parseConfig({ cache: { notFoundTTL: '0' } }).cache.notFoundTTLMs, 0);
+    assert.equal(parseConfig({ cache: { notFoundTTL: '0s' } }).cache.notFoundTTLMs, 0);
+    assert.equal(parseConfig({ cache: { notFoundTTL: '1h' } }).cache.notFoundTTLMs, 3_600_000);
+    assert.equal(parseConfig({ cache: { notFoundTTL: '30s' } }, { MIRROR_CACHE_NOTFOUNDTTL: '2s' }).cache.notFoundTTLMs, 2000);
+    for (const v of ['1h1s', '-1s', 'soon', 15]) {
+      assert.throws(
+        () => parseConfig({ cache: { notFoundTTL: v } }),
+        (e: unknown) => e instanceof ConfigError && e.key === 'cache.notFoundTTL',
+        String(v),
+      );
+    }
   });
 
   it('MIRROR_UPSTREAM_* configure the default upstream', () => {

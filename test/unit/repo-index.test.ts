@@ -3,7 +3,7 @@
 // store stay; remembered links are forgotten with their files.
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LRUCache } from 'lru-cache';
 import { describe, it } from 'node:test';
@@ -141,5 +141,103 @@ describe('repo index: prune', () => {
     cache.clear();
     assert.equal(await repos.isLinked('docker.io', 'team/app', d), true);
     assert.equal(await repos.isLinked('docker.io', 'team/app', digest('c')), false);
+  });
+});
+
+describe('repo index: tag mappings per format class', () => {
+  const dockerList = 'application/vnd.docker.distribution.manifest.list.v2+json';
+  const schema1 = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
+  const rec = (d: Digest, mediaType: string, checkedAt = 1) => ({ digest: d.value, mediaType, checkedAt });
+  const tagFile = (root: string, name: string, t: string) => join(root, 'repos', 'docker.io', name, '_tags', t);
+
+  it('keeps one mapping per class; setting one keeps the others', async () => {
+    const { root, repos } = makeIndex();
+    const [list, amd64, s1] = [digest('1'), digest('2'), digest('3')];
+    await repos.setTag('docker.io', 'team/app', 'v1', rec(list, dockerList), 'index');
+    await repos.setTag('docker.io', 'team/app', 'v1', rec(amd64, ociManifest), 'image');
+    await repos.setTag('docker.io', 'team/app', 'v1', rec(s1, schema1), 'schema1');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'v1'), {
+      index: rec(list, dockerList),
+      image: rec(amd64, ociManifest),
+      schema1: rec(s1, schema1),
+    });
+    assert.equal((await repos.getTag('docker.io', 'team/app', 'v1', 'image'))?.digest, amd64.value);
+    assert.equal((await repos.getTag('docker.io', 'team/app', 'v1'))?.digest, list.value, 'without a class: index first');
+    // The file keeps a single top-level record for older readers: the index mapping.
+    const file = JSON.parse(readFileSync(tagFile(root, 'team/app', 'v1'), 'utf8')) as { digest: string; classes: object };
+    assert.equal(file.digest, list.value);
+    assert.deepEqual(Object.keys(file.classes), ['index', 'image', 'schema1']);
+    // An index-class answer that is a single image is recorded under the class asked for.
+    await repos.setTag('docker.io', 'team/app', 'v2', rec(amd64, ociManifest), 'index');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'v2'), { index: rec(amd64, ociManifest) });
+    assert.deepEqual(await repos.listTags('docker.io', 'team/app'), ['v1', 'v2']);
+  });
+
+  it('concurrent updates of different classes are not lost', async () => {
+    const { repos } = makeIndex();
+    const ds = [digest('4'), digest('5'), digest('6')];
+    await Promise.all(
+      (['index', 'image', 'schema1'] as const).map((c, i) => repos.setTag('docker.io', 'team/app', 'v1', rec(ds[i]!, ociManifest), c)),
+    );
+    const got = await repos.getTagRecords('docker.io', 'team/app', 'v1');
+    assert.deepEqual(Object.keys(got).sort(), ['image', 'index', 'schema1']);
+  });
+
+  it('reads an older single record as the class of its media type', async () => {
+    const { root, repos } = makeIndex();
+    const [a, b] = [digest('7'), digest('8')];
+    mkdirSync(join(tagFile(root, 'team/app', 'x'), '..'), { recursive: true });
+    writeFileSync(tagFile(root, 'team/app', 'old-list'), JSON.stringify(rec(a, dockerList, 5)));
+    writeFileSync(tagFile(root, 'team/app', 'old-s1'), JSON.stringify(rec(b, schema1, 6)));
+    writeFileSync(tagFile(root, 'team/app', 'old-image'), JSON.stringify(rec(b, ociManifest, 7)));
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'old-list'), { index: rec(a, dockerList, 5) });
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'old-s1'), { schema1: rec(b, schema1, 6) });
+    assert.equal(await repos.getTag('docker.io', 'team/app', 'old-s1', 'index'), undefined, 'a schema 1 record never answers another class');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'old-image'), { image: rec(b, ociManifest, 7) });
+    // Updating another class keeps the old record, now under its class.
+    await repos.setTag('docker.io', 'team/app', 'old-s1', rec(a, dockerList), 'index');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'old-s1'), { index: rec(a, dockerList), schema1: rec(b, schema1, 6) });
+    // The 4-argument form files a record under the class of its media type.
+    await repos.setTag('docker.io', 'team/app', 'plain', rec(b, schema1));
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'plain'), { schema1: rec(b, schema1) });
+  });
+
+  it('removeTag drops one class (the file goes with its last) or all', async () => {
+    const { root, repos } = makeIndex();
+    const [a, b] = [digest('9'), digest('a')];
+    await repos.setTag('docker.io', 'team/app', 'v1', rec(a, dockerList), 'index');
+    await repos.setTag('docker.io', 'team/app', 'v1', rec(b, schema1), 'schema1');
+    await repos.removeTag('docker.io', 'team/app', 'v1', 'schema1');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'v1'), { index: rec(a, dockerList) });
+    await repos.removeTag('docker.io', 'team/app', 'v1', 'image');
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'v1'), { index: rec(a, dockerList) });
+    await repos.removeTag('docker.io', 'team/app', 'v1', 'index');
+    assert.ok(!existsSync(tagFile(root, 'team/app', 'v1')));
+    await repos.setTag('docker.io', 'team/app', 'v2', rec(a, dockerList), 'index');
+    await repos.setTag('docker.io', 'team/app', 'v2', rec(b, schema1), 'schema1');
+    await repos.removeTag('docker.io', 'team/app', 'v2');
+    assert.deepEqual(await repos.listTags('docker.io', 'team/app'), []);
+  });
+
+  it('prune removes the mappings of removed manifests in every class, old records too', async () => {
+    const { root, repos } = makeIndex();
+    const [list, amd64, s1, other] = [digest('b'), digest('c'), digest('d'), digest('e')];
+    await repos.setTag('docker.io', 'team/app', 'multi', rec(list, dockerList), 'index');
+    await repos.setTag('docker.io', 'team/app', 'multi', rec(amd64, ociManifest), 'image');
+    await repos.setTag('docker.io', 'team/app', 'multi', rec(s1, schema1), 'schema1');
+    await repos.setTag('docker.io', 'team/app', 'gone', rec(amd64, ociManifest), 'index');
+    await repos.setTag('docker.io', 'team/app', 'gone', rec(s1, schema1), 'schema1');
+    writeFileSync(tagFile(root, 'team/app', 'legacy'), JSON.stringify(rec(s1, schema1)));
+    writeFileSync(tagFile(root, 'team/app', 'kept'), JSON.stringify(rec(other, ociManifest)));
+    const r = await repos.prune(new Set([amd64.value, s1.value]), contents(['manifest', list], ['manifest', other]).has);
+    assert.deepEqual(r, { links: 0, tags: 5, repositories: 0 });
+    assert.deepEqual(await repos.getTagRecords('docker.io', 'team/app', 'multi'), { index: rec(list, dockerList) });
+    const file = JSON.parse(readFileSync(tagFile(root, 'team/app', 'multi'), 'utf8')) as { digest: string };
+    assert.equal(file.digest, list.value, 'the rewritten file names what is left');
+    assert.deepEqual(await repos.listTags('docker.io', 'team/app'), ['kept', 'multi']);
+    // With every mapping gone the repository goes too.
+    const r2 = await repos.prune(new Set([list.value, other.value]), contents().has);
+    assert.deepEqual(r2, { links: 0, tags: 2, repositories: 1 });
+    assert.deepEqual(await repos.listRepositories('docker.io'), []);
   });
 });
