@@ -14,9 +14,10 @@
 // prefix, then `,"signatures": <array>` and nothing else, then the tail.
 
 import { createHash } from 'node:crypto';
+import { manifestMediaTypes } from './manifest-class.js';
 import type { Digest, DigestAlgorithm } from './reference.js';
 
-export const schema1SignedType = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
+export const schema1SignedType = manifestMediaTypes.schema1Signed;
 
 /** The digest distribution gives these bytes (hex), or undefined for a malformed signed schema1. */
 export function manifestDigestHex(bytes: Buffer, mediaType: string, algorithm: DigestAlgorithm): string | undefined {

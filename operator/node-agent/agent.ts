@@ -1,5 +1,7 @@
 // The node agent's loop: informers on RegistryMirrors and the operator's Services (by the
-// managed-by label, so the cache holds only mirror Services) -> plan() -> HostsDir.sync().
+// managed-by label, so the cache holds only mirror Services) -> plan() -> ManagedDir.sync(), on
+// containerd nodes of <certs.d>/<registry>/hosts.toml, on CRI-O nodes of
+// <registries.conf.d>/50-registry-mirror-<registry>.conf (files.ts, runtime.ts).
 // Every event schedules one full sync (debounced), which is idempotent: the files are always
 // made to match the whole plan, so no event ordering or missed event can leave a stale file
 // behind for longer than the next event or the periodic resync.
@@ -26,13 +28,18 @@ import { errorText, Informer, statusOf, type KubeObject } from '../kube/informer
 import { MANAGED_SELECTOR } from '../render/names.js';
 import { DEFAULT_POLICY, type NodePolicy } from '../node-policy.js';
 import { GROUP, PLURAL, VERSION } from '../types.js';
-import { HostsDir } from './files.js';
+import { HostsDir, RegistriesConfDir, type ManagedDir } from './files.js';
+import type { Runtime } from './runtime.js';
 import { NODE_CONFIG_CONDITION, plan, summarizeMirror, summarizeService, type MirrorLike, type NodeConfigState, type NodeMirror, type ServiceLike } from './plan.js';
 
 export interface AgentOptions {
   kube: Kube;
   log: Logger;
   hostsDir: string;
+  /** The node's runtime (default containerd): which files the agent writes. */
+  runtime?: Runtime;
+  /** CRI-O's registries.conf.d (runtime crio). */
+  registriesConfDir?: string;
   namespace?: string;
   dialTimeout?: string;
   /** The admin's node policy (the same flags as the operator's). */
@@ -69,7 +76,7 @@ type Service = ServiceLike & KubeObject;
 
 export class NodeAgent {
   readonly metrics = createAgentMetrics();
-  readonly dir: HostsDir;
+  readonly dir: ManagedDir;
   private readonly mirrors: Informer<Mirror>;
   private readonly services: Informer<Service>;
   private timer: NodeJS.Timeout | undefined;
@@ -81,7 +88,10 @@ export class NodeAgent {
   private lastForeign = '';
 
   constructor(private readonly o: AgentOptions) {
-    this.dir = new HostsDir(o.hostsDir, o.instance);
+    this.dir =
+      o.runtime === 'crio'
+        ? new RegistriesConfDir(o.registriesConfDir ?? '/etc/containers/registries.conf.d', o.instance)
+        : new HostsDir(o.hostsDir, o.instance);
     const policy = o.policy ?? DEFAULT_POLICY;
     const make = <T extends KubeObject>(rt: typeof RESOURCES.services, transform: (x: any) => T, selector?: string) =>
       new Informer<T>({
@@ -157,22 +167,23 @@ export class NodeAgent {
     this.lastError = errors.map((e) => `${e.registry}: ${e.message}`).join('; ');
     const foreignText = foreign.map((f) => f.message).join('; ');
     if (foreignText !== this.lastForeign) {
-      for (const f of foreign) this.o.log.warn({ registry: f.registry, otherAgent: f.instance, hostsDir: this.o.hostsDir }, f.message);
+      for (const f of foreign) this.o.log.warn({ registry: f.registry, otherAgent: f.instance, dir: this.dir.dir }, f.message);
     }
     this.lastForeign = foreignText;
     this.metrics.foreign.set(foreign.length);
     this.metrics.syncs.inc({ result: errors.length ? 'error' : 'ok' });
-    for (const e of errors) this.o.log.error({ registry: e.registry, err: e.message, hostsDir: this.o.hostsDir }, 'could not update hosts.toml');
+    const kind = this.dir.kind.name;
+    for (const e of errors) this.o.log.error({ registry: e.registry, err: e.message, dir: this.dir.dir }, `could not update ${kind}`);
     for (const c of changes) {
       this.metrics.changes.inc({ action: c.action });
       const e = p.entries.get(c.registry);
       if (c.action === 'written') {
         this.o.log.info(
           { registry: c.registry, mirror: e?.mirrorUrl, server: e?.server, owner: e?.owner, backedUpExisting: c.backedUp },
-          'wrote hosts.toml',
+          `wrote ${kind}`,
         );
       } else {
-        this.o.log.info({ registry: c.registry, restoredBackup: c.restored }, 'removed hosts.toml');
+        this.o.log.info({ registry: c.registry, restoredBackup: c.restored }, `removed ${kind}`);
       }
     }
     this.metrics.managed.set(p.entries.size);

@@ -1,20 +1,56 @@
-// The node agent's only side effects on the node: <hostsDir>/<registry>/hosts.toml.
+// The node agent's only side effects on the node: one file per registry, of one kind:
+//  - containerd: <hostsDir>/<registry>/hosts.toml (HOSTS_TOML, hosts-toml.ts);
+//  - CRI-O: <registries.conf.d>/<nn>-registry-mirror-<registry>.conf (REGISTRIES_CONF_DROP_IN,
+//    registries-conf.ts).
+// ManagedDir holds the rules, whatever the kind; a kind says where a registry's file lives,
+// how it is rendered and how to find the files of this kind in the directory.
 //
 // Rules (symmetric add and cleanup, so a node is left as it was found):
-//  - a write is atomic: a temp file in the same directory, fsync, rename over hosts.toml;
-//  - a hosts.toml without our marker is never overwritten: it is first renamed to
-//    hosts.toml.registry-mirror-backup, and its hosts are carried into ours;
+//  - a write is atomic: a temp file in the same directory, fsync, rename over the file;
+//  - a file without our marker is never overwritten: it is first renamed to
+//    <file>.registry-mirror-backup, and its settings are carried into ours;
 //  - only files with our marker are removed; when one goes, its backup (if any) is renamed back;
-//  - a registry directory is removed only when it is empty after that;
-//  - several agents (one per release) may share a node's certs.d: the marker's owner names the
-//    RegistryMirror and the agent instance ("ns/name@instance"), and an agent rewrites or
+//  - a registry directory (hosts.toml) is removed only when it is empty after that;
+//  - several agents (one per release) may share a node's directory: the marker's owner names
+//    the RegistryMirror and the agent instance ("ns/name@instance"), and an agent rewrites or
 //    removes only files of its own instance. A registry another instance already manages on
 //    this node is left to it (reported as a conflict), and an uninstall of one release
 //    removes only its own files. A marker without an instance (written before instances
 //    existed) counts as the file of whichever agent finds it.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { BACKUP_SUFFIX, isManaged, managedOwner, registryDirName, renderHostsToml, type HostsEntry } from './hosts-toml.js';
+import { dropInFileName, registryOfDropIn, renderRegistriesConf } from './registries-conf.js';
+
+/** One kind of file the agent writes, one per registry. */
+export interface FileKind {
+  /** For messages and logs: "hosts.toml", "registries.conf.d drop-in". */
+  readonly name: string;
+  /** The registry's file, relative to the managed directory (may include a subdirectory). */
+  file(registry: string): string;
+  /** Registries whose file of this kind may be in the directory (ownership is checked apart). */
+  candidates(dir: string): string[];
+  render(e: HostsEntry, previous?: string): string;
+}
+
+/** containerd: <dir>/<registry>/hosts.toml. */
+export const HOSTS_TOML: FileKind = {
+  name: 'hosts.toml',
+  file: (registry) => join(registryDirName(registry), 'hosts.toml'),
+  candidates: (dir) => readdirSync(dir).filter((n) => existsSync(join(dir, n, 'hosts.toml'))),
+  render: renderHostsToml,
+};
+
+/** CRI-O (containers/image): <dir>/<nn>-registry-mirror-<registry>.conf. */
+export const REGISTRIES_CONF_DROP_IN: FileKind = {
+  name: 'registries.conf.d drop-in',
+  file: (registry) => dropInFileName(registry),
+  candidates: (dir) =>
+    readdirSync(dir)
+      .filter((n) => registryOfDropIn(n) !== undefined && n === dropInFileName(registryOfDropIn(n)!))
+      .map((n) => registryOfDropIn(n)!),
+  render: renderRegistriesConf,
+};
 
 /** The instance used when none is configured (a single agent per node). */
 export const DEFAULT_INSTANCE = 'registry-mirror';
@@ -33,11 +69,11 @@ export function fileOwner(text: string): { mirror: string; instance?: string } |
   return at < 0 ? { mirror: owner } : { mirror: owner.slice(0, at), instance: owner.slice(at + 1) };
 }
 
-/** A registry's hosts.toml managed by another agent instance: left alone, reported. */
+/** A registry's file managed by another agent instance: left alone, reported. */
 export class ForeignOwnerError extends Error {
-  constructor(readonly registry: string, readonly instance: string) {
+  constructor(readonly registry: string, readonly instance: string, kind = 'hosts.toml') {
     super(
-      `hosts.toml of ${registry} is managed by node agent ${instance} (another registry-mirror release); ` +
+      `${kind} of ${registry} is managed by node agent ${instance} (another registry-mirror release); ` +
         'this agent leaves it alone: configure each registry in one release only',
     );
   }
@@ -82,10 +118,10 @@ function fsyncDir(dir: string): void {
   }
 }
 
-export class HostsDir {
+export class ManagedDir {
   readonly instance: string;
 
-  constructor(readonly dir: string, instance: string = DEFAULT_INSTANCE) {
+  constructor(readonly dir: string, instance: string = DEFAULT_INSTANCE, readonly kind: FileKind = HOSTS_TOML) {
     this.instance = checkInstance(instance);
   }
 
@@ -96,33 +132,35 @@ export class HostsDir {
   }
 
   private paths(registry: string) {
-    const d = join(this.dir, registryDirName(registry));
-    return { dir: d, file: join(d, 'hosts.toml'), backup: join(d, `hosts.toml${BACKUP_SUFFIX}`) };
+    const file = join(this.dir, this.kind.file(registry));
+    const d = join(file, '..');
+    // Only a per-registry subdirectory (hosts.toml) is ours to remove when it empties.
+    return { dir: d, file, backup: `${file}${BACKUP_SUFFIX}`, ownDir: resolve(d) !== resolve(this.dir) };
   }
 
-  /** Registries whose hosts.toml carries our marker with this instance (or none). */
+  /** Registries whose file carries our marker with this instance (or none). */
   managedRegistries(): string[] {
     if (!existsSync(this.dir)) return [];
     const out: string[] = [];
-    for (const name of readdirSync(this.dir)) {
+    for (const registry of this.kind.candidates(this.dir)) {
       let text: string | undefined;
       try {
-        text = readIfExists(join(this.dir, name, 'hosts.toml'));
+        text = readIfExists(this.paths(registry).file);
       } catch {
         continue; // not a directory, unreadable: not ours
       }
-      if (text !== undefined && this.ours(text)) out.push(name);
+      if (text !== undefined && this.ours(text)) out.push(registry);
     }
     return out.sort();
   }
 
-  /** Writes (or keeps) the entry's hosts.toml; returns what changed, if anything. */
+  /** Writes (or keeps) the entry's file; returns what changed, if anything. */
   write(e: HostsEntry): FileChange | undefined {
     const p = this.paths(e.registry);
     mkdirSync(p.dir, { recursive: true });
     const current = readIfExists(p.file);
     if (current !== undefined && isManaged(current) && !this.ours(current)) {
-      throw new ForeignOwnerError(e.registry, fileOwner(current)?.instance ?? '?');
+      throw new ForeignOwnerError(e.registry, fileOwner(current)?.instance ?? '?', this.kind.name);
     }
     let backedUp = false;
     if (current !== undefined && !isManaged(current)) {
@@ -132,14 +170,14 @@ export class HostsDir {
       backedUp = true;
     }
     const previous = readIfExists(p.backup);
-    const text = renderHostsToml({ ...e, owner: `${e.owner}@${this.instance}` }, previous);
+    const text = this.kind.render({ ...e, owner: `${e.owner}@${this.instance}` }, previous);
     if (!backedUp && current === text) return undefined;
     atomicWrite(p.file, text);
     return { registry: e.registry, action: 'written', backedUp };
   }
 
   /**
-   * Removes our hosts.toml for registry (restoring a backup); never touches a foreign file or
+   * Removes our file for registry (restoring a backup); never touches a foreign file or
    * one of another agent instance.
    */
   remove(registry: string): FileChange | undefined {
@@ -154,10 +192,12 @@ export class HostsDir {
       unlinkSync(p.file);
     }
     fsyncDir(p.dir);
-    try {
-      if (readdirSync(p.dir).length === 0) rmdirSync(p.dir);
-    } catch {
-      /* not empty or already gone */
+    if (p.ownDir) {
+      try {
+        if (readdirSync(p.dir).length === 0) rmdirSync(p.dir);
+      } catch {
+        /* not empty or already gone */
+      }
     }
     return { registry, action: 'removed', restored };
   }
@@ -201,5 +241,19 @@ export class HostsDir {
     return this.managedRegistries()
       .map((r) => this.remove(r))
       .filter((c): c is FileChange => c !== undefined);
+  }
+}
+
+/** containerd's certs.d: <dir>/<registry>/hosts.toml. */
+export class HostsDir extends ManagedDir {
+  constructor(dir: string, instance: string = DEFAULT_INSTANCE) {
+    super(dir, instance, HOSTS_TOML);
+  }
+}
+
+/** CRI-O's registries.conf.d: <dir>/<nn>-registry-mirror-<registry>.conf. */
+export class RegistriesConfDir extends ManagedDir {
+  constructor(dir: string, instance: string = DEFAULT_INSTANCE) {
+    super(dir, instance, REGISTRIES_CONF_DROP_IN);
   }
 }

@@ -4,6 +4,7 @@ import { parseDuration } from '../duration.js';
 import { parsePolicy, POLICY_OPTIONS, POLICY_USAGE, type NodePolicy } from '../node-policy.js';
 import { checkInstance, DEFAULT_INSTANCE } from './files.js';
 import { DEFAULT_DIAL_TIMEOUT } from './hosts-toml.js';
+import { RUNTIME_SETTINGS, type RuntimeSetting } from './runtime.js';
 
 export interface NodeAgentFlags {
   hostsDir: string;
@@ -27,6 +28,13 @@ export interface NodeAgentFlags {
   policy: NodePolicy;
   /** Owner of the files this agent writes: namespace/DaemonSet of its release. */
   instance: string;
+  /** Which runtime's files to write (auto: detected from crioSocket/crioConfig). */
+  runtime: RuntimeSetting;
+  /** CRI-O's registries.conf.d directory as this process sees it. */
+  registriesConfDir: string;
+  /** Probes of --runtime auto: CRI-O's socket and config as this process sees them. */
+  crioSocket: string;
+  crioConfig: string;
 }
 
 export const USAGE = `registry-mirror node-agent [flags]
@@ -45,7 +53,14 @@ export const USAGE = `registry-mirror node-agent [flags]
   --instance ID            owner recorded in the files this agent writes; it never rewrites or removes
                            files of another instance (default: $POD_NAMESPACE/$NODE_AGENT_DAEMONSET,
                            else ${DEFAULT_INSTANCE})
-  --cleanup                remove every hosts.toml of this --instance (restoring backups) and exit
+  --runtime R              auto|containerd|crio (default: auto): containerd gets <hosts-dir>/<registry>/hosts.toml,
+                           CRI-O <registries-conf-dir>/50-registry-mirror-<registry>.conf; auto picks CRI-O when
+                           --crio-socket or --crio-config exists, containerd otherwise
+  --registries-conf-dir D  CRI-O's registries.conf.d as this process sees it (default: /etc/containers/registries.conf.d)
+  --crio-socket F          CRI-O's socket, probed by --runtime auto (default: /var/run/crio/crio.sock)
+  --crio-config F          CRI-O's config file or directory, probed by --runtime auto (default: /etc/crio/crio.conf)
+  --cleanup                remove every file of this --instance (hosts.toml and registries.conf.d drop-ins,
+                           restoring backups) and exit
   --log-level L            trace|debug|info|warn|error (default: info)
 Node policy (give the operator the same flags):
 ${POLICY_USAGE}`;
@@ -70,6 +85,10 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
       cleanup: { type: 'boolean' },
       'log-level': { type: 'string' },
       instance: { type: 'string' },
+      runtime: { type: 'string' },
+      'registries-conf-dir': { type: 'string' },
+      'crio-socket': { type: 'string' },
+      'crio-config': { type: 'string' },
       ...POLICY_OPTIONS,
     },
   });
@@ -91,6 +110,8 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
   } catch (err) {
     throw new Error(`--instance: ${(err as Error).message}`);
   }
+  const runtime = (values.runtime || 'auto') as RuntimeSetting;
+  if (!RUNTIME_SETTINGS.includes(runtime)) throw new Error(`--runtime "${values.runtime}" must be one of ${RUNTIME_SETTINGS.join(', ')}`);
   return {
     hostsDir,
     nodeHostsPath: values['node-hosts-path'] || hostsDir,
@@ -109,5 +130,9 @@ export function parseNodeAgentFlags(argv: string[], env: NodeJS.ProcessEnv = pro
     logLevel: values['log-level'] || 'info',
     policy: parsePolicy(values, env),
     instance,
+    runtime,
+    registriesConfDir: values['registries-conf-dir'] || '/etc/containers/registries.conf.d',
+    crioSocket: values['crio-socket'] || '/var/run/crio/crio.sock',
+    crioConfig: values['crio-config'] || '/etc/crio/crio.conf',
   };
 }

@@ -1,5 +1,7 @@
-// `registry-mirror node-agent`: runs on every node (a DaemonSet with the node's certs.d
-// mounted) and keeps <certs.d>/<registry>/hosts.toml pointing containerd at the mirrors.
+// `registry-mirror node-agent`: runs on every node (a DaemonSet with the node's certs.d or
+// registries.conf.d mounted) and keeps <certs.d>/<registry>/hosts.toml pointing containerd at
+// the mirrors, or on CRI-O nodes <registries.conf.d>/50-registry-mirror-<registry>.conf
+// (--runtime auto|containerd|crio, runtime.ts).
 //
 // Shutdown: SIGTERM stops the watch and leaves the files in place (a rolling update or a
 // restart must not flap every node's pull path). When the agent's own DaemonSet is gone (helm
@@ -14,7 +16,8 @@ import { startHealthServer } from '../health.js';
 import { createLogger } from '../log.js';
 import { NodeAgent } from './agent.js';
 import { checkContainerdConfig } from './containerd-config.js';
-import { HostsDir } from './files.js';
+import { HostsDir, RegistriesConfDir } from './files.js';
+import { detectRuntime } from './runtime.js';
 import { parseNodeAgentFlags, USAGE, type NodeAgentFlags } from './flags.js';
 
 export interface NodeAgentHandle {
@@ -61,12 +64,16 @@ export async function daemonSetGone(kube: Kube, namespace: string, name: string,
 
 export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger; kube?: Kube } = {}): Promise<NodeAgentHandle> {
   const log = opts.log ?? nodeLogger(flags.logLevel);
-  reportContainerdConfig(flags, log);
+  const { runtime, reason } = detectRuntime(flags.runtime, { crioSocket: flags.crioSocket, crioConfig: flags.crioConfig });
+  log.info({ runtime, reason }, runtime === 'crio' ? 'configuring CRI-O (registries.conf.d drop-ins)' : 'configuring containerd (hosts.toml)');
+  if (runtime === 'containerd') reportContainerdConfig(flags, log);
   const kube = opts.kube ?? connect(flags.kubeconfig);
   const agent = new NodeAgent({
     kube,
     log,
     hostsDir: flags.hostsDir,
+    runtime,
+    registriesConfDir: flags.registriesConfDir,
     namespace: flags.namespace,
     dialTimeout: flags.dialTimeout,
     policy: flags.policy,
@@ -83,7 +90,8 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
   agent.start().catch((err) => log.error({ err: errorText(err) }, 'node agent failed to start'));
   log.info(
     {
-      hostsDir: flags.hostsDir,
+      runtime,
+      dir: agent.dir.dir,
       node: flags.nodeName,
       namespace: flags.namespace ?? '(all)',
       healthPort: health.port,
@@ -103,7 +111,7 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
         await agent.stop();
         if (flags.daemonSet && flags.podNamespace && (await daemonSetGone(kube, flags.podNamespace, flags.daemonSet, log))) {
           const removed = agent.dir.removeAll();
-          log.info({ removed: removed.map((c) => c.registry) }, 'DaemonSet is gone: removed this agent\'s hosts.toml files');
+          log.info({ removed: removed.map((c) => c.registry), dir: agent.dir.dir }, `DaemonSet is gone: removed this agent's ${agent.dir.kind.name} files`);
         }
         await health.server.close();
         log.info('node agent stopped');
@@ -130,8 +138,11 @@ export async function runNodeAgent(argv: string[]): Promise<void> {
   }
   const log = nodeLogger(flags.logLevel);
   if (flags.cleanup) {
-    const removed = new HostsDir(flags.hostsDir, flags.instance).removeAll();
-    log.info({ hostsDir: flags.hostsDir, instance: flags.instance, removed: removed.map((c) => c.registry) }, 'removed this agent\'s hosts.toml files');
+    // Both kinds: whichever runtime the node runs, only files of this instance go.
+    for (const dir of [new HostsDir(flags.hostsDir, flags.instance), new RegistriesConfDir(flags.registriesConfDir, flags.instance)]) {
+      const removed = dir.removeAll();
+      log.info({ dir: dir.dir, instance: flags.instance, removed: removed.map((c) => c.registry) }, `removed this agent's ${dir.kind.name} files`);
+    }
     return;
   }
   const handle = await startNodeAgent(flags, { log });

@@ -37,6 +37,8 @@ const VALUE_SETS: Record<string, string[]> = {
     '--set', 'nodeConfig.allowUnsafeUpstreams=true',
   ],
   'no node agent': ['--set', 'nodeAgent.enabled=false', '--set', 'nodeAgent.containerdConfig='],
+  'CRI-O nodes': ['--set', 'nodeAgent.runtime=crio'],
+  'containerd nodes': ['--set', 'nodeAgent.runtime=containerd'],
 };
 
 describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)' }, () => {
@@ -86,6 +88,29 @@ describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (te
 });
 
 describe('helm chart RBAC', () => {
+  it('mounts the host paths of the configured runtime (issue 20)', async () => {
+    const tools = await helmTools();
+    const dir = tempDir('chart-runtime');
+    const helmEnv = () => ({ HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config'), HELM_DATA_HOME: join(dir, 'data') });
+    const mounts = async (runtime: string) => {
+      const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system', '--set', `nodeAgent.runtime=${runtime}`, '--show-only', 'templates/node-agent-daemonset.yaml'], { env: helmEnv() });
+      const ds = parseAllDocuments(r.stdout)[0]!.toJSON() as any;
+      const c = ds.spec.template.spec.containers[0];
+      return { args: c.args as string[], paths: (ds.spec.template.spec.volumes as any[]).map((v) => v.hostPath.path).sort() };
+    };
+    const crio = await mounts('crio');
+    assert.deepEqual(crio.paths, ['/etc/containers/registries.conf.d']);
+    assert.ok(crio.args.includes('--runtime=crio'));
+    const containerd = await mounts('containerd');
+    assert.deepEqual(containerd.paths, ['/etc/containerd', '/etc/containerd/certs.d']);
+    const auto = await mounts('auto');
+    assert.deepEqual(auto.paths, ['/etc/containerd', '/etc/containerd/certs.d', '/etc/containers/registries.conf.d', '/var/run/crio']);
+    assert.ok(auto.args.includes('--crio-socket=/host/crio-run/crio.sock'));
+    const bad = await run(tools.helm, ['template', 'rm', CHART, '--set', 'nodeAgent.runtime=docker'], { env: helmEnv(), allowFail: true });
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /nodeAgent.runtime must be auto, containerd or crio/);
+  });
+
   it('passes the same node policy to the operator and the node agent', async () => {
     const tools = await helmTools();
     const dir = tempDir('chart-policy');
