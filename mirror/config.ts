@@ -4,7 +4,7 @@
 
 import { parse as parseYaml } from 'yaml';
 import { parseBytes, parseDuration } from './duration.js';
-import { isValidRegistryHost } from './reference.js';
+import { isValidName, isValidRegistryHost } from './reference.js';
 import { patternListProblems } from './access/patterns.js';
 
 export interface UpstreamConfig {
@@ -41,7 +41,34 @@ export interface MirrorConfig {
   /** Bounds on client connections (client-connections.ts). */
   clientTimeouts: ClientTimeouts;
   limits: { maxConnections: number };
+  /** Images pulled at start and again when their tag moves (prefetch.ts); empty = none. */
+  prefetch: PrefetchConfig[];
 }
+
+/** One `prefetch` entry, parsed: the image split into upstream, repository and reference. */
+export interface PrefetchConfig {
+  /** The reference as written (what status and metrics name it by). */
+  image: string;
+  /** The upstream key (the reference's registry host). */
+  upstream: string;
+  /** Repository as written after the host (Docker Hub's library/ is applied at routing). */
+  repository: string;
+  /** A tag, or a digest (sha256:...); a digest is never re-checked. */
+  reference: string;
+  /** os/arch[/variant]; empty = every platform of an index. */
+  platforms: string[];
+  pin: boolean;
+}
+
+/** Bounds on `prefetch`: entries, platforms per entry, length of a reference. */
+export const prefetchLimits = { entries: 100, platforms: 16, imageLength: 512 };
+/**
+ * storage.maxBytes, when set, must leave at least this much per pinned image: a bound smaller
+ * than that cannot hold any real image pinned. The runtime check (prefetch.ts) refuses a pin
+ * once pinned content would pass 90% of storage.maxBytes.
+ */
+export const pinMinBytesPerImage = 1 << 20;
+const platformPattern = /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9_.]+)?$/;
 
 export interface ClientTimeouts {
   /** A connection with no request in flight (one that never sent a byte included) is closed after this. */
@@ -81,7 +108,7 @@ export const embeddedDefault = {
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'clientTimeouts', 'limits', 'auth'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'clientTimeouts', 'limits', 'auth', 'prefetch'];
 /** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
 const maxConnectionsBound = 100_000;
 const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile', 'allow', 'deny'];
@@ -140,6 +167,9 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   if (env.MIRROR_UPSTREAM_USERNAME !== undefined) d.username = env.MIRROR_UPSTREAM_USERNAME;
   if (env.MIRROR_UPSTREAM_PASSWORD !== undefined) d.password = env.MIRROR_UPSTREAM_PASSWORD;
 
+  const maxBytes = bytes(env.MIRROR_STORAGE_MAXBYTES ?? storage.maxBytes ?? 0, 'storage.maxBytes');
+  const prefetch = parsePrefetch(user.prefetch ?? [], upstreams, maxBytes);
+
   const logLevel = str(env.MIRROR_LOGLEVEL ?? user.logLevel ?? embeddedDefault.logLevel, 'logLevel');
   if (!logLevels.includes(logLevel)) throw new ConfigError('logLevel', `must be one of ${logLevels.join(', ')}`);
 
@@ -148,7 +178,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     logLevel,
     storage: {
       path: nonEmpty(env.MIRROR_STORAGE_PATH ?? storage.path ?? embeddedDefault.storage.path, 'storage.path'),
-      maxBytes: bytes(env.MIRROR_STORAGE_MAXBYTES ?? storage.maxBytes ?? 0, 'storage.maxBytes'),
+      maxBytes,
     },
     cache: {
       ttlMs: duration(env.MIRROR_CACHE_TTL ?? cache.ttl ?? embeddedDefault.cache.ttl, 'cache.ttl'),
@@ -185,6 +215,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     limits: {
       maxConnections: connections(limits.maxConnections ?? embeddedDefault.limits.maxConnections, 'limits.maxConnections'),
     },
+    prefetch,
   };
 }
 
@@ -328,4 +359,60 @@ function parseAuth(v: unknown): NonNullable<MirrorConfig['auth']> {
   if (o.tokensFile !== undefined) auth.tokensFile = nonEmpty(o.tokensFile, 'auth.tokensFile');
   if (!auth.htpasswdFile && !auth.tokensFile) throw new ConfigError('auth', 'needs htpasswdFile, tokensFile or both');
   return auth;
+}
+
+/**
+ * `prefetch`: a list of {image, platforms?, pin?}. An image is <upstream key>/<repository>
+ * followed by :tag or @digest (no default tag: an implicit "latest" is rarely what is meant),
+ * and its registry host must be a configured upstream: the mirror contacts no other host.
+ */
+export function parsePrefetch(v: unknown, upstreams: Record<string, UpstreamConfig>, maxBytes: number): PrefetchConfig[] {
+  if (!Array.isArray(v)) throw new ConfigError('prefetch', 'must be a list of {image, platforms, pin}');
+  if (v.length > prefetchLimits.entries) throw new ConfigError('prefetch', `has ${v.length} entries; at most ${prefetchLimits.entries} are allowed`);
+  const out: PrefetchConfig[] = [];
+  const seen = new Set<string>();
+  v.forEach((item, i) => {
+    const key = `prefetch[${i}]`;
+    const o = object(item, key);
+    unknownKeys(o, ['image', 'platforms', 'pin'], `${key}.`);
+    const image = nonEmpty(o.image, `${key}.image`);
+    if (image.length > prefetchLimits.imageLength) throw new ConfigError(`${key}.image`, `is longer than ${prefetchLimits.imageLength} characters`);
+    const slash = image.indexOf('/');
+    const host = slash > 0 ? image.slice(0, slash) : '';
+    if (!host || !upstreams[host]) {
+      throw new ConfigError(`${key}.image`, `must start with the registry host of a configured upstream (${Object.keys(upstreams).join(', ')}), e.g. ${Object.keys(upstreams)[0] ?? 'docker.io'}/library/nginx:1.27`);
+    }
+    const rest = image.slice(slash + 1);
+    const at = rest.indexOf('@');
+    let repository: string;
+    let reference: string;
+    if (at >= 0) {
+      repository = rest.slice(0, at);
+      reference = rest.slice(at + 1);
+      if (!/^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/.test(reference)) throw new ConfigError(`${key}.image`, 'has a digest that is not sha256:<64 hex> or sha512:<128 hex>');
+    } else {
+      const colon = rest.lastIndexOf(':');
+      if (colon < 0) throw new ConfigError(`${key}.image`, 'needs a tag or a digest (name:tag or name@sha256:...)');
+      repository = rest.slice(0, colon);
+      reference = rest.slice(colon + 1);
+      if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/.test(reference)) throw new ConfigError(`${key}.image`, 'has an invalid tag');
+    }
+    if (!isValidName(repository)) throw new ConfigError(`${key}.image`, 'has an invalid repository name (lower-case path components)');
+    if (seen.has(image)) throw new ConfigError(`${key}.image`, 'is listed twice');
+    seen.add(image);
+    const rawPlatforms = o.platforms ?? [];
+    if (!Array.isArray(rawPlatforms)) throw new ConfigError(`${key}.platforms`, 'must be a list such as [linux/amd64, linux/arm64/v8]');
+    if (rawPlatforms.length > prefetchLimits.platforms) throw new ConfigError(`${key}.platforms`, `has more than ${prefetchLimits.platforms} entries`);
+    const platforms = rawPlatforms.map((p, j) => {
+      if (typeof p !== 'string' || !platformPattern.test(p)) throw new ConfigError(`${key}.platforms[${j}]`, 'must be os/arch or os/arch/variant, e.g. linux/amd64');
+      return p;
+    });
+    out.push({ image, upstream: host, repository, reference, platforms, pin: bool(o.pin ?? false, `${key}.pin`) });
+  });
+  const pinned = out.filter((p) => p.pin).length;
+  if (pinned > 0 && maxBytes > 0 && maxBytes < pinned * pinMinBytesPerImage) {
+    const i = out.findIndex((p) => p.pin);
+    throw new ConfigError(`prefetch[${i}].pin`, `${pinned} pinned image(s) cannot fit in storage.maxBytes ${maxBytes}: pinning needs at least ${pinMinBytesPerImage} bytes per pinned image`);
+  }
+  return out;
 }

@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export type Api = 'v2' | 'v1';
-export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image';
+export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image' | 'referrers';
 /** negative: a 404 answered from a remembered upstream 404 (cache.notFoundTTL), no upstream asked. */
 export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass' | 'negative';
 
@@ -19,6 +19,25 @@ export interface Stats {
   blobs: number;
   upstreamErrors: number;
   since: string;
+  /** Per prefetched image (config `prefetch`); absent when none is configured. */
+  prefetch?: PrefetchStatus[];
+}
+
+/** One prefetched image as /stats reports it. */
+export interface PrefetchStatus {
+  image: string;
+  /** The digest the reference resolved to last. */
+  digest?: string;
+  /** Manifests and blobs of that digest (the listed platforms only). */
+  bytes: number;
+  /** Everything of that digest is in the store. */
+  ready: boolean;
+  /** Its content is pinned against expiry and eviction. */
+  pinned: boolean;
+  /** The last run's problem (or a note, e.g. upstream down and the cached digest kept). */
+  error?: string;
+  /** When it was last checked (ISO 8601). */
+  checkedAt?: string;
 }
 
 export class MirrorMetrics {
@@ -33,6 +52,7 @@ export class MirrorMetrics {
   readonly duration: Histogram<'api' | 'kind'>;
   private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
   private readonly since = new Date().toISOString();
+  private prefetchStatus: (() => PrefetchStatus[]) | undefined;
 
   constructor(private readonly storeTotals: () => { storedBytes: number; blobs: number }) {
     const r = this.registry;
@@ -138,6 +158,11 @@ export class MirrorMetrics {
     });
   }
 
+  /** Adds the prefetched images' status to /stats. */
+  watchPrefetch(status: () => PrefetchStatus[]): void {
+    this.prefetchStatus = status;
+  }
+
   request(api: Api, kind: Kind, result: CacheResult): void {
     this.requests.inc({ api, kind, result });
     if (result === 'hit') this.counts.hits++;
@@ -174,6 +199,7 @@ export class MirrorMetrics {
 
   stats(): Stats {
     const t = this.storeTotals();
-    return { ...this.counts, storedBytes: t.storedBytes, blobs: t.blobs, since: this.since };
+    const prefetch = this.prefetchStatus?.();
+    return { ...this.counts, storedBytes: t.storedBytes, blobs: t.blobs, since: this.since, ...(prefetch && prefetch.length > 0 ? { prefetch } : {}) };
   }
 }

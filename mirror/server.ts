@@ -9,6 +9,7 @@ import { isDockerHub, RepositoryPolicy } from './access/patterns.js';
 import { V1Access } from './access/v1-access.js';
 import { BlobCache } from './cache/blob-cache.js';
 import { isRememberedNotFound, ManifestCache } from './cache/manifest-cache.js';
+import { ReferrersCache } from './cache/referrers-cache.js';
 import { clientServerOptions, limitClientConnections } from './client-connections.js';
 import type { MirrorConfig } from './config.js';
 import { RegistryError } from './errors.js';
@@ -16,6 +17,7 @@ import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.
 import { UpstreamRouter } from './routing.js';
 import { ContentStore } from './store/content-store.js';
 import { Evictor } from './store/evictor.js';
+import { Prefetcher } from './prefetch.js';
 import { RepoIndex } from './store/repo-index.js';
 import { UpstreamClient } from './upstream/client.js';
 import { loadCredentials } from './upstream/credentials.js';
@@ -84,6 +86,11 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     notFoundTTLMs: config.cache.notFoundTTLMs,
   });
   metrics.watchNotFoundCache(() => manifests.notFoundEntries());
+  const prefetcher = new Prefetcher(config.prefetch, router, manifests, blobs, store, repos, metrics, logger, {
+    tagTTLMs: config.cache.tagTTLMs,
+    maxBytes: config.storage.maxBytes,
+  });
+  if (config.prefetch.length > 0) metrics.watchPrefetch(() => prefetcher.status());
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -152,7 +159,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.get('/readyz', async (_req, reply) => (ready && !closing ? { status: 'ready' } : reply.code(503).send({ status: 'not ready' })));
   app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/stats', async () => metrics.stats());
-  registerV2(app, { router, blobs, manifests, repos, metrics });
+  registerV2(app, { router, blobs, manifests, repos, metrics, referrers: new ReferrersCache(manifests, metrics, logger, config.cache.tagTTLMs) });
   if (config.v1.enabled) {
     registerV1(app, {
       config: config.v1,
@@ -171,9 +178,13 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   }, accessFlushMs);
   flushTimer.unref();
   app.addHook('onReady', async () => {
+    // What a previous run pinned is pinned again before the expiry pass can remove it.
+    await prefetcher.pinFromStore();
     await evictor.expire();
     evictor.start();
     ready = true;
+    // Not awaited: readiness does not wait on the upstream (prefetch.ts says why).
+    prefetcher.start();
   });
   app.addHook('preClose', async () => {
     closing = true;
@@ -188,6 +199,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     async shutdown() {
       clearInterval(flushTimer);
       evictor.stop();
+      prefetcher.stop();
       await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
       await dispatcher.close().catch(() => undefined);
     },

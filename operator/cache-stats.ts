@@ -1,10 +1,17 @@
 // The mirror's /stats figures, summed over the ready pods into status.cache. Pure.
-import type { CacheStatus } from './types.js';
+import type { CacheStatus, PrefetchImageStatus } from './types.js';
 import { formatBytes } from './quantity.js';
 import type { Stats } from '../mirror/metrics.js';
 
 /** The JSON a mirror pod answers on GET /stats (DESIGN.md §3): the mirror's own type. */
 export type MirrorStats = Omit<Stats, 'since'> & { since?: string };
+
+/** Bounds on the prefetch part of a pod's /stats (the mirror's own: config prefetch). */
+export const PREFETCH_MAX_IMAGES = 100;
+const PREFETCH_MAX_IMAGE_LENGTH = 512;
+const PREFETCH_MAX_ERROR_LENGTH = 256;
+const DIGEST_RE = /^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$/;
+const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 
 const FIELDS = ['hits', 'misses', 'staleServed', 'bytesServed', 'bytesFromUpstream', 'storedBytes', 'blobs', 'upstreamErrors'] as const;
 
@@ -27,7 +34,74 @@ export function parseMirrorStats(body: unknown): MirrorStats | undefined {
     else return undefined;
   }
   if (typeof b.since === 'string' && b.since.length <= 64) out.since = b.since;
+  const prefetch = parsePrefetch(b.prefetch);
+  if (prefetch) out.prefetch = prefetch;
   return out;
+}
+
+/**
+ * The `prefetch` array of an untrusted /stats body: at most PREFETCH_MAX_IMAGES entries;
+ * an entry without a sane image name, a boolean ready and a byte count is dropped; digest
+ * kept only when it is one, error clipped and stripped of control characters.
+ */
+function parsePrefetch(v: unknown): MirrorStats['prefetch'] {
+  if (!Array.isArray(v)) return undefined;
+  const out: NonNullable<MirrorStats['prefetch']> = [];
+  for (const item of v.slice(0, PREFETCH_MAX_IMAGES)) {
+    if (!item || typeof item !== 'object' || Array.isArray(item)) continue;
+    const e = item as Record<string, unknown>;
+    if (typeof e.image !== 'string' || e.image.length === 0 || e.image.length > PREFETCH_MAX_IMAGE_LENGTH || /[\s\u0000-\u001f\u007f-\u009f]/.test(e.image)) continue;
+    if (typeof e.ready !== 'boolean' || typeof e.bytes !== 'number' || !Number.isSafeInteger(e.bytes) || e.bytes < 0) continue;
+    out.push({
+      image: e.image,
+      ...(typeof e.digest === 'string' && DIGEST_RE.test(e.digest) ? { digest: e.digest } : {}),
+      bytes: e.bytes,
+      ready: e.ready,
+      pinned: e.pinned === true,
+      ...(typeof e.error === 'string' && e.error ? { error: clipText(e.error) } : {}),
+    });
+  }
+  return out;
+}
+
+function clipText(s: string): string {
+  const t = s.replace(CONTROL_RE, ' ');
+  return t.length > PREFETCH_MAX_ERROR_LENGTH ? `${t.slice(0, PREFETCH_MAX_ERROR_LENGTH)}…` : t;
+}
+
+/**
+ * Merges the pods' prefetch reports by image: ready only when every pod that answered has it
+ * ready; the digest most pods resolved it to; pinned when every pod with it ready pins it;
+ * the first error a pod reports. At most PREFETCH_MAX_IMAGES images, sorted by name.
+ */
+export function mergePrefetch(samples: MirrorStats[]): PrefetchImageStatus[] | undefined {
+  const by = new Map<string, NonNullable<MirrorStats['prefetch']>>();
+  for (const s of samples) {
+    for (const p of s.prefetch ?? []) {
+      if (!by.has(p.image) && by.size >= PREFETCH_MAX_IMAGES) continue;
+      const list = by.get(p.image) ?? [];
+      list.push(p);
+      by.set(p.image, list);
+    }
+  }
+  if (by.size === 0) return undefined;
+  return [...by.keys()].sort().map((image) => {
+    const reports = by.get(image)!;
+    const votes = new Map<string, number>();
+    for (const r of reports) if (r.digest) votes.set(r.digest, (votes.get(r.digest) ?? 0) + 1);
+    const digest = [...votes.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))[0]?.[0];
+    const ready = reports.filter((r) => r.ready);
+    const error = reports.find((r) => r.error)?.error;
+    return {
+      image,
+      ...(digest ? { digest } : {}),
+      bytes: Math.max(...reports.map((r) => r.bytes)),
+      ready: ready.length === samples.length,
+      readyPods: ready.length,
+      pinned: ready.length > 0 && ready.every((r) => r.pinned),
+      ...(error ? { error } : {}),
+    };
+  });
 }
 
 export function hitRatio(hits: number, misses: number): number {
@@ -54,10 +128,12 @@ export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | u
     pods: samples.length,
     updated: now.toISOString(),
   };
+  const prefetch = mergePrefetch(samples);
+  if (prefetch) next.prefetch = prefetch;
   if (previous && sameFigures(previous, next)) return { ...next, updated: previous.updated };
   return next;
 }
 
 function sameFigures(a: CacheStatus, b: CacheStatus): boolean {
-  return FIELDS.every((f) => a[f] === b[f]) && a.pods === b.pods;
+  return FIELDS.every((f) => a[f] === b[f]) && a.pods === b.pods && JSON.stringify(a.prefetch ?? []) === JSON.stringify(b.prefetch ?? []);
 }

@@ -14,7 +14,7 @@ import { reconcile } from './reconcile.js';
 import { INSTANCE_LABEL, MANAGED_SELECTOR } from './render/names.js';
 import { summarizeSecret, type SecretSummary } from './secrets.js';
 import { isPodReady, mapLimit, STATS_PARALLELISM, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
-import type { CacheStatus, RegistryMirror } from './types.js';
+import type { CacheStatus } from './types.js';
 import { keyOf } from './types.js';
 
 export interface ControllerOptions {

@@ -43,8 +43,6 @@ export class LeaderElector {
   private leading = false;
   private lastRenew = 0;
   private observed: { key: string; at: number } = { key: '', at: 0 };
-  private resourceVersion: string | undefined;
-  private record: LeaseRecord | undefined;
   /** True once the Lease could be read or written at least once (for /readyz). */
   contacted = false;
 
@@ -96,14 +94,13 @@ export class LeaderElector {
     } catch (err) {
       if (statusOf(err) !== 404) throw err;
       try {
-        const created: any = await api.createNamespacedLease({
+        await api.createNamespacedLease({
           namespace,
           body: {
             metadata: { name, namespace },
             spec: { holderIdentity: identity, leaseDurationSeconds: durationSec, acquireTime: microTime(now) as any, renewTime: microTime(now) as any, leaseTransitions: 0 },
           },
         });
-        this.resourceVersion = created.metadata?.resourceVersion;
         return true;
       } catch (e) {
         if (statusOf(e) === 409) return false;
@@ -111,7 +108,6 @@ export class LeaderElector {
       }
     }
     const spec: LeaseRecord = lease.spec ?? {};
-    this.record = spec;
     const key = `${spec.holderIdentity ?? ''}|${String(spec.renewTime ?? '')}`;
     if (key !== this.observed.key) this.observed = { key, at: Date.now() };
     const holder = spec.holderIdentity ?? '';
@@ -131,8 +127,7 @@ export class LeaderElector {
       },
     };
     try {
-      const updated: any = await api.replaceNamespacedLease({ namespace, name, body });
-      this.resourceVersion = updated.metadata?.resourceVersion;
+      await api.replaceNamespacedLease({ namespace, name, body });
       if (takeover) this.o.log.info({ lease: name, previous: holder || null }, 'acquired lease');
       return true;
     } catch (err) {

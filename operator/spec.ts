@@ -10,6 +10,8 @@
 // credentials of a URL in it.
 
 import { patternListProblems } from '../mirror/access/patterns.js';
+import { ConfigError, parsePrefetch } from '../mirror/config.js';
+import { STORAGE_FILL_RATIO } from './render/mirror-config.js';
 import { isDuration } from './duration.js';
 import { parseQuantity } from './quantity.js';
 import type { RegistryMirror } from './types.js';
@@ -35,6 +37,8 @@ export interface ResolvedSpec {
   image?: string;
   logLevel: string;
   resources: { requests: Record<string, string>; limits: Record<string, string> };
+  /** spec.prefetch as the mirror config takes it (empty = none). */
+  prefetch: Array<{ image: string; platforms: string[]; pin: boolean }>;
 }
 
 export type SpecResult = { ok: true; spec: ResolvedSpec } | { ok: false; problems: string[] };
@@ -258,6 +262,24 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
     }
   }
 
+  // The mirror's own parser decides (the rendered config must pass it anyway): images of this
+  // mirror's registry only, os/arch[/variant] platforms, bounds, and pins that cannot fit at all.
+  let prefetch: ResolvedSpec['prefetch'] = [];
+  if (s.prefetch !== undefined && s.prefetch !== null && registry) {
+    try {
+      const maxBytes = storage ? Math.floor(storage.bytes * STORAGE_FILL_RATIO) : 0;
+      prefetch = parsePrefetch(s.prefetch, { [registry]: { name: registry, url: url || 'https://invalid' } }, maxBytes).map((p) => ({
+        image: p.image,
+        platforms: p.platforms,
+        pin: p.pin,
+      }));
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      const detail = err.message.slice(`config: ${err.key}: `.length);
+      problems.push(`spec.${err.key} ${detail}`);
+    }
+  }
+
   if (problems.length > 0) return finish(problems);
   return {
     ok: true,
@@ -277,6 +299,7 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
       image,
       logLevel,
       resources,
+      prefetch,
     },
   };
 }

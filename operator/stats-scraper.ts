@@ -10,8 +10,11 @@
 import { request } from 'node:http';
 import { parseMirrorStats, type MirrorStats } from './cache-stats.js';
 
-/** Largest /stats body read; the mirror's is about 300 bytes. */
-export const STATS_MAX_BYTES = 64 * 1024;
+/**
+ * Largest /stats body read; the mirror's is about 300 bytes, plus at most about 1 KiB per
+ * prefetched image (100 at most: config prefetch).
+ */
+export const STATS_MAX_BYTES = 256 * 1024;
 /** Pods scraped at once, over all RegistryMirrors. */
 export const STATS_PARALLELISM = 8;
 /** Time for one scrape: connect, headers and body. */

@@ -137,7 +137,13 @@ export function computeStatus(
     endpoint: extra.endpoint,
   };
   const cache = extra.cache ?? prev.cache;
-  if (cache) status.cache = cache;
+  if (cache) {
+    // The merged prefetch status travels with the figures but is its own status field.
+    const { prefetch, ...figures } = cache;
+    status.cache = figures;
+    const images = extra.cache ? prefetch : prev.prefetch;
+    if (images && images.length > 0) status.prefetch = images;
+  }
   return status;
 }
 

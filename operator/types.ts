@@ -48,6 +48,8 @@ export interface RegistryMirrorSpec {
     requests?: Record<string, string | number>;
     limits?: Record<string, string | number>;
   };
+  /** Images the mirror pulls at start and again when their tag moves (README "Prefetch and pin"). */
+  prefetch?: Array<{ image?: string; platforms?: string[]; pin?: boolean }>;
 }
 
 export type ConditionType = 'Ready' | 'Progressing' | 'Degraded';
@@ -77,6 +79,25 @@ export interface CacheStatus {
   /** How many ready pods answered /stats for these figures. */
   pods: number;
   updated: string;
+  /** Merged per-image prefetch status; written to status.prefetch, not under status.cache. */
+  prefetch?: PrefetchImageStatus[];
+}
+
+/** One prefetched image over the ready pods (status.prefetch). */
+export interface PrefetchImageStatus {
+  image: string;
+  /** The digest most pods resolved it to. */
+  digest?: string;
+  /** Bytes of the image's manifests and blobs (the largest any pod reports). */
+  bytes: number;
+  /** Every pod that answered /stats has it wholly in its store. */
+  ready: boolean;
+  /** Pods that have it ready, of those that answered. */
+  readyPods: number;
+  /** Every pod that has it ready keeps it pinned. */
+  pinned: boolean;
+  /** A pod's last problem with it, if any. */
+  error?: string;
 }
 
 export interface RegistryMirrorStatus {
@@ -85,6 +106,7 @@ export interface RegistryMirrorStatus {
   readyReplicas?: number;
   endpoint?: string;
   cache?: CacheStatus;
+  prefetch?: PrefetchImageStatus[];
 }
 
 export interface ObjectMeta {

@@ -84,6 +84,29 @@ export class BlobCache {
     return this.serveCold(t, digest, true);
   }
 
+  /**
+   * Makes sure the blob is stored and linked to this repository, as a client's pull would
+   * (same shared Download, same verification and link), without a client (prefetch.ts).
+   * Resolves with its size; rejects when it could not be fetched or not be cached.
+   */
+  async ensure(t: Target, digest: Digest): Promise<{ size: number; result: 'hit' | 'miss' }> {
+    const entry = this.store.get('blob', digest.value);
+    if (entry && (await this.confirmedFor(t, digest))) {
+      this.store.touch('blob', digest.value);
+      return { size: entry.size, result: 'hit' };
+    }
+    const dl = await this.download(t, digest);
+    if (dl.tmpPath === undefined) {
+      // Larger than storage.maxBytes: it cannot be cached; stop pulling it.
+      dl.attach().destroy();
+      throw new RegistryError('BLOB_UNKNOWN', 'blob is larger than storage.maxBytes and cannot be cached', { digest: digest.value });
+    }
+    const outcome = await dl.done;
+    if (!outcome.ok) throw outcome.error;
+    if (!outcome.cached) throw new RegistryError('UNAVAILABLE', 'blob verified but could not be cached (store full?)', { digest: digest.value });
+    return { size: outcome.size, result: 'miss' };
+  }
+
   /** The blob is in the store; is it linked to this repository or confirmed by upstream? */
   private async confirmedFor(t: Target, digest: Digest): Promise<boolean> {
     if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;

@@ -10,6 +10,8 @@ import { describeError } from './retry.js';
 /** Limits of the documents read from upstreams (stated in the README). */
 export const documentLimits = {
   manifest: 4 << 20,
+  /** A referrers list (OCI 1.1 referrers API), all its pages together. */
+  referrers: 4 << 20,
   tagList: 8 << 20,
   token: 1 << 20,
   /** v1 JSON: tags, image json and ancestry, the images list. */

@@ -1,6 +1,7 @@
 // Splits a /v2/ request path into what it asks for. Repository names contain slashes, so
 // the kind is found from the end: <name>/manifests/<ref>, <name>/blobs/<digest>,
-// <name>/tags/list, <name>/blobs/uploads/... (push). Validation happens in reference.ts.
+// <name>/tags/list, <name>/referrers/<digest>, <name>/blobs/uploads/... (push). Validation
+// happens in reference.ts.
 
 export type V2Path =
   | { kind: 'base' }
@@ -8,6 +9,7 @@ export type V2Path =
   | { kind: 'tags'; name: string }
   | { kind: 'manifest'; name: string; reference: string }
   | { kind: 'blob'; name: string; digest: string }
+  | { kind: 'referrers'; name: string; digest: string }
   | { kind: 'upload'; name: string }
   | { kind: 'unknown' };
 
@@ -24,6 +26,8 @@ export function parseV2Path(path: string): V2Path {
   if (m) return { kind: 'upload', name: m[1]! };
   m = /^(.+)\/blobs\/([^/]+)$/.exec(rest);
   if (m) return { kind: 'blob', name: m[1]!, digest: m[2]! };
+  m = /^(.+)\/referrers\/([^/]+)$/.exec(rest);
+  if (m) return { kind: 'referrers', name: m[1]!, digest: m[2]! };
   return { kind: 'unknown' };
 }
 

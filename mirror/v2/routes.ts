@@ -5,6 +5,7 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { ManifestCache } from '../cache/manifest-cache.js';
+import { ociIndexType, referrersCacheLimits, type ReferrersCache } from '../cache/referrers-cache.js';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
 import { clip, parseDigest, parseManifestReference, type ManifestReference } from '../reference.js';
@@ -20,6 +21,7 @@ export interface V2Deps {
   manifests: ManifestCache;
   repos: RepoIndex;
   metrics: MirrorMetrics;
+  referrers: ReferrersCache;
 }
 
 const readMethods = new Set(['GET', 'HEAD']);
@@ -48,6 +50,9 @@ export function registerV2(app: FastifyInstance, deps: V2Deps): void {
         return manifest(req, reply, deps, p.name, p.reference, ns);
       case 'blob':
         return blob(req, reply, deps, p.name, p.digest, ns);
+      case 'referrers':
+        // An empty artifactType filters nothing.
+        return referrers(req, reply, deps, p.name, p.digest, ns, single(query.artifactType) || undefined);
     }
   };
   app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/v2', handler, exposeHeadRoute: false });
@@ -133,6 +138,28 @@ async function sendFileBody(req: FastifyRequest, reply: FastifyReply, body: File
   }
   const err = await body.writeTo(reply.raw);
   if (err) req.log.error({ err: err.message }, 'cached blob could not be read: body aborted');
+}
+
+/**
+ * OCI 1.1 referrers (cache/referrers-cache.ts): always 200 with an image index for a valid
+ * request, an empty one when nothing refers to the digest; a digest of invalid syntax is 400
+ * DIGEST_INVALID, as the spec requires. HEAD answers alike without the body.
+ */
+async function referrers(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawDigest: string, ns: string | undefined, artifactType: string | undefined) {
+  const routed = deps.router.route(rawName, ns);
+  const digest = parseDigest(rawDigest);
+  req.mirror = { api: 'v2', kind: 'referrers', upstream: routed.target.upstream.name };
+  if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
+  if (artifactType !== undefined && (artifactType.length > referrersCacheLimits.artifactTypeLength || /[\s\x00-\x1f\x7f]/.test(artifactType))) {
+    throw new RegistryError('UNSUPPORTED', `artifactType must be a media type of at most ${referrersCacheLimits.artifactTypeLength} characters`, { artifactType: clip(artifactType) }, 400);
+  }
+  const answer = await deps.referrers.get(routed.target, digest, artifactType);
+  req.mirror.result = answer.result;
+  req.mirror.source = answer.result === 'miss' ? 'upstream' : 'cache';
+  reply.header('Content-Type', ociIndexType).header('Content-Length', answer.body.length);
+  if (answer.filtered) reply.header('OCI-Filters-Applied', 'artifactType');
+  if (req.method === 'HEAD') return reply.send();
+  return reply.send(answer.body);
 }
 
 async function tagsList(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, ns: string | undefined, query: Record<string, string | string[] | undefined>) {

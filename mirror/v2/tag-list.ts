@@ -12,8 +12,9 @@
 
 import type { Target } from '../cache/target.js';
 import { RegistryError } from '../errors.js';
-import { clip, isValidTag } from '../reference.js';
+import { isValidTag } from '../reference.js';
 import { upstreamError } from '../upstream/client.js';
+import { nextPageQuery } from '../upstream/next-page.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 
 export const tagListLimits = {
@@ -26,21 +27,6 @@ export const tagListLimits = {
 /** Byte order, as distribution's sort.Strings (tags are ASCII). */
 export function lexical(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** The URL of the first `rel="next"` link of a Link header (RFC 8288), as written. */
-export function nextLink(header: string | string[] | undefined): string | undefined {
-  const values = Array.isArray(header) ? header : header === undefined ? [] : [header];
-  for (const value of values) {
-    for (const m of value.matchAll(/<([^>]*)>((?:\s*;\s*[^;,<]*)*)/g)) {
-      const params = m[2]!.split(';').map((p) => p.trim());
-      for (const p of params) {
-        const kv = /^rel\s*=\s*(?:"([^"]*)"|([^\s"]+))$/i.exec(p);
-        if (kv && (kv[1] ?? kv[2] ?? '').toLowerCase().split(/\s+/).includes('next')) return m[1]!;
-      }
-    }
-  }
-  return undefined;
 }
 
 /** Every tag the upstream lists for the target's repository, deduplicated and sorted. */
@@ -60,25 +46,9 @@ export async function fetchUpstreamTags(t: Target): Promise<string[]> {
     const text = await readBody(res, tagListLimits.bytes - bytes, 'tag list');
     bytes += text.length;
     for (const tag of parseTags(text, client.name)) tags.add(tag);
-    const link = nextLink(res.headers.link);
-    if (link === undefined) break;
-    let next: URL;
-    try {
-      next = new URL(link, listUrl);
-    } catch {
-      throw new RegistryError('UNAVAILABLE', `upstream ${client.name} sent a tag list Link that is not a URL`, { link: clip(link) });
-    }
-    if (next.origin !== client.origin || next.pathname !== listUrl.pathname) {
-      throw new RegistryError(
-        'UNAVAILABLE',
-        `upstream ${client.name}'s tag list continues outside its own tag list URL; the mirror follows only ${listUrl.origin}${listUrl.pathname}`,
-        { link: clip(link) },
-      );
-    }
-    if (page >= tagListLimits.pages) {
-      throw new RegistryError('UNAVAILABLE', `upstream ${client.name}'s tag list has more than ${tagListLimits.pages} pages`);
-    }
-    query = next.search.length > 1 ? next.search.slice(1) : undefined;
+    const next = nextPageQuery(res.headers.link, listUrl, page, { upstream: client.name, origin: client.origin, what: 'tag list', maxPages: tagListLimits.pages });
+    if (next === false) break;
+    query = next;
   }
   return [...tags].sort(lexical);
 }

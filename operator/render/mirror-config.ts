@@ -20,6 +20,7 @@ export interface MirrorConfig {
   >;
   v1: { enabled: boolean; source: string; tagsCacheTTL: string };
   auth?: { htpasswdFile?: string; tokensFile?: string; protectMetrics: boolean };
+  prefetch?: Array<{ image: string; platforms?: string[]; pin: boolean }>;
 }
 
 export function maxBytesFor(spec: ResolvedSpec): number {
@@ -53,6 +54,9 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
             protectMetrics: spec.auth.protectMetrics,
           },
         }
+      : {}),
+    ...(spec.prefetch.length > 0
+      ? { prefetch: spec.prefetch.map((p) => ({ image: p.image, ...(p.platforms.length > 0 ? { platforms: [...p.platforms] } : {}), pin: p.pin })) }
       : {}),
   };
 }

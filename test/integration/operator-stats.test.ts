@@ -9,6 +9,8 @@ import { INSTANCE_LABEL, commonLabels } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { waitFor } from '../rig/proc.js';
+import { pushRandomImage, type RandomImage } from './helpers.js';
 import {
   condition,
   createMirror,
@@ -26,11 +28,22 @@ let cluster: Cluster;
 let upstream: RegistryHandle;
 let mirror: MirrorHandle;
 let op: Awaited<ReturnType<typeof startInProcessOperator>>;
+let prefetched: RandomImage;
 
 before(async () => {
   if (skip) return;
   upstream = await startRegistry();
-  mirror = await startMirror({ defaultUpstream: 'docker.io', upstreams: { 'docker.io': { url: upstream.url } } });
+  prefetched = await pushRandomImage(upstream.url, 'warm/app', 'v1', [10_000], 'operator-stats-prefetch');
+  mirror = await startMirror({
+    defaultUpstream: 'docker.io',
+    upstreams: { 'docker.io': { url: upstream.url } },
+    prefetch: [{ image: 'docker.io/warm/app:v1', pin: true }],
+  });
+  // Prefetch done before any figure is compared: it adds to storedBytes.
+  await waitFor(async () => {
+    const s = (await (await fetch(`${mirror.url}/stats`)).json()) as { prefetch?: Array<{ ready: boolean }> };
+    return s.prefetch?.[0]?.ready || undefined;
+  }, 20_000, 'prefetch ready');
   cluster = await startClusterWithCrd();
   await createNamespace(cluster.kube, 'stats');
   op = await startInProcessOperator(cluster, ['--stats-port', String(mirror.port)]);
@@ -89,4 +102,11 @@ test('status.cache is summed from the ready mirror pods\' /stats', { skip }, asy
   await new Promise((r) => setTimeout(r, 2500)); // more than two --status-interval periods
   assert.equal((await getMirror(cluster.kube, 'stats', 'hub')).metadata.resourceVersion, rv, 'no write while the figures stand still');
   assert.ok(moved.status!.cache!.updated >= c.updated);
+});
+
+test('status.prefetch reports each prefetched image from the pods\' /stats', { skip }, async () => {
+  const m = await waitMirror(cluster.kube, 'stats', 'hub', (x) => (x.status?.prefetch?.length ?? 0) > 0, 'status.prefetch', 20_000);
+  assert.deepEqual(m.status!.prefetch, [
+    { image: 'docker.io/warm/app:v1', digest: prefetched.digest, bytes: prefetched.totalBytes, ready: true, readyPods: 1, pinned: true },
+  ]);
 });

@@ -122,7 +122,7 @@ describe('evictor: removed content takes its records with it', () => {
   });
 
   it('a size eviction prunes in the background, in one walk', async () => {
-    const { root, store, repos, md, metrics } = await storeWithImage();
+    const { store, repos, md, metrics } = await storeWithImage();
     const { index, walks } = countingIndex(repos);
     const stored = store.totals().storedBytes;
     const evictor = new Evictor(store, metrics, silent, { ttlMs: 0, maxBytes: stored }, index);

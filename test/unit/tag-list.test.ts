@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { lexical, nextLink, nextPageLink, pageOf } from '../../mirror/v2/tag-list.js';
+import { nextLink } from '../../mirror/upstream/next-page.js';
+import { lexical, nextPageLink, pageOf } from '../../mirror/v2/tag-list.js';
 
 describe('tag list pagination (OCI distribution spec)', () => {
   const sorted = ['0.1', 'A', 'Z', '_x', 'a', 'a-1', 'a10', 'a2', 'b'];
