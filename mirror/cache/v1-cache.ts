@@ -12,7 +12,7 @@
 // Everything is a blob in ContentStore (see store/v1-index.ts for the pointer records).
 
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
 import type { RegistryError } from '../errors.js';
@@ -22,6 +22,7 @@ import { parseDigest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type DownloadSource, type TailReader, type Verify } from '../store/download.js';
+import { FileBody } from '../store/file-body.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
 import { sourceError, toV1Error, V1Error } from '../v1/errors.js';
@@ -51,8 +52,6 @@ export interface V1CacheOptions {
   maxBytes: number;
   makeRoom: (bytes: number) => Promise<void>;
 }
-
-const warmReadChunk = 1 << 20;
 
 export class V1Cache {
   /** One source fetch per document at a time (key: what is fetched). */
@@ -235,10 +234,8 @@ export class V1Cache {
     const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(record.digest);
     this.touchImage(id);
-    const stream =
-      size === 0
-        ? createReadStream('/dev/null', { end: -1 })
-        : createReadStream(this.store.pathOf('blob', parseDigest(record.digest)), { start, end, highWaterMark: warmReadChunk });
+    // The route writes a FileBody with reused buffers, as for v2 blobs; size 0 is empty.
+    const stream = new FileBody(this.store.pathOf('blob', parseDigest(record.digest)), start, end);
     stream.once('close', release);
     return { status, size, range: status === 206 ? { start, end } : undefined, length: size === 0 ? 0 : end - start + 1, stream, result };
   }

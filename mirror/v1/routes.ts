@@ -13,7 +13,9 @@ import { V1Cache, type DocAnswer } from '../cache/v1-cache.js';
 import type { MirrorConfig } from '../config.js';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
+import { sendFileBody } from '../send-file-body.js';
 import type { ContentStore } from '../store/content-store.js';
+import { FileBody } from '../store/file-body.js';
 import { V1Index } from '../store/v1-index.js';
 import { decodePath } from '../v2/path.js';
 import { toV1Error, V1Error } from './errors.js';
@@ -137,6 +139,7 @@ async function route(req: FastifyRequest, reply: FastifyReply, cache: V1Cache, a
         body.stream.destroy();
         return reply.send();
       }
+      if (body.stream instanceof FileBody) return sendFileBody(req, reply, body.stream);
       return reply.send(body.stream);
     }
     default:

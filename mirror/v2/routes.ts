@@ -1,7 +1,6 @@
 // The Docker Registry v2 / OCI distribution pull API. Handlers only translate HTTP to the
 // caches and back; everything about caching lives in cache/, every error is a RegistryError.
 
-import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { ManifestCache } from '../cache/manifest-cache.js';
@@ -11,6 +10,7 @@ import type { MirrorMetrics } from '../metrics.js';
 import { clip, parseDigest, parseManifestReference, type ManifestReference } from '../reference.js';
 import type { UpstreamRouter } from '../routing.js';
 import type { RepoIndex } from '../store/repo-index.js';
+import { sendFileBody } from '../send-file-body.js';
 import { FileBody } from '../store/file-body.js';
 import { decodePath, parseV2Path } from './path.js';
 import { fetchUpstreamTags, lexical, nextPageLink, pageOf } from './tag-list.js';
@@ -119,25 +119,6 @@ async function blob(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawN
   if (body.range) reply.header('Content-Range', `bytes ${body.range.start}-${body.range.end}/${body.size}`);
   if (body.stream instanceof FileBody) return sendFileBody(req, reply, body.stream);
   return reply.send(body.stream);
-}
-
-/**
- * Warm blobs skip fastify's stream piping: FileBody.writeTo reuses its buffers, which halves
- * the CPU per byte served (file-body.ts has the why). The reply is hijacked, so headers are
- * written here; onResponse still runs (fastify listens on the raw response), and an error
- * aborts the connection as an error in a piped body would.
- */
-async function sendFileBody(req: FastifyRequest, reply: FastifyReply, body: FileBody): Promise<void> {
-  reply.hijack();
-  try {
-    reply.raw.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-  } catch (err) {
-    body.destroy();
-    reply.raw.destroy(err as Error);
-    return;
-  }
-  const err = await body.writeTo(reply.raw);
-  if (err) req.log.error({ err: err.message }, 'cached blob could not be read: body aborted');
 }
 
 /**
