@@ -1,10 +1,14 @@
 // `npm run bench`: registry-mirror side by side with docker/distribution's pull-through cache
 // (Debian docker-registry 2.8.2 with proxy.remoteurl), on one upstream, one fixture set and
 // one client, with the upstream itself ("direct") and a static file server as baselines.
-// Issue 7 has the what and the targets; bench/params.ts lists the knobs. Everything runs on
-// 127.0.0.1 and every process is stopped by pid at the end, also on failure.
+// Issues 7 and 14 have the what and the targets; bench/params.ts lists the knobs. Everything
+// runs on 127.0.0.1 and every process is stopped by pid at the end, also on failure.
 //
-//   1. cold pull of a 3-layer image (fresh caches per run; median of BENCH_REPEAT)
+//   1. cold pull of a 3-layer image (fresh caches per run; median of BENCH_REPEAT); cold
+//      blob rows: one cold blob with each of BENCH_COLD_CLIENTS clients on it at once, and
+//      BENCH_MANY_BLOBS different cold blobs at once, one client each (fresh caches per row
+//      and run; wall time, server CPU until the cache holds the blobs, upstream GETs per
+//      blob; median of BENCH_REPEAT; run last, after (4) and (3))
 //   2. warm pull of it; the big blob warm with 1 client and with BENCH_CLIENTS clients
 //      (median of BENCH_ROUNDS)
 //   3. BENCH_PULLS concurrent cold pulls (fresh caches per round): wall time, upstream GETs
@@ -21,17 +25,21 @@ import { createRequire } from 'node:module';
 import autocannon from 'autocannon';
 import type { Agent } from 'undici';
 import { buildBenchFixtures, splitImage, BENCH_TAG, type BenchFixtures } from './fixtures.js';
-import { paramsFromEnv, type BenchParams } from './params.js';
+import { estimateSeconds, paramsFromEnv, type BenchParams } from './params.js';
 import { BENCH_USER_AGENT, benchAgent, blobThroughput, fetchBlob, pullImage, BLOB_CONCURRENCY } from './pull.js';
 import { cpuMs, RssTracker } from './rss.js';
 import {
-  BLOB_PHASES,
+  blobPhasesPeak,
   checkTargets,
+  coldBlobPhase,
+  coldRowName,
   computeRatios,
   median,
   renderTable,
   round,
   type BenchResult,
+  type ColdBlobFigures,
+  type ColdBlobRow,
   type ConcurrentPulls,
   type ManifestLoad,
   type Timed,
@@ -41,14 +49,16 @@ import { repoRoot, startMirror, type MirrorHandle } from '../test/rig/mirror.js'
 import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../test/rig/proc.js';
 import { skopeoCopy } from '../test/rig/skopeo.js';
 import { describePushed, type PushedImage } from '../test/fixtures/images.js';
+import type { LayerInfo } from '../test/fixtures/layout.js';
 import { MANIFEST_ACCEPT } from '../test/rig/oci-client.js';
 
 const MiB = 1 << 20;
 const IMAGE_REPO = 'bench/image';
 const BLOB_REPO = 'bench/blob';
+const MANY_REPO = 'bench/many';
 const WARMUP_REPO = 'bench/warmup';
 const CLIENT_DESCRIPTION =
-  'in-process containerd-like HTTP client (undici): HEAD manifest by tag, GET by digest, config + layers 3 at a time; sha256-verified in (1) and (2), size-checked in (3); blob throughput counts bytes only';
+  'in-process containerd-like HTTP client (undici): HEAD manifest by tag, GET by digest, config + layers 3 at a time; sha256-verified in the pulls of (1) and (2), size-checked in (3); the cold blob rows and blob throughput count bytes only';
 
 type CacheRole = 'mirror' | 'distribution';
 type PullRole = CacheRole | 'direct';
@@ -91,6 +101,7 @@ class Bench {
       const blob = await this.blobThroughput();
       const manifestByTag = await this.manifestLoad();
       const concurrentColdPulls = await this.concurrentColdPulls();
+      const coldBlobs = await this.coldBlobs();
       this.rss.stop();
       const finished = new Date();
       const rss: BenchResult['rss'] = {};
@@ -99,7 +110,7 @@ class Bench {
         rss[role] = { peakMiB: round(this.rss.peakMiB(role)), byPhaseMiB };
       }
       const result: BenchResult = {
-        version: 1,
+        version: 2,
         startedAt: started.toISOString(),
         finishedAt: finished.toISOString(),
         seconds: round((finished.getTime() - started.getTime()) / 1000),
@@ -117,6 +128,9 @@ class Bench {
           imageLayersMiB: splitImage(this.p.imageBytes).map((b) => round(b / MiB, 2)),
           blobMiB: round(this.p.blobBytes / MiB, 2),
           clients: this.p.clients,
+          coldClients: this.p.coldClients,
+          manyBlobs: this.p.manyBlobs,
+          manyBlobMiB: round(this.p.manyBlobBytes / MiB, 2),
           pulls: this.p.pulls,
           connections: this.p.connections,
           seconds: this.p.seconds,
@@ -124,23 +138,25 @@ class Bench {
           repeat: this.p.repeat,
           rounds: this.p.rounds,
           client: CLIENT_DESCRIPTION,
+          estimatedSeconds: estimateSeconds(this.p).total,
         },
         coldPull,
         warmPull,
-        blobColdMiBps: blob.cold,
         blobWarmMiBps: { one: blob.one, many: blob.many },
         blobWarmUpstreamRequests: blob.upstreamDuringWarm,
         blobWarmCpuMsPerGiB: blob.cpuPerGiB,
+        coldBlobs,
         concurrentColdPulls,
         manifestByTag,
         rss,
         rssMethod: this.rss.hwmResetWorked
           ? 'VmHWM per phase (reset through /proc/<pid>/clear_refs), cross-checked with VmRSS sampled every 100 ms'
           : 'VmRSS sampled every 100 ms (VmHWM reset not permitted)',
-        mirrorRssMovingBlobMiB: round(this.rss.peakMiB('mirror', BLOB_PHASES)),
+        mirrorRssMovingBlobMiB: NaN,
         ratios: {},
         targets: [],
       };
+      result.mirrorRssMovingBlobMiB = round(blobPhasesPeak(result, 'mirror'));
       result.ratios = computeRatios(result);
       result.targets = checkTargets(result);
       return result;
@@ -154,8 +170,14 @@ class Bench {
 
   private async setup(): Promise<void> {
     const layers = splitImage(this.p.imageBytes);
-    log(`fixtures: image ${layers.map((b) => (b / MiB).toFixed(1)).join('+')} MiB, blob ${(this.p.blobBytes / MiB).toFixed(1)} MiB`);
-    this.fixtures = await buildBenchFixtures({ imageLayerBytes: layers, blobBytes: this.p.blobBytes }, this.p.fixturesDir);
+    log(
+      `fixtures: image ${layers.map((b) => (b / MiB).toFixed(1)).join('+')} MiB, blob ${(this.p.blobBytes / MiB).toFixed(1)} MiB, ` +
+        `${this.p.manyBlobs} blobs of ${(this.p.manyBlobBytes / MiB).toFixed(1)} MiB`,
+    );
+    this.fixtures = await buildBenchFixtures(
+      { imageLayerBytes: layers, blobBytes: this.p.blobBytes, manyBlobBytes: Array.from({ length: this.p.manyBlobs }, () => this.p.manyBlobBytes) },
+      this.p.fixturesDir,
+    );
     this.upstream = await startRegistry();
     this.rss.watch('upstream', this.upstream.pid());
     log(`upstream ${this.upstream.url} (pid ${this.upstream.pid()}); pushing`);
@@ -163,6 +185,7 @@ class Bench {
       skopeoCopy(`oci:${layoutDir}:${BENCH_TAG}`, `docker://${this.upstream.host}/${repo}:${BENCH_TAG}`, { timeoutMs: 900_000 });
     await push(this.fixtures.image.layoutDir, IMAGE_REPO);
     await push(this.fixtures.blob.layoutDir, BLOB_REPO);
+    await push(this.fixtures.many.layoutDir, MANY_REPO);
     await push(this.fixtures.warmup.layoutDir, WARMUP_REPO);
     this.image = await describePushed(this.upstream.host, IMAGE_REPO, BENCH_TAG);
     if (this.image.digest !== this.fixtures.image.manifestDigest) throw new Error('the pushed image manifest differs from the layout');
@@ -195,8 +218,15 @@ class Bench {
       pid: m.pid(),
       dataDir: m.dataDir,
       stop: async () => void (await m.stop()),
-      // The mirror commits a blob before it lets go of the last byte: warm once pulled.
-      settled: async () => undefined,
+      // Today the mirror commits a blob before it lets go of the last byte, so this returns at
+      // once; should it ever finish storing after the client is served (fsync, rename), that
+      // work is still counted as its CPU. Blobs live at <storage>/blobs/sha256/<xx>/<hex>.
+      settled: (digests) =>
+        waitFor(
+          () => digests.every((dg) => existsSync(join(m.dataDir, 'blobs/sha256', dg.slice(7, 9), dg.slice(7)))),
+          120_000,
+          'the mirror to store the blobs',
+        ).then(() => undefined),
     };
     const distribution: Cache = {
       role: 'distribution',
@@ -342,7 +372,6 @@ class Bench {
   // ---- (2): the big blob ---------------------------------------------------------------
 
   private async blobThroughput(): Promise<{
-    cold: Record<CacheRole, number>;
     one: Record<'mirror' | 'distribution' | 'direct' | 'static', number>;
     many: Record<'mirror' | 'distribution' | 'direct' | 'static', number>;
     upstreamDuringWarm: Record<CacheRole, number>;
@@ -359,16 +388,12 @@ class Bench {
     };
     if (statSync(join(this.fixtures.blob.layoutDir, 'blobs/sha256', hex)).size !== size) throw new Error('static file size mismatch');
 
-    // Cold: each cache fetches the blob once (timed, for the record). Direct and static are
-    // read once untimed, so all four then serve from the page cache.
-    this.rss.beginPhase('blob-cold');
-    const cold = { mirror: 0, distribution: 0 };
+    // Each cache fetches the blob once, untimed (the cold blob rows measure that, on fresh
+    // caches); direct and static are read once too, so all four then serve from the page cache.
     for (const role of ['mirror', 'distribution'] as const) {
-      cold[role] = (await blobThroughput(this.agent, urls[role], 1, size)).mibps;
-      log(`cold blob ${role}: ${cold[role].toFixed(0)} MiB/s`);
+      await fetchBlob(this.agent, urls[role], { size, verify: false });
       await caches[role].settled([this.blobDigest]);
     }
-    this.rss.endPhase();
     await fetchBlob(this.agent, urls.direct, { size, verify: false });
     await fetchBlob(this.agent, urls.static, { size, verify: false });
 
@@ -405,7 +430,6 @@ class Bench {
     const med = (r: Row, digits: number) =>
       Object.fromEntries(Object.entries(r).map(([k, v]) => [k, round(median(v), digits)])) as Record<keyof Row, number>;
     return {
-      cold: rounded(cold),
       one: med(one, 1),
       many: med(many, 1),
       upstreamDuringWarm,
@@ -506,6 +530,125 @@ class Bench {
     return out;
   }
 
+  // ---- (1) continued: cold blob rows -----------------------------------------------------
+
+  /**
+   * The cold blob rows, last in the run: for each run and row, fresh caches, then direct, the
+   * mirror and distribution in a rotated order, each with every client starting at once.
+   */
+  private async coldBlobs(): Promise<ColdBlobRow[]> {
+    await this.stopCaches();
+    this.caches = undefined;
+    const big = this.fixtures.blob.layers[0]!;
+    const many = this.fixtures.many.layers;
+    const specs: ColdSpec[] = [
+      ...this.p.coldClients.map((n): ColdSpec => ({ id: `sameBlob${n}`, kind: 'same-blob', repo: BLOB_REPO, blobs: [big], requests: Array.from({ length: n }, () => big) })),
+      { id: `manyBlobs${many.length}`, kind: 'different-blobs', repo: MANY_REPO, blobs: many, requests: many },
+    ];
+    // The upstream serves from the page cache in every run, as it does the big blob by now.
+    for (const b of many) await fetchBlob(this.agent, `${this.upstream.url}/v2/${MANY_REPO}/blobs/${b.digest}`, { size: b.size, verify: false });
+
+    type Acc = { ms: number[]; mibps: number[]; cpu: number[]; settled: number[]; gets: number[]; failed: number[] };
+    const acc = specs.map(() => {
+      const a = (): Acc => ({ ms: [], mibps: [], cpu: [], settled: [], gets: [], failed: [] });
+      return { mirror: a(), distribution: a(), direct: a() } as Record<PullRole, Acc>;
+    });
+    for (let i = 0; i < this.p.repeat; i++) {
+      for (const [k, spec] of specs.entries()) {
+        this.rss.beginPhase(coldBlobPhase(spec.id));
+        const caches = await this.startCaches();
+        try {
+          for (const role of rotate<PullRole>(['direct', 'mirror', 'distribution'], i + k)) {
+            const r = await this.coldBlobOnce(role, caches, spec);
+            const a = acc[k]![role];
+            a.ms.push(r.ms);
+            a.mibps.push(r.mibps);
+            a.cpu.push(r.cpuMs);
+            if (r.settledMs !== undefined) a.settled.push(r.settledMs);
+            a.gets.push(...r.gets);
+            a.failed.push(r.failed);
+            log(
+              `${coldRowName(rowShape(spec))} ${i + 1}/${this.p.repeat} ${role}: ${(r.ms / 1000).toFixed(2)} s, ${r.mibps.toFixed(0)} MiB/s, ` +
+                `server CPU ${r.cpuMs.toFixed(0)} ms` +
+                (r.settledMs !== undefined ? `, stored after ${(r.settledMs / 1000).toFixed(2)} s` : '') +
+                (r.gets.length ? `, upstream GETs per blob ${r.gets.join(',')}` : '') +
+                (r.failed ? `, ${r.failed} failed` : ''),
+            );
+          }
+        } finally {
+          await this.stopCaches();
+          this.rss.endPhase();
+        }
+      }
+    }
+    return specs.map((spec, k): ColdBlobRow => {
+      const figures = (role: PullRole): ColdBlobFigures => {
+        const a = acc[k]![role];
+        const f: ColdBlobFigures = {
+          ms: round(median(a.ms)),
+          runs: a.ms.map((v) => round(v)),
+          mibps: round(median(a.mibps)),
+          cpuMs: Math.round(median(a.cpu)),
+          cpuRuns: a.cpu.map((v) => Math.round(v)),
+        };
+        if (role === 'direct') return f;
+        if (a.settled.length) f.settledMs = round(median(a.settled));
+        f.minGetsPerBlob = Math.min(...a.gets);
+        f.maxGetsPerBlob = Math.max(...a.gets);
+        f.failedRequests = Math.max(...a.failed);
+        return f;
+      };
+      return { ...rowShape(spec), mirror: figures('mirror'), distribution: figures('distribution'), direct: figures('direct') };
+    });
+  }
+
+  /**
+   * One cold blob run against one server: every request starts at once; wall time until the
+   * last byte of the last client; CPU of the server from before the first request until the
+   * cache holds every blob (distribution finishes storing in the background).
+   */
+  private async coldBlobOnce(
+    role: PullRole,
+    caches: Record<CacheRole, Cache>,
+    spec: ColdSpec,
+  ): Promise<{ ms: number; mibps: number; cpuMs: number; settledMs?: number; gets: number[]; failed: number }> {
+    const base = this.urlOf(role, caches);
+    const pid = this.pidOf(role, caches);
+    const from = role === 'direct' ? 0 : await this.mark();
+    let bytes = 0;
+    let failed = 0;
+    const cpu0 = cpuMs(pid);
+    const t0 = performance.now();
+    await Promise.all(
+      spec.requests.map((b) =>
+        fetchBlob(this.agent, `${base}/v2/${spec.repo}/blobs/${b.digest}`, { size: b.size, verify: false }).then(
+          (n) => void (bytes += n),
+          (err: unknown) => {
+            // As in (3): distribution's proxy may fail some concurrent cold requests, a figure
+            // to report; the mirror and the upstream itself must not fail.
+            if (role !== 'distribution') throw err;
+            failed++;
+          },
+        ),
+      ),
+    );
+    const ms = performance.now() - t0;
+    let settledMs: number | undefined;
+    if (role !== 'direct') {
+      const settled = caches[role].settled(spec.blobs.map((b) => b.digest)).then(() => true);
+      // After failed requests some blobs may never be stored: wait a while, not forever.
+      const ok = await (failed > 0 ? Promise.race([settled.catch(() => false), sleep(30_000).then(() => false)]) : settled);
+      if (ok) settledMs = performance.now() - t0;
+    }
+    const cpu = cpuMs(pid) - cpu0;
+    let gets: number[] = [];
+    if (role !== 'direct') {
+      const upstream = await this.upstreamSince(from);
+      gets = spec.blobs.map((b) => upstream.filter((e) => e.method === 'GET' && e.path.includes(`/blobs/${b.digest}`)).length);
+    }
+    return { ms, mibps: bytes / MiB / (ms / 1000), cpuMs: cpu, settledMs, gets, failed };
+  }
+
   private async versions(): Promise<BenchResult['software']> {
     const require = createRequire(import.meta.url);
     const pkg = JSON.parse(readFileSync(join(repoRoot(), 'package.json'), 'utf8')) as { version: string };
@@ -520,6 +663,26 @@ class Bench {
   }
 }
 
+/** A cold blob row to measure: which blobs, and one request per entry of `requests`. */
+interface ColdSpec {
+  id: string;
+  kind: ColdBlobRow['kind'];
+  repo: string;
+  blobs: LayerInfo[];
+  requests: LayerInfo[];
+}
+
+function rowShape(spec: ColdSpec): Pick<ColdBlobRow, 'id' | 'kind' | 'clients' | 'blobs' | 'blobMiB' | 'totalMiB'> {
+  return {
+    id: spec.id,
+    kind: spec.kind,
+    clients: spec.requests.length,
+    blobs: spec.blobs.length,
+    blobMiB: round(Math.max(...spec.blobs.map((b) => b.size)) / MiB, 2),
+    totalMiB: round(spec.requests.reduce((n, b) => n + b.size, 0) / MiB, 2),
+  };
+}
+
 function rotate<T>(items: readonly T[], by: number): T[] {
   const k = by % items.length;
   return [...items.slice(k), ...items.slice(0, k)];
@@ -530,22 +693,26 @@ function timed(runs: Record<PullRole, number[]>, cpu: Record<PullRole, number[]>
   return { mirror: t(runs.mirror, cpu.mirror), distribution: t(runs.distribution, cpu.distribution), direct: t(runs.direct, cpu.direct) };
 }
 
-function rounded<T extends Record<string, number>>(o: T, digits = 1): T {
-  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, round(v, digits)])) as T;
-}
-
 async function main(): Promise<void> {
   const params = paramsFromEnv();
+  const est = estimateSeconds(params);
+  const parts = Object.entries(est)
+    .filter(([k]) => k !== 'total')
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+  log(`estimated duration on a 2-core machine: ~${Math.max(1, Math.round(est.total / 60))} min, ${est.total} s (${parts}); longer on a busy machine or when the fixtures are built first`);
   const result = await new Bench(params).run();
   mkdirSync(params.resultsDir, { recursive: true });
   const file = join(params.resultsDir, `${result.startedAt.replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
   process.stdout.write(`\nregistry-mirror ${result.software.mirror} vs docker/distribution ${result.software.distribution} proxy — ${result.startedAt}\n`);
   process.stdout.write(
-    `${result.machine.cpus} × ${result.machine.cpuModel}, node ${result.software.node}, load average ${result.machine.loadavgStart[0]} at start, ${result.machine.loadavgEnd[0]} at end; took ${result.seconds} s\n`,
+    `${result.machine.cpus} × ${result.machine.cpuModel}, node ${result.software.node}, load average ${result.machine.loadavgStart[0]} at start, ${result.machine.loadavgEnd[0]} at end; took ${result.seconds} s (estimated ${result.params.estimatedSeconds} s)\n`,
   );
   process.stdout.write(`client: ${result.params.client}\n`);
-  process.stdout.write(`medians of ${result.params.repeat} runs in (1) and (2), of ${result.params.rounds} round(s) for the blob throughput and (3)\n\n`);
+  process.stdout.write(
+    `medians of ${result.params.repeat} runs in (1) (cold pulls and cold blob rows, fresh caches each run) and (2), of ${result.params.rounds} round(s) for the warm blob throughput and (3)\n\n`,
+  );
   process.stdout.write(renderTable(result) + '\n');
   process.stdout.write(`\nresults: ${file}\n`);
 }

@@ -1,7 +1,10 @@
 // The benchmark's images, written as OCI layouts with the test fixtures' LayoutWriter:
 //
 //   image  3 layers of pseudo-random data (BENCH_IMAGE_MB split 50/30/20), linux/amd64
-//   blob   1 layer of BENCH_BLOB_MB: the "1 GB blob" of the throughput runs
+//   blob   1 layer of BENCH_BLOB_MB: the "1 GB blob" of the throughput runs and of the cold
+//          single-blob rows
+//   many   BENCH_MANY_BLOBS layers of BENCH_MANY_BLOB_MB each: the cold many-blobs row fetches
+//          them all at once, one client per blob (a rollout of many images)
 //   warmup 1 layer of 1 MiB: pulled through every fresh cache before it is measured, so a
 //          cold pull measures the cache's cold path and not a freshly started process
 //          (Node compiles its hot code on first use; Go has nothing to warm up)
@@ -16,7 +19,7 @@ import { basename, dirname, join } from 'node:path';
 import { LayoutWriter, type LayerInfo } from '../test/fixtures/layout.js';
 
 /** Bump when the generator changes, so stale cached builds are not reused. */
-const BENCH_FIXTURE_FORMAT = 2;
+const BENCH_FIXTURE_FORMAT = 3;
 export const BENCH_TAG = 'v1';
 
 export interface BenchLayout {
@@ -32,6 +35,7 @@ export interface BenchFixtures {
   dir: string;
   image: BenchLayout;
   blob: BenchLayout;
+  many: BenchLayout;
   warmup: BenchLayout;
 }
 
@@ -39,6 +43,8 @@ export interface BenchFixtureSizes {
   /** Uncompressed payload of each image layer, in bytes. */
   imageLayerBytes: number[];
   blobBytes: number;
+  /** Payload of each layer of the many-blobs image. */
+  manyBlobBytes: number[];
 }
 
 /** Splits an image size into 3 layers, 50/30/20, as a base, a runtime and an app layer. */
@@ -49,7 +55,7 @@ export function splitImage(totalBytes: number): number[] {
 }
 
 export function defaultBenchFixturesDir(sizes: BenchFixtureSizes): string {
-  return join(tmpdir(), `registry-mirror-bench-v${BENCH_FIXTURE_FORMAT}-${sizes.imageLayerBytes.join('_')}-${sizes.blobBytes}`);
+  return join(tmpdir(), `registry-mirror-bench-v${BENCH_FIXTURE_FORMAT}-${sizes.imageLayerBytes.join('_')}-${sizes.blobBytes}-${sizes.manyBlobBytes.length}x${sizes.manyBlobBytes[0] ?? 0}`);
 }
 
 interface Stored {
@@ -57,6 +63,7 @@ interface Stored {
   sizes: BenchFixtureSizes;
   image: Omit<BenchLayout, 'layoutDir'>;
   blob: Omit<BenchLayout, 'layoutDir'>;
+  many: Omit<BenchLayout, 'layoutDir'>;
   warmup: Omit<BenchLayout, 'layoutDir'>;
 }
 
@@ -69,6 +76,7 @@ function load(dir: string, sizes: BenchFixtureSizes): BenchFixtures | undefined 
     dir,
     image: { ...s.image, layoutDir: join(dir, 'image') },
     blob: { ...s.blob, layoutDir: join(dir, 'blob') },
+    many: { ...s.many, layoutDir: join(dir, 'many') },
     warmup: { ...s.warmup, layoutDir: join(dir, 'warmup') },
   };
 }
@@ -96,6 +104,7 @@ export async function buildBenchFixtures(sizes: BenchFixtureSizes, dir = default
       sizes,
       image: await writeLayout(join(work, 'image'), 'image', sizes.imageLayerBytes),
       blob: await writeLayout(join(work, 'blob'), 'blob', [sizes.blobBytes]),
+      many: await writeLayout(join(work, 'many'), 'many', sizes.manyBlobBytes),
       warmup: await writeLayout(join(work, 'warmup'), 'warmup', [1 << 20]),
     };
     writeFileSync(join(work, 'bench-fixtures.json'), JSON.stringify(stored, null, 2));

@@ -2,14 +2,21 @@
 // smoke test can shrink everything.
 //
 //   BENCH_IMAGE_MB=200          size of the 3-layer image (MiB; fractions allowed)
-//   BENCH_BLOB_MB=1024          size of the single blob of the throughput runs (MiB)
-//   BENCH_CLIENTS=16            concurrent clients of the many-clients throughput run
+//   BENCH_BLOB_MB=1024          size of the single blob of the throughput runs and of the cold
+//                               single-blob rows (MiB)
+//   BENCH_CLIENTS=16            concurrent clients of the many-clients warm throughput run
+//   BENCH_COLD_CLIENTS=1,4,16   cold single-blob rows: one row per count, that many clients
+//                               GETting the same cold blob at once
+//   BENCH_MANY_BLOBS=8          cold many-blobs row: this many different cold blobs at once,
+//                               one client each (a rollout of many images)
+//   BENCH_MANY_BLOB_MB=         size of each of those blobs (default BENCH_BLOB_MB / BENCH_MANY_BLOBS)
 //   BENCH_PULLS=50              concurrent cold pulls in (3)
 //   BENCH_CONNECTIONS=64        autocannon connections in (4)
 //   BENCH_SECONDS=10            duration of each autocannon run in (4)
 //   BENCH_WARMUP_SECONDS=2      untimed autocannon run before each timed one
-//   BENCH_REPEAT=3              cold and warm single pulls: runs per server (median reported)
-//   BENCH_ROUNDS=1              rounds of the blob throughput runs and of (3) (median reported)
+//   BENCH_REPEAT=3              cold and warm single pulls and every cold blob row: runs per
+//                               server, each cold run on fresh caches (median reported)
+//   BENCH_ROUNDS=1              rounds of the warm blob throughput runs and of (3) (median reported)
 //   BENCH_RESULTS_DIR=bench/results   where <timestamp>.json goes
 //   BENCH_FIXTURES_DIR=...      where the layouts are built/cached (default: os.tmpdir())
 import { join } from 'node:path';
@@ -19,6 +26,9 @@ export interface BenchParams {
   imageBytes: number;
   blobBytes: number;
   clients: number;
+  coldClients: number[];
+  manyBlobs: number;
+  manyBlobBytes: number;
   pulls: number;
   connections: number;
   seconds: number;
@@ -41,12 +51,25 @@ function num(env: NodeJS.ProcessEnv, name: string, fallback: number, opts: { min
   return v;
 }
 
+function intList(env: NodeJS.ProcessEnv, name: string, fallback: number[]): number[] {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return fallback;
+  const v = raw.split(',').map((s) => Number(s.trim()));
+  if (v.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`${name}=${raw}: want a comma-separated list of integers >= 1`);
+  return [...new Set(v)];
+}
+
 export function paramsFromEnv(env: NodeJS.ProcessEnv = process.env): BenchParams {
   const seconds = num(env, 'BENCH_SECONDS', 10, { min: 1, integer: true });
+  const blobMiB = num(env, 'BENCH_BLOB_MB', 1024, { min: 0.01 });
+  const manyBlobs = num(env, 'BENCH_MANY_BLOBS', 8, { min: 1, integer: true });
   return {
     imageBytes: Math.round(num(env, 'BENCH_IMAGE_MB', 200, { min: 0.01 }) * MiB),
-    blobBytes: Math.round(num(env, 'BENCH_BLOB_MB', 1024, { min: 0.01 }) * MiB),
+    blobBytes: Math.round(blobMiB * MiB),
     clients: num(env, 'BENCH_CLIENTS', 16, { min: 1, integer: true }),
+    coldClients: intList(env, 'BENCH_COLD_CLIENTS', [1, 4, 16]),
+    manyBlobs,
+    manyBlobBytes: Math.round(num(env, 'BENCH_MANY_BLOB_MB', blobMiB / manyBlobs, { min: 0.01 }) * MiB),
     pulls: num(env, 'BENCH_PULLS', 50, { min: 1, integer: true }),
     connections: num(env, 'BENCH_CONNECTIONS', 64, { min: 1, integer: true }),
     seconds,
@@ -56,4 +79,63 @@ export function paramsFromEnv(env: NodeJS.ProcessEnv = process.env): BenchParams
     resultsDir: env.BENCH_RESULTS_DIR || join(repoRoot(), 'bench', 'results'),
     fixturesDir: env.BENCH_FIXTURES_DIR || undefined,
   };
+}
+
+// ---- how long a run takes ------------------------------------------------------------
+//
+// A rough model of a run on a 2-core machine (a 2 vCPU VM, loopback, page cache warm), made
+// from the phases' real durations there: MiB/s each kind of transfer achieves, plus fixed
+// costs. It is printed at the start so nobody starts a long run by surprise; a busy machine
+// takes longer. The first run with given sizes also builds the fixtures (~300 MiB/s).
+// With the defaults it comes to about 12 minutes, two thirds of them the cold blob rows (the
+// 16-client row alone moves 16 GiB through each server per run); BENCH_COLD_CLIENTS and
+// BENCH_REPEAT are the knobs that shorten it. Checked against BENCH_BLOB_MB=256
+// BENCH_IMAGE_MB=64 BENCH_REPEAT=1: 173 s estimated, 176 s measured (load average 10).
+
+const RATE = {
+  /** skopeo pushing the fixtures to the upstream */
+  push: 150,
+  /** a warm transfer, all clients together (upstream, static, warm caches) */
+  warm: 1500,
+  /** a cold cache fetching from the upstream, all its fetches together (the slower cache, today the mirror) */
+  cold: 150,
+  /** a cold cache serving many clients at once (one blob or several), all clients together */
+  coldFanout: 500,
+  /** 3-layer image pulls, cold through a cache / direct */
+  coldPull: 200,
+  directPull: 700,
+  /** (3): many cold pulls, MiB/s of all pulls together */
+  concurrentPulls: 400,
+};
+/** Start two fresh caches and pull the warm-up image through each, then stop them. */
+const FRESH_CACHES_S = 4;
+/** Log settling, settled() polls and the like, per measured server. */
+const PER_MEASURE_S = 1;
+
+/** Estimated seconds per phase of a run (see above); `total` is their sum. */
+export function estimateSeconds(p: BenchParams): Record<'setup' | 'coldPull' | 'warm' | 'manifest' | 'concurrentColdPulls' | 'coldBlobs' | 'total', number> {
+  const img = p.imageBytes / MiB;
+  const blob = p.blobBytes / MiB;
+  const many = (p.manyBlobs * p.manyBlobBytes) / MiB;
+  const setup = (img + blob + many) / RATE.push + 5;
+  const coldPull = p.repeat * (FRESH_CACHES_S + img / RATE.directPull + 2 * (img / RATE.coldPull) + 3 * PER_MEASURE_S);
+  const warmPull = p.repeat * 3 * (img / RATE.directPull + 0.2);
+  // Warm blob: the caches fetch it once (untimed), then 4 servers x (1 + clients) transfers per round.
+  const warmBlob = 2 * (blob / RATE.cold) + 2 * (blob / RATE.warm) + p.rounds * 4 * ((1 + p.clients) * blob / RATE.warm + 2 * PER_MEASURE_S);
+  const manifest = 3 * (p.seconds + p.warmupSeconds + 2);
+  const concurrent = p.rounds * (FRESH_CACHES_S + (3 * p.pulls * img) / RATE.concurrentPulls + 3 * PER_MEASURE_S);
+  // Cold blob rows: per row and run fresh caches, then direct, mirror and distribution, each
+  // delivering `delivered` MiB; a cache is no faster than its cold fetch of `fetched` MiB.
+  const coldRow = (fetched: number, delivered: number) =>
+    FRESH_CACHES_S + delivered / RATE.warm + 2 * Math.max(fetched / RATE.cold, delivered / RATE.coldFanout) + 3 * PER_MEASURE_S;
+  const coldBlobs = p.repeat * (p.coldClients.reduce((s, n) => s + coldRow(blob, n * blob), 0) + coldRow(many, many));
+  const phases = {
+    setup: Math.round(setup),
+    coldPull: Math.round(coldPull),
+    warm: Math.round(warmPull + warmBlob),
+    manifest: Math.round(manifest),
+    concurrentColdPulls: Math.round(concurrent),
+    coldBlobs: Math.round(coldBlobs),
+  };
+  return { ...phases, total: Object.values(phases).reduce((a, b) => a + b, 0) };
 }

@@ -56,6 +56,9 @@ export class BlobCache {
     if (entry && (await this.confirmedFor(t, digest))) {
       return { size: entry.size, result: 'hit' };
     }
+    // Verified for this repository and being committed (fsync, rename): as good as stored.
+    const settling = await this.inflight.get(inflightKey(t, digest))?.catch(() => undefined);
+    if (settling?.state === 'verified' && settling.joinable) return { size: settling.received, result: 'hit' };
     const res = await t.upstream.send({ method: 'HEAD', path: `${t.name}/blobs/${digest.value}`, repository: t.name });
     await res.body.dump().catch(() => undefined);
     if (res.status !== 200) throw this.failure(t, res.status, digest);
@@ -146,12 +149,14 @@ export class BlobCache {
     let dl = join ? await this.download(t, digest) : undefined;
     if (!dl || !dl.joinable) dl = await this.startDownload(t, digest, false);
     const reader: TailReader = dl.attach();
+    // Joining a verified download (its commit still running) costs the upstream nothing.
+    if (dl.state === 'verified') return { status: 200, size: dl.received, length: dl.received, stream: reader, result: 'hit' };
     return { status: 200, size: dl.size, length: dl.size, stream: reader, result: dl.tmpPath ? 'miss' : 'pass' };
   }
 
   /** Joins the running download of this blob for this repository, or starts it. */
   private async download(t: Target, digest: Digest): Promise<Download> {
-    const key = `${t.upstream.name}/${t.name}@${digest.value}`;
+    const key = inflightKey(t, digest);
     const running = this.inflight.get(key);
     if (running) {
       const dl = await running;
@@ -216,4 +221,8 @@ export class BlobCache {
     if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
     return upstreamError(status, t.upstream.name, new RegistryError('BLOB_UNKNOWN', undefined, { digest: digest.value }));
   }
+}
+
+function inflightKey(t: Target, digest: Digest): string {
+  return `${t.upstream.name}/${t.name}@${digest.value}`;
 }

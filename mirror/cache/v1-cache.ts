@@ -11,7 +11,7 @@
 //   then stored under its own sha256 like any v2 blob.
 // Everything is a blob in ContentStore (see store/v1-index.ts for the pointer records).
 
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
@@ -21,7 +21,7 @@ import type { BlobBody } from './blob-cache.js';
 import { parseDigest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
-import { Download, type DownloadSource, type TailReader, type Verify } from '../store/download.js';
+import { Download, type TailReader, type Verify } from '../store/download.js';
 import { FileBody } from '../store/file-body.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
@@ -221,6 +221,8 @@ export class V1Cache {
     let dl = await this.download(id);
     if (!dl.joinable) dl = await this.startDownload(id, false);
     const reader: TailReader = dl.attach();
+    // Joining a verified download (its commit still running) costs the source nothing.
+    if (dl.state === 'verified') return { status: 200, size: dl.received, length: dl.received, stream: reader, result: 'hit' };
     return { status: 200, size: dl.size, length: dl.size, stream: reader, result: dl.tmpPath ? 'miss' : 'pass' };
   }
 
@@ -294,7 +296,7 @@ export class V1Cache {
       await this.index.setImage(id, 'layer', record);
     };
     // The first reader attaches in the same tick (layer()), before any chunk can arrive.
-    setImmediate(() => void dl.run({ body: hashing(res.body, payload), size }, commit));
+    setImmediate(() => void dl.run({ body: res.body, size, tap: (chunk) => payload.update(chunk) }, commit));
     void dl.done.then((outcome) => {
       this.metrics.inflightDownloads.dec();
       this.metrics.fromUpstream(dl.received);
@@ -405,17 +407,6 @@ export class V1Cache {
       return undefined;
     }
   }
-}
-
-/** The source body, hashed on the way through (for the payload checksum). */
-function hashing(body: SourceResponse['body'], hash: Hash): DownloadSource['body'] {
-  async function* pass(): AsyncGenerator<Buffer> {
-    for await (const chunk of body) {
-      hash.update(chunk as Buffer);
-      yield chunk as Buffer;
-    }
-  }
-  return Object.assign(pass(), { destroy: (err?: Error) => body.destroy(err) });
 }
 
 /** An ancestry is a JSON list of image ids, the image itself first. */

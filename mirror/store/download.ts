@@ -2,18 +2,34 @@
 // (v2 blobs, verified against their digest; v1 layers, which have no digest in their URL,
 // pass their own `verify`: size and, when the source gives one, the payload checksum.)
 //
-// The bytes go to a temp file as they arrive, hashed on the way; each client reads the
-// growing file through its own TailReader at its own pace, so a slow client never slows the
-// download and followers never go upstream again (distribution's proxy re-fetches for them).
+// The cold path is three things at once, none waiting on another (issue 14):
+// - the upstream body flows in ('data' events, no per-chunk promise), each chunk hashed and
+//   appended to a memory window: the most recent `windowBytes` of the blob;
+// - a writer appends the window to the temp file with batched writev calls, off the event
+//   loop; the upstream pauses only when the disk falls a whole window behind;
+// - each client follows through its own TailReader: near the front it is handed slices of
+//   the window (no copy, no read back), behind the window it reads the temp file at its own
+//   pace. A slow client never slows the download or the other clients, and followers never
+//   go upstream again (distribution's proxy re-fetches for them).
+// So a blob in flight holds at most one window plus one upstream chunk of memory however
+// many clients follow it; each client adds only its own stream buffers.
+//
 // A client is never handed the last byte before the digest and size are verified: with a
 // Content-Length response that last byte is what would let a client accept a corrupt body as
 // complete; with an unknown length the stream simply does not end until verification. On any
 // failure every reader is destroyed, which aborts its connection mid-body.
 //
+// Durability: once verified, the clients get their last byte at once; the rest of the file
+// is written, fsynced and only then renamed into the store (commit). Nothing is visible in
+// the store before that rename, so a crash at any moment, also between a client's last byte
+// and the rename, leaves only a temp file, which the store removes at start. Requests that
+// arrive between verification and the rename join this download (the file and window are
+// complete by then) instead of fetching again.
+//
 // When the disk cannot take the bytes (ENOSPC) or the blob may not be cached at all (larger
-// than the store bound), the download goes on "in memory": readers already attached get the
-// remaining chunks pushed to their own queues, with the upstream paused while any queue is
-// full. Such a download takes no new joiners: a later request starts its own.
+// than the store bound), the download goes on "in memory": the window keeps every byte some
+// attached reader still needs, and the upstream pauses while the slowest reader is a window
+// behind. Such a download takes no new joiners: a later request starts its own.
 
 import { createHash, type Hash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -24,9 +40,11 @@ import type { Digest } from '../reference.js';
 import { isNoSpace, removeQuietly } from './fsutil.js';
 
 export interface DownloadSource {
-  body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown };
+  body: Readable;
   /** From the upstream's Content-Length, when it sent one. */
   size?: number;
+  /** Sees every chunk as it arrives (v1 layers: the payload checksum). */
+  tap?: (chunk: Buffer) => void;
 }
 
 /**
@@ -39,11 +57,17 @@ export type DownloadOutcome =
   | { ok: true; cached: boolean; size: number }
   | { ok: false; error: Error };
 
-// Each client of a running download reads (and buffers, as its highWaterMark) this much at a
-// time: 256 KiB, not 1 MiB, keeps 200 concurrent cold clients (issue 8 load test) about 100 MB
-// lighter at the same throughput.
+/** The memory a blob in flight may hold for its readers and its writer (plus one chunk). */
+export const windowBytes = 8 << 20;
+// A reader behind the window reads the file this much at a time (and buffers as much, as its
+// highWaterMark): 256 KiB keeps 200 concurrent cold clients (issue 8 load test) light.
 const readChunk = 256 << 10;
-const memoryQueueLimit = 4 << 20;
+// At most this many chunks per writev (Linux IOV_MAX is 1024).
+const maxIovecs = 256;
+
+// Crash tests only: hold every commit this long after the clients got their last byte, so a
+// test can kill the process in that window (test/integration/crash-verify.test.ts).
+const holdBeforeCommitMs = Number(process.env.REGISTRY_MIRROR_TEST_HOLD_BEFORE_COMMIT_MS ?? 0);
 
 export class Download {
   readonly digest: Digest | undefined;
@@ -53,7 +77,7 @@ export class Download {
   received = 0;
   /** Bytes of the temp file that are written and readable. */
   written = 0;
-  /** Set when bytes stopped going to disk: from here on they go to reader queues. */
+  /** Set when bytes stopped going to disk: from here on the window keeps them for readers. */
   diskEnd: number | undefined;
   state: 'running' | 'verified' | 'failed' = 'running';
   error: Error | undefined;
@@ -63,11 +87,20 @@ export class Download {
 
   readonly done: Promise<DownloadOutcome>;
   private resolveDone!: (o: DownloadOutcome) => void;
+  private settled = false;
   private readonly readers = new Set<TailReader>();
   private fh: FileHandle | undefined;
-  private waiters: Array<() => void> = [];
   private source: DownloadSource | undefined;
   private readonly verify: Verify;
+  private hash: Hash | undefined;
+  private paused = false;
+  // The window: chunks[i] holds bytes from offsets[i]; together [windowStart, received).
+  private chunks: Buffer[] = [];
+  private offsets: number[] = [];
+  private windowStart = 0;
+  private held = 0;
+  private writing = false;
+  private drainWaiters: Array<() => void> = [];
 
   /** Without `verify` the body must match `digest`; with neither only the size is checked. */
   constructor(digest: Digest | undefined, size: number | undefined, tmpPath: string | undefined, verify?: Verify) {
@@ -81,11 +114,16 @@ export class Download {
 
   get joinable(): boolean {
     // An uncached transfer can only be shared before its first byte arrives.
-    return this.state === 'running' && (this.diskEnd === undefined || this.received === 0);
+    return !this.settled && this.state !== 'failed' && (this.diskEnd === undefined || this.received === 0);
   }
 
   get readerCount(): number {
     return this.readers.size;
+  }
+
+  /** Bytes of the blob held in memory right now (the window). */
+  get heldBytes(): number {
+    return this.held;
   }
 
   /** Creates the temp file (when caching). Must be awaited before readers attach. */
@@ -109,126 +147,254 @@ export class Download {
 
   detach(r: TailReader): void {
     if (!this.readers.delete(r)) return;
-    this.wake();
-    // Nobody left to receive an uncached transfer: stop pulling it from the upstream.
-    if (this.readers.size === 0 && this.diskEnd !== undefined && this.state === 'running') {
-      this.source?.body.destroy(new Error('all clients went away'));
+    if (this.diskEnd !== undefined && this.state === 'running') {
+      // Nobody left to receive an uncached transfer: stop pulling it from the upstream.
+      if (this.readers.size === 0) this.source?.body.destroy(new Error('all clients went away'));
+      else this.readerMoved();
     }
     this.maybeCloseFile();
   }
 
-  /** Pulls the upstream body to the end; resolves when verified (and committed) or failed. */
-  async run(source: DownloadSource, commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<DownloadOutcome> {
+  /**
+   * Pulls the upstream body to the end. Resolves (as `done`) when the blob is verified and
+   * committed, or verified and known not to be cacheable, or failed.
+   */
+  run(source: DownloadSource, commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<DownloadOutcome> {
     this.source = source;
-    const hash = createHash(this.digest?.algorithm ?? 'sha256');
-    try {
-      try {
-        for await (const chunk of source.body) {
-          try {
-            await this.accept(chunk, hash);
-          } catch (err) {
-            throw new LocalFailure(err);
-          }
-        }
-      } catch (err) {
-        // The upstream body failed (stalled past upstreamTimeouts.idle, reset, cut short):
-        // upstream trouble, UNAVAILABLE. A client whose response has not started yet (a stall
-        // before the first byte) gets a clean 503 to retry elsewhere, not a 500 of ours.
-        if (err instanceof LocalFailure) throw err.cause;
-        throw err instanceof RegistryError || (err as Error).name === 'V1Error'
-          ? err
-          : new RegistryError('UNAVAILABLE', `upstream transfer failed: ${(err as { code?: string }).code ?? (err as Error).message}`);
-      }
-      if (this.size !== undefined && this.received !== this.size) {
-        throw new RegistryError('SIZE_INVALID', `upstream sent ${this.received} bytes, Content-Length said ${this.size}`);
-      }
-      this.hashHex = hash.digest('hex');
-      const invalid = this.verify(this.hashHex, this.received);
-      if (invalid) throw invalid;
-      let cached = false;
-      if (this.fh && this.diskEnd === undefined) {
-        try {
-          await this.fh.sync();
-          await commit(this.tmpPath!, this.received, this.hashHex);
-          cached = true;
-        } catch (err) {
-          // The client's bytes are verified; only caching failed (e.g. disk full at rename).
-          if (!isNoSpace(err)) this.error = err as Error;
-          else this.noSpace = true;
-        }
-      }
-      this.state = 'verified';
-      this.wake();
-      const outcome: DownloadOutcome = { ok: true, cached, size: this.received };
-      this.resolveDone(outcome);
-      this.maybeCloseFile();
-      if (!cached && this.tmpPath) await removeQuietly(this.tmpPath);
-      return outcome;
-    } catch (err) {
-      return this.fail(err as Error);
-    }
+    this.hash = createHash(this.digest?.algorithm ?? 'sha256');
+    const body = source.body;
+    body.on('data', (chunk: Buffer) => this.accept(chunk));
+    body.once('end', () => this.finish(commit));
+    body.on('error', (err) => this.fail(upstreamFailure(err)));
+    body.once('close', () => {
+      if (this.state === 'running' && !body.readableEnded) this.fail(new RegistryError('UNAVAILABLE', 'upstream transfer failed: body closed early'));
+    });
+    return this.done;
   }
 
-  private async accept(chunk: Buffer, hash: Hash): Promise<void> {
-    if (this.state !== 'running') throw this.error ?? new Error('download stopped');
-    hash.update(chunk);
-    const offset = this.received;
+  private accept(chunk: Buffer): void {
+    if (this.state !== 'running') return;
+    try {
+      this.hash!.update(chunk);
+      this.source!.tap?.(chunk);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    this.offsets.push(this.received);
+    this.chunks.push(chunk);
+    this.held += chunk.length;
     this.received += chunk.length;
     if (this.size !== undefined && this.received > this.size) {
-      throw new RegistryError('SIZE_INVALID', `upstream sent more than its Content-Length of ${this.size} bytes`);
+      this.fail(new RegistryError('SIZE_INVALID', `upstream sent more than its Content-Length of ${this.size} bytes`));
+      return;
     }
-    if (this.diskEnd === undefined) {
-      try {
-        // A write can be short: when the disk fills up in the middle of a chunk the kernel
-        // writes what fits and reports that count; only the next write fails with ENOSPC.
-        // `written` must only ever cover bytes really in the file, or readers would wait
-        // for bytes past its end forever.
-        for (let done = 0; done < chunk.length; ) {
-          const { bytesWritten } = await this.fh!.write(chunk, done, chunk.length - done, offset + done);
-          done += bytesWritten;
-          this.written = offset + done;
-        }
-        this.wake();
-        return;
-      } catch (err) {
-        if (!isNoSpace(err)) throw err;
-        this.noSpace = true;
-        // The rest of this chunk (from `written` on) and every later one go to the queues;
-        // readers take queued bytes from their own position, so the whole chunk is queued.
-        this.diskEnd = this.written;
-      }
+    if (this.diskEnd === undefined) this.startWriter();
+    else if (this.readers.size === 0) {
+      this.fail(new Error('all clients went away'));
+      return;
     }
-    if (this.readers.size === 0) throw new Error('all clients went away');
-    for (const r of this.readers) r.enqueue(chunk, offset);
-    this.wake();
-    // Upstream waits for the slowest reader: memory stays bounded by the queue limit.
-    while (this.state === 'running' && [...this.readers].some((r) => r.queuedBytes > memoryQueueLimit)) {
-      await this.changed();
+    this.trim();
+    this.notifyReaders();
+    if (!this.paused && this.behind() > windowBytes) {
+      this.paused = true;
+      this.source!.body.pause();
     }
   }
 
-  private async fail(error: Error): Promise<DownloadOutcome> {
+  private finish(commit: (tmp: string, size: number, hashHex: string) => Promise<void>): void {
+    if (this.state !== 'running') return;
+    if (this.size !== undefined && this.received !== this.size) {
+      this.fail(new RegistryError('SIZE_INVALID', `upstream sent ${this.received} bytes, Content-Length said ${this.size}`));
+      return;
+    }
+    this.hashHex = this.hash!.digest('hex');
+    const invalid = this.verify(this.hashHex, this.received);
+    if (invalid) {
+      this.fail(invalid);
+      return;
+    }
+    // Verified: every reader may have its last byte now; the commit follows behind them.
+    this.state = 'verified';
+    this.notifyReaders();
+    void this.settle(commit);
+  }
+
+  private async settle(commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<void> {
+    let cached = false;
+    if (this.fh && this.diskEnd === undefined) {
+      try {
+        await this.writesDone();
+        if (this.error) throw this.error;
+        if (this.diskEnd === undefined) {
+          if (holdBeforeCommitMs > 0) await new Promise((r) => setTimeout(r, holdBeforeCommitMs));
+          await this.fh.sync();
+          await commit(this.tmpPath!, this.received, this.hashHex!);
+          cached = true;
+        }
+      } catch (err) {
+        // The clients' bytes are verified; only caching failed (e.g. disk full at rename).
+        if (!isNoSpace(err)) this.error = err as Error;
+        else this.noSpace = true;
+      }
+    }
+    this.settled = true;
+    this.maybeCloseFile();
+    if (!cached && this.tmpPath) await removeQuietly(this.tmpPath);
+    this.resolveDone({ ok: true, cached, size: this.received });
+  }
+
+  private fail(error: Error): void {
+    if (this.state === 'failed' || this.settled) return;
     this.state = 'failed';
     this.error = error;
     this.source?.body.destroy(error);
     for (const r of [...this.readers]) r.destroy(error);
-    this.wake();
-    const outcome: DownloadOutcome = { ok: false, error };
-    this.resolveDone(outcome);
+    this.chunks = [];
+    this.offsets = [];
+    this.held = 0;
+    this.settled = true;
     this.maybeCloseFile();
-    if (this.tmpPath) await removeQuietly(this.tmpPath);
-    return outcome;
+    // `done` settles once the temp file is gone.
+    void (this.tmpPath ? removeQuietly(this.tmpPath) : Promise.resolve()).then(() => this.resolveDone({ ok: false, error }));
   }
 
-  /** Resolves at the next change of state or bytes. */
-  changed(): Promise<void> {
-    return new Promise((r) => this.waiters.push(r));
+  // ---- the writer ------------------------------------------------------------------------
+
+  private startWriter(): void {
+    if (!this.writing && this.fh) void this.writeLoop();
   }
 
-  wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
+  private async writeLoop(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.diskEnd === undefined && this.written < this.received && this.state !== 'failed') {
+        const from = this.written;
+        const batch = this.sliceForWrite(from);
+        let n: number;
+        try {
+          n = (await this.fh!.writev(batch, from)).bytesWritten;
+        } catch (err) {
+          if (!isNoSpace(err)) throw err;
+          // From here on bytes stay in memory for the readers attached now (file comment).
+          this.noSpace = true;
+          this.diskEnd = this.written;
+          if (this.state === 'running' && this.readers.size === 0) this.fail(new Error('all clients went away'));
+          break;
+        }
+        if (n === 0) throw new Error('temp file write made no progress');
+        // A write can be short: when the disk fills up in the middle of a batch the kernel
+        // writes what fits; the next write fails with ENOSPC. `written` only ever covers
+        // bytes really in the file, or readers would wait for bytes past its end forever.
+        this.written = from + n;
+        this.trim();
+        this.notifyReaders();
+        this.resumeIfRoom();
+      }
+    } catch (err) {
+      // A disk error fails the clients mid-body while the download runs; once the bytes are
+      // verified (all in the window or the file already) it only keeps them out of the store.
+      if (this.state === 'verified') this.error = err as Error;
+      else this.fail(err as Error);
+    } finally {
+      this.writing = false;
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+      this.maybeCloseFile();
+    }
+  }
+
+  private writesDone(): Promise<void> {
+    if (!this.writing) return Promise.resolve();
+    return new Promise((r) => this.drainWaiters.push(r));
+  }
+
+  /** The window's bytes from `from` on, as writev buffers. */
+  private sliceForWrite(from: number): Buffer[] {
+    const out: Buffer[] = [];
+    for (let i = this.indexOf(from); i < this.chunks.length && out.length < maxIovecs; i++) {
+      const c = this.chunks[i]!;
+      out.push(out.length === 0 ? c.subarray(from - this.offsets[i]!) : c);
+    }
+    return out;
+  }
+
+  // ---- the window ------------------------------------------------------------------------
+
+  /** How far the consumer that paces the upstream is behind it. */
+  private behind(): number {
+    if (this.diskEnd === undefined) return this.received - this.written;
+    return this.received - this.slowestReader();
+  }
+
+  private slowestReader(): number {
+    let min = this.received;
+    for (const r of this.readers) min = Math.min(min, r.position);
+    return min;
+  }
+
+  /** Drops the oldest chunks nobody needs from memory any more. */
+  private trim(): void {
+    // On disk: keep the most recent window, and anything the writer has not written yet.
+    // In memory: keep what the slowest reader has yet to take.
+    const keepFrom = this.diskEnd === undefined ? this.written : this.slowestReader();
+    let drop = 0;
+    while (drop < this.chunks.length) {
+      const c = this.chunks[drop]!;
+      const end = this.offsets[drop]! + c.length;
+      if (end > keepFrom || (this.diskEnd === undefined && this.held - c.length < windowBytes)) break;
+      this.held -= c.length;
+      this.windowStart = end;
+      drop++;
+    }
+    if (drop > 0) {
+      this.chunks.splice(0, drop);
+      this.offsets.splice(0, drop);
+    }
+  }
+
+  private resumeIfRoom(): void {
+    if (this.paused && this.behind() <= windowBytes) {
+      this.paused = false;
+      this.source!.body.resume();
+    }
+  }
+
+  /** A reader moved on: in memory mode that may free the window and let the upstream go on. */
+  readerMoved(): void {
+    if (this.diskEnd === undefined) return;
+    this.trim();
+    this.resumeIfRoom();
+  }
+
+  private indexOf(pos: number): number {
+    let lo = 0;
+    let hi = this.offsets.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.offsets[mid]! <= pos) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  /** Bytes [pos, limit) from the window, as far as one chunk goes; no copy. */
+  fromWindow(pos: number, limit: number): Buffer | undefined {
+    if (pos < this.windowStart || pos >= this.received) return undefined;
+    const i = this.indexOf(pos);
+    const c = this.chunks[i]!;
+    const off = this.offsets[i]!;
+    return c.subarray(pos - off, Math.min(c.length, limit - off));
+  }
+
+  /** Where the file stops being readable for a reader at `pos` behind the window. */
+  fileEnd(): number {
+    return Math.min(this.written, this.diskEnd ?? Infinity);
+  }
+
+  private notifyReaders(): void {
+    for (const r of this.readers) r.notify();
   }
 
   async readAt(buf: Buffer, length: number, position: number): Promise<number> {
@@ -237,7 +403,7 @@ export class Download {
   }
 
   private maybeCloseFile(): void {
-    if (this.state !== 'running' && this.readers.size === 0 && this.fh) {
+    if (this.settled && !this.writing && this.readers.size === 0 && this.fh) {
       const fh = this.fh;
       this.fh = undefined;
       fh.close().catch(() => undefined);
@@ -245,11 +411,12 @@ export class Download {
   }
 }
 
-/** An error of our own side (disk, readers) while taking a chunk, as opposed to the upstream's. */
-class LocalFailure extends Error {
-  constructor(override readonly cause: unknown) {
-    super('local failure');
-  }
+/** The upstream body failed (stalled past upstreamTimeouts.idle, reset, cut short). */
+function upstreamFailure(err: Error): Error {
+  // Upstream trouble is UNAVAILABLE: a client whose response has not started yet (a stall
+  // before the first byte) gets a clean 503 to retry elsewhere, not a 500 of ours.
+  if (err instanceof RegistryError || err.name === 'V1Error') return err;
+  return new RegistryError('UNAVAILABLE', `upstream transfer failed: ${(err as { code?: string }).code ?? err.message}`);
 }
 
 function digestVerifier(digest: Digest): Verify {
@@ -262,13 +429,13 @@ function digestVerifier(digest: Digest): Verify {
   };
 }
 
-/** A client's view of a Download: a Readable that follows the growing temp file. */
+/** A client's view of a Download: a Readable that follows the window, or the file behind it. */
 export class TailReader extends Readable {
   private pos: number;
   private readonly end: number | undefined;
-  private pumping = false;
-  private queue: Array<{ offset: number; chunk: Buffer }> = [];
-  queuedBytes = 0;
+  /** Set by _read until a push is refused: the stream wants bytes. */
+  private wanted = false;
+  private reading = false;
 
   constructor(
     private readonly dl: Download,
@@ -280,14 +447,18 @@ export class TailReader extends Readable {
     this.end = end;
   }
 
-  enqueue(chunk: Buffer, offset: number): void {
-    this.queue.push({ offset, chunk });
-    this.queuedBytes += chunk.length;
-    if (!this.pumping) this.pump();
+  get position(): number {
+    return this.pos;
   }
 
   override _read(): void {
-    if (!this.pumping) this.pump();
+    this.wanted = true;
+    this.pump();
+  }
+
+  /** The download has news (bytes, verification): go on if the stream wants bytes. */
+  notify(): void {
+    if (this.wanted) this.pump();
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -295,75 +466,64 @@ export class TailReader extends Readable {
     cb(err);
   }
 
-  private async pump(): Promise<void> {
-    this.pumping = true;
-    try {
-      for (;;) {
-        if (this.destroyed) return;
-        const dl = this.dl;
-        if (dl.state === 'failed') {
-          this.destroy(dl.error ?? new Error('download failed'));
-          return;
-        }
-        const total = dl.state === 'verified' ? dl.received : undefined;
-        const stop = Math.min(this.end ?? Infinity, total ?? Infinity);
-        if (this.pos >= stop) {
-          this.push(null);
-          this.dl.detach(this);
-          return;
-        }
-        // Before verification the last byte of the blob is held back (see the file comment).
-        const allowed = dl.state === 'verified' ? Infinity : dl.size !== undefined ? dl.size - 1 : Infinity;
-        const limit = Math.min(stop, allowed);
-        let chunk: Buffer | undefined;
-        const onDisk = dl.diskEnd ?? dl.written;
-        if (this.pos < onDisk && this.pos < limit) {
-          const n = Math.min(readChunk, onDisk - this.pos, limit - this.pos);
-          const buf = Buffer.allocUnsafe(n);
-          const got = await dl.readAt(buf, n, this.pos);
-          // Bytes below `written` are in the file; reading none means the file lost them,
-          // and waiting would hang the client: abort the body instead.
-          if (got === 0) throw new Error(`temp file ends before byte ${this.pos} it should hold`);
-          chunk = buf.subarray(0, got);
-        } else if (dl.diskEnd !== undefined && this.pos >= dl.diskEnd) {
-          chunk = this.takeQueued(limit);
-        }
-        if (this.destroyed) return;
-        if (chunk && chunk.length > 0) {
-          this.pos += chunk.length;
-          if (!this.push(chunk)) return;
-          continue;
-        }
-        await dl.changed();
+  private pump(): void {
+    if (this.reading) return;
+    const dl = this.dl;
+    while (this.wanted && !this.destroyed) {
+      if (dl.state === 'failed') {
+        this.destroy(dl.error ?? new Error('download failed'));
+        return;
       }
-    } catch (err) {
-      this.destroy(err as Error);
-    } finally {
-      this.pumping = false;
-    }
-  }
-
-  private takeQueued(limit: number): Buffer | undefined {
-    while (this.queue.length > 0) {
-      const head = this.queue[0]!;
-      const headEnd = head.offset + head.chunk.length;
-      if (headEnd <= this.pos) {
-        this.dropHead();
+      const total = dl.state === 'verified' ? dl.received : undefined;
+      const stop = Math.min(this.end ?? Infinity, total ?? Infinity);
+      if (this.pos >= stop) {
+        this.wanted = false;
+        this.push(null);
+        dl.detach(this);
+        return;
+      }
+      // Before verification the last byte of the blob is held back (see the file comment).
+      const allowed = dl.state === 'verified' ? Infinity : dl.size !== undefined ? dl.size - 1 : Infinity;
+      const limit = Math.min(stop, allowed);
+      if (this.pos >= limit) return;
+      const chunk = dl.fromWindow(this.pos, limit);
+      if (chunk) {
+        this.deliver(chunk);
         continue;
       }
-      const from = this.pos - head.offset;
-      const to = Math.min(head.chunk.length, limit - head.offset);
-      if (to <= from) return undefined;
-      const out = head.chunk.subarray(from, to);
-      if (to === head.chunk.length) this.dropHead();
-      return out;
+      const fileEnd = dl.fileEnd();
+      if (this.pos < fileEnd) {
+        this.readFile(Math.min(readChunk, fileEnd - this.pos, limit - this.pos));
+        return;
+      }
+      // Nothing yet: notify() comes with the next bytes.
+      return;
     }
-    return undefined;
   }
 
-  private dropHead(): void {
-    const head = this.queue.shift()!;
-    this.queuedBytes -= head.chunk.length;
-    this.dl.wake();
+  private deliver(chunk: Buffer): void {
+    this.pos += chunk.length;
+    if (!this.push(chunk)) this.wanted = false;
+    this.dl.readerMoved();
+  }
+
+  private readFile(n: number): void {
+    this.reading = true;
+    const buf = Buffer.allocUnsafe(n);
+    this.dl.readAt(buf, n, this.pos).then(
+      (got) => {
+        this.reading = false;
+        if (this.destroyed) return;
+        // Bytes below `written` are in the file; reading none means the file lost them,
+        // and waiting would hang the client: abort the body instead.
+        if (got === 0) throw new Error(`temp file ends before byte ${this.pos} it should hold`);
+        this.deliver(buf.subarray(0, got));
+        this.pump();
+      },
+      (err: Error) => {
+        this.reading = false;
+        this.destroy(err);
+      },
+    ).catch((err: Error) => this.destroy(err));
   }
 }

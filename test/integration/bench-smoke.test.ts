@@ -1,7 +1,8 @@
 // `npm run bench` with tiny sizes, so the benchmark cannot rot: it must run end to end
-// against real registries, write its JSON with every figure, and show the mirror's one
-// upstream GET per blob under concurrent cold pulls. The figures themselves are not judged
-// here (the bench's targets are for full sizes on a quiet machine).
+// against real registries, write its JSON with every figure (the cold blob rows of issue 14
+// included), and show the mirror's one upstream GET per blob under concurrent cold pulls and
+// in every cold blob row. The figures themselves are not judged here (the bench's targets
+// are for full sizes on a quiet machine), only that every target is checked and printed.
 
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -18,11 +19,11 @@ function leaves(value: unknown, path = ''): Array<[string, unknown]> {
   return [[path, value]];
 }
 
-describe('npm run bench (tiny sizes)', { timeout: 120_000 }, () => {
+describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
   it('runs end to end, writes every figure, and the mirror goes upstream once per blob', async () => {
     const out = tempDir('bench-results');
     const r = await run(process.execPath, [join(repoRoot(), 'dist', 'bench', 'bench.js')], {
-      timeoutMs: 90_000,
+      timeoutMs: 150_000,
       env: {
         BENCH_IMAGE_MB: '3',
         BENCH_BLOB_MB: '4',
@@ -64,7 +65,44 @@ describe('npm run bench (tiny sizes)', { timeout: 120_000 }, () => {
       assert.ok(result.rss[role].peakMiB > 0, `rss.${role}`);
     }
     assert.ok(result.mirrorRssMovingBlobMiB > 0);
-    assert.equal(result.targets.length, 8);
+    assert.equal(result.version, 2);
+
+    // (1) continued: the cold blob rows, 1, 4 and 16 clients on one blob and 8 blobs at once.
+    assert.deepEqual(
+      result.coldBlobs.map((row: { id: string }) => row.id),
+      ['sameBlob1', 'sameBlob4', 'sameBlob16', 'manyBlobs8'],
+    );
+    for (const row of result.coldBlobs) {
+      // same-blob: N clients on 1 blob; different-blobs: 8 blobs, 1 client each.
+      if (row.kind === 'same-blob') assert.equal(row.blobs, 1, `${row.id}: blobs`);
+      else assert.equal(row.clients, 8, `${row.id}: clients`);
+      assert.ok(Math.abs(row.totalMiB - row.clients * row.blobMiB) < 0.1, `${row.id}: totalMiB ${row.totalMiB}`);
+      for (const role of ['mirror', 'distribution', 'direct']) {
+        const f = row[role];
+        assert.ok(f.ms > 0 && f.mibps > 0 && f.cpuMs >= 0, `coldBlobs.${row.id}.${role}: ${JSON.stringify(f)}`);
+        assert.equal(f.runs.length, 1);
+        assert.equal(f.cpuRuns.length, 1);
+      }
+      // The mirror goes upstream once per blob however many clients wait for it, and holds
+      // the blob by the time the last client has it.
+      assert.equal(row.mirror.minGetsPerBlob, 1, `${row.id}: mirror min GETs per blob`);
+      assert.equal(row.mirror.maxGetsPerBlob, 1, `${row.id}: mirror max GETs per blob`);
+      assert.equal(row.mirror.failedRequests, 0);
+      assert.ok(row.mirror.settledMs > 0 && row.distribution.settledMs > 0, `${row.id}: settledMs`);
+      assert.ok(row.distribution.minGetsPerBlob >= 1, `${row.id}: distribution GETs per blob`);
+      for (const what of ['WallMirrorToDistribution', 'CpuMirrorToDistribution', 'WallMirrorToDirect']) {
+        const key = `cold${row.id[0].toUpperCase()}${row.id.slice(1)}${what}`;
+        assert.ok(key in result.ratios, `ratios.${key}`);
+      }
+    }
+    // Every target of issues 7 (8) and 14 (3 for the 3-layer pull, 2 per cold blob row, the
+    // cold rows' GETs per blob, warm one client) is there, met or missed.
+    assert.equal(result.targets.length, 6 + 3 + 2 * 4 + 1 + 1);
+    for (const t of result.targets) assert.ok([7, 14].includes(t.issue) && typeof t.pass === 'boolean' && t.row && t.short, JSON.stringify(t));
+    for (const id of ['sameBlob1', 'sameBlob4', 'sameBlob16', 'manyBlobs8']) {
+      assert.ok(result.targets.some((t: { row: string }) => t.row === `cold:${id}`), `wall target for ${id}`);
+      assert.ok(result.targets.some((t: { row: string }) => t.row === `coldCpu:${id}`), `CPU target for ${id}`);
+    }
     // JSON turns NaN and Infinity into null: a null anywhere is a figure that went wrong.
     for (const [path, v] of leaves(result)) {
       assert.notEqual(v, null, `${path} is null`);
@@ -84,6 +122,12 @@ describe('npm run bench (tiny sizes)', { timeout: 120_000 }, () => {
 
     // The table was printed.
     assert.match(r.stdout, /\| 1\. cold pull/);
-    assert.match(r.stdout, /Targets \(issue 7\):/);
+    assert.match(r.stdout, /\|\s+cold [\d.]+ MiB blob, 16 clients at once \(s\)/);
+    assert.match(r.stdout, /\|\s+8 cold [\d.]+ MiB blobs at once, 1 client each \(s\)/);
+    assert.match(r.stdout, /Targets \(issues 7 and 14\): \d+ met, \d+ missed/);
+    // Each missed target is shown as a miss, in the list and in the table.
+    const missed = result.targets.filter((t: { pass: boolean }) => !t.pass).length;
+    assert.equal((r.stdout.match(/^- MISS /gm) ?? []).length, missed);
+    assert.equal((r.stdout.match(/\bMISS [<>=]/g) ?? []).length, missed);
   });
 });

@@ -4,7 +4,9 @@
 //   the killed store and again at the end finds it consistent, and a final pull of everything
 //   is correct;
 // - verify refuses to run under a live server; a byte flipped on disk is reported (exit 1),
-//   quarantined with --repair, and the mirror then fetches that blob again, correct.
+//   quarantined with --repair, and the mirror then fetches that blob again, correct;
+// - a crash after a client got its last byte but before the blob was fsynced and renamed into
+//   the store (a commit held open by the test hook) leaves no visible blob.
 
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -14,7 +16,7 @@ import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { mirrorBin, startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { run, sleep } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { blobPath, fetchHashed, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { blobPath, fetchHashed, isCached, pullImage, pushRandomImage, tempFiles, type RandomImage } from './helpers.js';
 
 const rounds = 10;
 
@@ -132,5 +134,36 @@ describe('kill -9 during pulls, and registry-mirror verify', { timeout: 300_000 
     assert.equal(again.digest, layer.digest);
     assert.equal(proxy.countRequests('GET', `/blobs/${layer.digest}`), gets + 1, 'fetched again from the upstream');
     assert.equal((await pullImage(mirror.url, '', img.repository, img.tag)).manifestDigest, img.digest);
+  });
+
+  it('kill -9 between the last byte a client got and the rename into the store leaves no visible blob', async () => {
+    const img = images[6]!;
+    const layer = img.layers[0]!;
+    const held = await startMirror(
+      { upstreams: { 'docker.io': { url: proxy.url } }, logLevel: 'warn' },
+      // The commit (fsync, rename) waits a minute after verification: the kill lands there.
+      { env: { REGISTRY_MIRROR_TEST_HOLD_BEFORE_COMMIT_MS: '60000' } },
+    );
+    try {
+      const url = `${held.url}/v2/${img.repository}/blobs/${layer.digest}`;
+      const gets = proxy.countRequests('GET', `/blobs/${layer.digest}`);
+      const first = await fetchHashed(url);
+      assert.equal(first.digest, layer.digest, 'the client got every byte, verified');
+      assert.ok(!isCached(held.dataDir, layer.digest), 'not visible before the rename');
+      assert.equal(tempFiles(held.dataDir).length, 1);
+      // A request in that window joins the verified download instead of going upstream again.
+      assert.equal((await fetchHashed(url)).digest, layer.digest);
+      assert.equal(proxy.countRequests('GET', `/blobs/${layer.digest}`), gets + 1, 'one upstream GET');
+      await held.kill9();
+      assert.ok(!isCached(held.dataDir, layer.digest), 'nothing visible after the crash');
+      const checked = await run(process.execPath, [mirrorBin(), 'verify', '--config', held.configFile], { allowFail: true, timeoutMs: 60_000 });
+      assert.equal(checked.code, 0, checked.stdout + checked.stderr);
+      assert.match(checked.stdout, /store consistent/);
+      await held.restart();
+      assert.deepEqual(tempFiles(held.dataDir), [], 'the temp file is swept at start');
+      assert.ok(!isCached(held.dataDir, layer.digest));
+    } finally {
+      await held.stop();
+    }
   });
 });

@@ -24,6 +24,7 @@ import {
   getMetrics,
   getStats,
   isCached,
+  cachedSoon,
   manifestPath,
   metricValue,
   pullImage,
@@ -94,7 +95,7 @@ describe('upstream faults: timeouts, retries, refusals', { timeout: 180_000 }, (
     proxy.clear();
     const again = await fetchHashed(`${mirror.url}/v2/${stalled.repository}/blobs/${layer.digest}`);
     assert.equal(again.digest, layer.digest);
-    assert.ok(isCached(mirror.dataDir, layer.digest));
+    assert.ok(await cachedSoon(mirror.dataDir, layer.digest));
   });
 
   it('an upstream that sends no headers: each attempt times out, then the cached manifest is served stale', async () => {
@@ -232,6 +233,7 @@ describe('upstream faults: timeouts, retries, refusals', { timeout: 180_000 }, (
     assert.equal(r.bytes, layer.size);
     assert.equal(r.digest, layer.digest);
     assert.equal(proxy.requests().at(-1)!.fault, 'extend');
+    assert.ok(await cachedSoon(mirror.dataDir, layer.digest));
     const stored = readFileSync(blobPath(mirror.dataDir, layer.digest));
     assert.equal(stored.length, layer.size);
     assert.equal(`sha256:${createHash('sha256').update(stored).digest('hex')}`, layer.digest);

@@ -44,6 +44,28 @@ export function isCached(dataDir: string, digest: string): boolean {
   return existsSync(blobPath(dataDir, digest));
 }
 
+/**
+ * Whether the blob gets committed within `ms`: a cold blob is written, fsynced and renamed
+ * into the store just after its client got the last byte, not before (store/download.ts).
+ */
+export async function cachedSoon(dataDir: string, digest: string, ms = 10_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!isCached(dataDir, digest)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
+
+/** Resolves once no download is in flight: every blob pulled so far is committed (or failed). */
+export async function downloadsSettled(mirrorUrl: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (metricValue(await getMetrics(mirrorUrl), 'registry_mirror_inflight_downloads') !== 0) {
+    if (Date.now() > deadline) throw new Error(`downloads still in flight after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 export function tempFiles(dataDir: string): string[] {
   const dir = join(dataDir, 'tmp');
   return existsSync(dir) ? readdirSync(dir) : [];

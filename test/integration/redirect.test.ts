@@ -8,7 +8,7 @@ import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.j
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { fetchHashed, isCached } from './helpers.js';
+import { cachedSoon, fetchHashed } from './helpers.js';
 
 describe('upstream redirects to blob storage', { timeout: 120_000 }, () => {
   let registry: RegistryHandle;
@@ -48,7 +48,7 @@ describe('upstream redirects to blob storage', { timeout: 120_000 }, () => {
       const got = await fetchHashed(`${mirror.url}/v2/${image.repository}/blobs/${blob.digest}`);
       assert.equal(got.status, 200);
       assert.equal(got.digest, blob.digest);
-      assert.ok(isCached(mirror.dataDir, blob.digest));
+      assert.ok(await cachedSoon(mirror.dataDir, blob.digest));
     }
     const redirected = front.requests().filter((e) => e.fault === 'redirect');
     assert.equal(redirected.length, image.blobs.length);

@@ -14,6 +14,7 @@ import { startRegistry, type RegistryHandle } from '../rig/registry.js';
 import {
   blobPath,
   fetchHashed,
+  downloadsSettled,
   getMetrics,
   getStats,
   manifestPath,
@@ -57,6 +58,7 @@ describe('storage.maxBytes: LRU eviction down to the low-water mark', { timeout:
       const r = await pullImage(mirror.url, '', `lru/${name}`, 'v1');
       assert.equal(r.manifestDigest, img[name]!.digest);
       // Distinct access times, whatever the clock resolution.
+      await downloadsSettled(mirror.url);
       await sleep(20);
     };
     await pull('a');
@@ -135,7 +137,8 @@ describe('cache.ttl: expiry by last access, across a restart', { timeout: 120_00
     await pullImage(mirror.url, '', 'ttl/p', 'v1');
     await pullImage(mirror.url, '', 'ttl/q', 'v1');
     const dir = mirror.dataDir;
-    assert.ok(whole(dir, p) && whole(dir, q));
+    // Blobs are renamed into the store just after their client's last byte.
+    await waitFor(() => whole(dir, p) && whole(dir, q), 10_000, 'both images stored');
 
     await sleep(t0 + 3000 - Date.now());
     const touchStart = Date.now();
@@ -173,6 +176,6 @@ describe('cache.ttl: expiry by last access, across a restart', { timeout: 120_00
 
     // And a pull brings it back.
     assert.equal((await pullImage(mirror.url, '', 'ttl/p', 'v1')).manifestDigest, p.digest);
-    assert.ok(whole(dir, p));
+    await waitFor(() => whole(dir, p), 10_000, 'p stored again');
   });
 });

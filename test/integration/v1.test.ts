@@ -10,7 +10,7 @@ import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { sleep, waitFor } from '../rig/proc.js';
 import { pullV1 } from '../rig/v1-client.js';
 import { buildV1Fixture, startV1Source, type V1FixtureImage, type V1SourceHandle } from '../rig/v1-source.js';
-import { fetchHashed, isCached, rawRequest, tempFiles } from './helpers.js';
+import { fetchHashed, isCached, cachedSoon, rawRequest, tempFiles } from './helpers.js';
 
 const fixture = buildV1Fixture({
   'library/busybox': [1 << 20, 200_000, 3_000],
@@ -56,7 +56,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
       assert.equal(first.checksums.get(id), fx.checksum, 'X-Docker-Checksum-Payload passed through');
       assert.equal(source.count(`/v1/images/${id}/layer`), 1);
       assert.equal(source.count(`/v1/images/${id}/json`), 1);
-      assert.ok(isCached(m.dataDir, fx.layerDigest), 'layer stored as a content-addressed blob');
+      assert.ok(await cachedSoon(m.dataDir, fx.layerDigest), 'layer stored as a content-addressed blob');
       assert.ok(existsSync(join(m.dataDir, 'v1', 'images', id.slice(0, 2), id, 'layer')));
     }
     assert.equal(source.count('/v1/repositories/library/busybox/images'), 1);
@@ -150,7 +150,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
     assert.equal(cold.status, 206, 'a range of a cold layer is served once verified');
     assert.equal(cold.headers.get('content-range'), `bytes 100-199/${image.layer.length}`);
     assert.deepEqual(Buffer.from(await cold.arrayBuffer()), image.layer.subarray(100, 200));
-    assert.ok(isCached(m.dataDir, image.layerDigest));
+    assert.ok(await cachedSoon(m.dataDir, image.layerDigest));
 
     const suffix = await fetch(url, { headers: { range: 'bytes=-10' } });
     assert.equal(suffix.status, 206);
@@ -191,7 +191,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
     }
     assert.equal(source.count(`/v1/images/${image.id}/layer`), 1);
     assert.equal(source.count(`/v1/images/${image.id}/json`), 1, 'the json (checksum, size) fetched once too');
-    assert.ok(isCached(m.dataDir, image.layerDigest));
+    assert.ok(await cachedSoon(m.dataDir, image.layerDigest));
   });
 
   it('a truncated, corrupt or short layer from the source aborts the client and is never cached', async () => {
@@ -216,7 +216,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
       source.fault(image.id, undefined);
       const good = await fetchHashed(url);
       assert.equal(good.digest, image.layerDigest, `${fault}: the next request is served and cached`);
-      assert.ok(isCached(m.dataDir, image.layerDigest));
+      assert.ok(await cachedSoon(m.dataDir, image.layerDigest));
     }
     // Found bad before the mirror sent anything: a v1 error instead of a broken 200.
     const other = top('team/range');
@@ -240,7 +240,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
     const counts = () => image.ancestry.map((id) => source.count(`/v1/images/${id}/layer`));
     const before = counts();
     await pullV1(m.url, 'team/app', 'latest');
-    for (const id of image.ancestry) assert.ok(isCached(m.dataDir, source.images.get(id)!.layerDigest));
+    for (const id of image.ancestry) assert.ok(await cachedSoon(m.dataDir, source.images.get(id)!.layerDigest));
     const record = join(m.dataDir, 'v1', 'images', image.id.slice(0, 2), image.id, 'layer');
     assert.ok(existsSync(record));
     await waitFor(() => image.ancestry.every((id) => !isCached(m.dataDir, source.images.get(id)!.layerDigest)), 10_000, 'v1 layers expired');
@@ -250,6 +250,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
       image.ancestry.map(() => 2),
       'expired layers are fetched again',
     );
+    for (const id of image.ancestry) assert.ok(await cachedSoon(m.dataDir, source.images.get(id)!.layerDigest));
     await waitFor(() => !isCached(m.dataDir, image.layerDigest), 10_000, 'expired again');
     await m.restart();
     assert.ok(!existsSync(record), 'records of expired content are swept');

@@ -9,7 +9,7 @@ import { startRegistry, type RegistryHandle } from '../rig/registry.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { sleep, waitFor } from '../rig/proc.js';
-import { fetchHashed, isCached, ociError, rawRequest, tempFiles } from './helpers.js';
+import { fetchHashed, isCached, cachedSoon, ociError, rawRequest, tempFiles } from './helpers.js';
 
 describe('blobs through the mirror', { timeout: 600_000 }, () => {
   let upstream: RegistryHandle;
@@ -47,7 +47,7 @@ describe('blobs through the mirror', { timeout: 600_000 }, () => {
     }
     const gets = await upstream.countRequests('GET', `/blobs/${big.digest}`);
     assert.equal(gets, 1, 'exactly one upstream GET for the blob');
-    assert.ok(isCached(m.dataDir, big.digest));
+    assert.ok(await cachedSoon(m.dataDir, big.digest));
   });
 
   it('a corrupted blob aborts the transfer and caches nothing; the next pull succeeds', async () => {
@@ -66,7 +66,7 @@ describe('blobs through the mirror', { timeout: 600_000 }, () => {
     proxy.clear();
     const good = await fetchHashed(url);
     assert.equal(good.digest, layer.digest);
-    assert.ok(isCached(m.dataDir, layer.digest));
+    assert.ok(await cachedSoon(m.dataDir, layer.digest));
   });
 
   it('kill -9 in the middle of a cold 100 MB download: restart, pull again, correct bytes, no temp leftovers', async () => {
@@ -94,7 +94,8 @@ describe('blobs through the mirror', { timeout: 600_000 }, () => {
     assert.ok(!isCached(m.dataDir, layer.digest), 'nothing half-written is visible');
     const again = await fetchHashed(url);
     assert.equal(again.digest, layer.digest);
-    assert.deepEqual(tempFiles(m.dataDir), []);
+    assert.ok(await cachedSoon(m.dataDir, layer.digest));
+    await waitFor(() => tempFiles(m.dataDir).length === 0, 5000, 'the temp file renamed into the store');
   });
 
   it('Range, HEAD, ETag and errors', async () => {

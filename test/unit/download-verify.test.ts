@@ -2,6 +2,7 @@
 // pluggable check v1 layers use (test/unit/download.test.ts covers the rest of Download).
 
 import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,10 +15,7 @@ const dir = mkdtempSync(join(tmpdir(), 'rm-test-download-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 function source(chunks: Buffer[]): DownloadSource['body'] {
-  async function* gen() {
-    for (const c of chunks) yield c;
-  }
-  return Object.assign(gen(), { destroy: () => undefined });
+  return Readable.from(chunks);
 }
 
 async function drain(dl: Download): Promise<{ bytes: Buffer; error?: Error }> {
