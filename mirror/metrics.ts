@@ -48,6 +48,7 @@ export class MirrorMetrics {
   private readonly upstreamErrorsCounter: Counter<'upstream'>;
   private readonly upstreamRetries: Counter<'upstream'>;
   private readonly evictions: Counter<'reason'>;
+  private readonly noRoomCounter: Counter;
   readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
   private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
@@ -91,6 +92,11 @@ export class MirrorMetrics {
       name: 'registry_mirror_evictions_total',
       help: 'Cached objects removed, by reason (ttl, size)',
       labelNames: ['reason'],
+      registers: [r],
+    });
+    this.noRoomCounter = new Counter({
+      name: 'registry_mirror_store_no_room_total',
+      help: 'Blobs and manifests served without caching because eviction could not make room under storage.maxBytes (the rest was in use or pinned)',
       registers: [r],
     });
     this.inflightDownloads = new Gauge({
@@ -195,6 +201,11 @@ export class MirrorMetrics {
 
   evicted(reason: 'ttl' | 'size', n = 1): void {
     this.evictions.inc({ reason }, n);
+  }
+
+  /** A size eviction could not make room: the incoming content is not cached. */
+  noRoom(): void {
+    this.noRoomCounter.inc();
   }
 
   stats(): Stats {

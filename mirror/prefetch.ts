@@ -8,9 +8,11 @@
 // are fetched (all when none are listed). At most blobConcurrency blobs download at once.
 //
 // Pinned images: the manifests and blobs of the tag's current digest are pinned in the
-// ContentStore (the same pins that protect content being served), so neither expiry nor
-// the size bound removes them; they still count in storedBytes. Digests are pinned before
-// they are fetched, so the evictor cannot take a blob between its commit and the pin. When the
+// ContentStore with 'keep' pins, so neither expiry nor the size bound removes them; they still
+// count in storedBytes. A 'keep' pin keeps exactly its digest, unlike the 'use' pin of content
+// being served, which keeps every image around it (evictor.ts): a pinned base layer does not
+// keep every other image built on it. Digests are pinned before they are fetched, so the
+// evictor cannot take a blob between its commit and the pin. When the
 // tag moves, the new digest's content is pinned and then the old digest's released. A pin is
 // refused (the image is not fetched; status, log and a counter say why, naming prefetch[i])
 // when the pinned content of all images would pass pinShareOfMaxBytes of storage.maxBytes,
@@ -129,7 +131,7 @@ export class Prefetcher {
         const parts: ImageParts = { manifests: new Map(), blobs: new Map() };
         await this.collect(top, e, parts, async (d) => this.store.getManifest(d));
         const pins = this.pins[i]!;
-        for (const d of [...parts.manifests.keys(), ...parts.blobs.keys()]) if (!pins.has(d)) pins.set(d, this.store.pin(d));
+        for (const d of [...parts.manifests.keys(), ...parts.blobs.keys()]) if (!pins.has(d)) pins.set(d, this.store.pin(d, 'keep'));
         this.state[i] = { ...this.state[i]!, digest, pinned: true };
       } catch (err) {
         this.log.debug({ image: e.image, err: (err as Error).message }, 'prefetch: nothing to pin from the store');
@@ -162,7 +164,7 @@ export class Prefetcher {
     const e = this.entries[i]!;
     const fresh = new Map<string, () => void>();
     const pin = (d: string) => {
-      if (e.pin && !fresh.has(d)) fresh.set(d, this.store.pin(d));
+      if (e.pin && !fresh.has(d)) fresh.set(d, this.store.pin(d, 'keep'));
     };
     const releaseFresh = () => {
       for (const release of fresh.values()) release();

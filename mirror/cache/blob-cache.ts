@@ -11,6 +11,7 @@ import type { Digest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader } from '../store/download.js';
+import { isNoRoom } from '../store/evictor.js';
 import { FileBody } from '../store/file-body.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { upstreamError } from '../upstream/client.js';
@@ -190,9 +191,13 @@ export class BlobCache {
     }
     const release = this.store.pin(digest.value);
     this.metrics.inflightDownloads.inc();
+    let noRoom = false;
     const commit = async (tmp: string, bytes: number) => {
       if (bound > 0 && bytes > bound) throw Object.assign(new Error('larger than the store bound'), { code: 'ENOSPC' });
-      await this.options.makeRoom?.(bytes);
+      await this.options.makeRoom?.(bytes).catch((err: unknown) => {
+        noRoom = isNoRoom(err);
+        throw err;
+      });
       await this.store.commitBlob(tmp, digest, bytes);
       await this.repos.link(t.upstream.name, t.name, digest);
     };
@@ -207,6 +212,9 @@ export class BlobCache {
       if (!outcome.ok) {
         this.metrics.upstreamError(t.upstream.name);
         this.log.warn({ upstream: t.upstream.name, repository: t.name, digest: digest.value, err: outcome.error.message }, 'blob download failed; nothing cached');
+      } else if (dl.noSpace && noRoom) {
+        // The evictor logged and counted it: content in use fills storage.maxBytes.
+        this.log.info({ digest: digest.value }, 'blob served without caching: no room under storage.maxBytes');
       } else if (dl.noSpace) {
         this.metrics.upstreamError(t.upstream.name);
         this.log.error({ digest: digest.value }, 'store is full: blob served without caching');

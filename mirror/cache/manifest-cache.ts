@@ -21,6 +21,7 @@ import { classAccept, negotiate, servable, upstreamAccept } from '../manifest-cl
 import type { MirrorMetrics } from '../metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from '../reference.js';
 import type { ContentStore, StoredManifest } from '../store/content-store.js';
+import { isNoRoom } from '../store/evictor.js';
 import { isNoSpace } from '../store/fsutil.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { manifestDigestHex, provesDigest } from '../manifest-digest.js';
@@ -232,11 +233,16 @@ export class ManifestCache {
       await this.store.putManifest(digest, mediaType, bytes);
       await this.repos.link(t.upstream.name, t.name, digest);
     } catch (err) {
-      // Disk full: the verified manifest is still the right answer for this client; it is
-      // just not cached (as blobs in the same situation). Counted like them.
+      // Disk full, or no room under storage.maxBytes beside content in use: the verified
+      // manifest is still the right answer for this client; it is just not cached (as blobs in
+      // the same situation). A full disk is counted like them; no room the evictor counted.
       if (!isNoSpace(err)) throw err;
-      this.metrics.upstreamError(t.upstream.name);
-      this.log.error({ digest: digest.value }, 'store is full: manifest served without caching');
+      if (isNoRoom(err)) {
+        this.log.info({ digest: digest.value }, 'manifest served without caching: no room under storage.maxBytes');
+      } else {
+        this.metrics.upstreamError(t.upstream.name);
+        this.log.error({ digest: digest.value }, 'store is full: manifest served without caching');
+      }
     }
     return { digest: digest.value, mediaType, bytes };
   }

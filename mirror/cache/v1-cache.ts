@@ -22,6 +22,7 @@ import { parseDigest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader, type Verify } from '../store/download.js';
+import { isNoRoom } from '../store/evictor.js';
 import { FileBody } from '../store/file-body.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
@@ -287,9 +288,13 @@ export class V1Cache {
       throw err;
     }
     this.metrics.inflightDownloads.inc();
+    let noRoom = false;
     const commit = async (tmp: string, bytes: number, hashHex: string) => {
       if (bound > 0 && bytes > bound) throw Object.assign(new Error('larger than the store bound'), { code: 'ENOSPC' });
-      await this.options.makeRoom(bytes);
+      await this.options.makeRoom(bytes).catch((err: unknown) => {
+        noRoom = isNoRoom(err);
+        throw err;
+      });
       const digest = parseDigest(`sha256:${hashHex}`);
       await this.store.commitBlob(tmp, digest, bytes);
       const record: LayerRecord = { digest: digest.value, size: bytes, ...(checksum ? { checksum } : {}) };
@@ -303,6 +308,9 @@ export class V1Cache {
       if (!outcome.ok) {
         this.metrics.upstreamError(this.source.name);
         this.log.warn({ source: this.source.name, image: id, err: outcome.error.message }, 'v1 layer download failed; nothing cached');
+      } else if (dl.noSpace && noRoom) {
+        // The evictor logged and counted it: content in use fills storage.maxBytes.
+        this.log.info({ image: id }, 'v1 layer served without caching: no room under storage.maxBytes');
       } else if (dl.noSpace) {
         this.metrics.upstreamError(this.source.name);
         this.log.error({ image: id }, 'store is full: v1 layer served without caching');
@@ -403,7 +411,8 @@ export class V1Cache {
       return digest.value;
     } catch (err) {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
-      this.log.error({ err: (err as Error).message }, 'could not cache a v1 document');
+      if (isNoRoom(err)) this.log.info({ err: (err as Error).message }, 'v1 document served without caching');
+      else this.log.error({ err: (err as Error).message }, 'could not cache a v1 document');
       return undefined;
     }
   }

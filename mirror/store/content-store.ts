@@ -12,6 +12,13 @@
 // flushed to <root>/state/access.json in one batched write (periodically and at close).
 // Version 2 of that file keeps the times per kind; version 1 (one time per bare digest) is
 // still read, its time applying to whichever kinds of that digest are on disk.
+//
+// Pins keep content from removal, per digest (both kinds), and come in two kinds: 'use', held
+// while content is written or served (and taken before a download's first byte, so a digest
+// can be in use before it is in the store), and 'keep', held for as long as it is wanted on
+// purpose (prefetch `pin: true`). The evictor treats an image with content in use as in use
+// whole (evictor.ts); a kept digest is kept alone. The index also knows, per digest, which
+// stored manifests reference it, for the evictor to find the images around a pinned digest.
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
@@ -33,6 +40,9 @@ export interface ContentEntry {
   refs?: string[];
 }
 
+/** 'use': being written or served now; 'keep': kept on purpose, for as long as it is held. */
+export type PinKind = 'use' | 'keep';
+
 export interface StoredManifest {
   digest: string;
   mediaType: string;
@@ -53,8 +63,10 @@ export class ContentStore {
   readonly tmpDir: string;
   /** By kind, then digest: a blob and a manifest with one digest are two entries. */
   private readonly entries: Record<ContentKind, Map<string, ContentEntry>> = { blob: new Map(), manifest: new Map() };
-  /** Per digest, whatever the kind: pinning a digest keeps both its kinds. */
-  private readonly pins = new Map<string, number>();
+  /** Per digest, whatever the kind: pinning a digest keeps both its kinds. Counts by holder. */
+  private readonly pins: Record<PinKind, Map<string, number>> = { use: new Map(), keep: new Map() };
+  /** Digest -> digests of the stored manifests whose refs name it. */
+  private readonly referrerIndex = new Map<string, Set<string>>();
   private storedBytes = 0;
   private accessDirty = false;
 
@@ -117,9 +129,29 @@ export class ContentStore {
   private add(entry: ContentEntry): void {
     const map = this.entries[entry.kind];
     const old = map.get(entry.digest);
-    if (old) this.storedBytes -= old.size;
+    if (old) {
+      this.storedBytes -= old.size;
+      this.unindexRefs(old);
+    }
     map.set(entry.digest, entry);
     this.storedBytes += entry.size;
+    if (entry.kind === 'manifest') {
+      for (const r of entry.refs ?? []) {
+        let s = this.referrerIndex.get(r);
+        if (!s) this.referrerIndex.set(r, (s = new Set()));
+        s.add(entry.digest);
+      }
+    }
+  }
+
+  private unindexRefs(e: ContentEntry): void {
+    if (e.kind !== 'manifest') return;
+    for (const r of e.refs ?? []) {
+      const s = this.referrerIndex.get(r);
+      if (!s) continue;
+      s.delete(e.digest);
+      if (s.size === 0) this.referrerIndex.delete(r);
+    }
   }
 
   pathOf(kind: ContentKind, digest: Digest): string {
@@ -197,21 +229,40 @@ export class ContentStore {
     }
   }
 
-  /** Content being written or served is never removed: callers pin it for the duration. */
-  pin(digest: string): () => void {
-    this.pins.set(digest, (this.pins.get(digest) ?? 0) + 1);
+  /**
+   * Pinned content is never removed. Content being written or served is pinned 'use' for the
+   * duration (before it is in the store, for a download); content kept on purpose, 'keep'.
+   * Returns the release (idempotent).
+   */
+  pin(digest: string, kind: PinKind = 'use'): () => void {
+    const pins = this.pins[kind];
+    pins.set(digest, (pins.get(digest) ?? 0) + 1);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      const n = (this.pins.get(digest) ?? 1) - 1;
-      if (n <= 0) this.pins.delete(digest);
-      else this.pins.set(digest, n);
+      const n = (pins.get(digest) ?? 1) - 1;
+      if (n <= 0) pins.delete(digest);
+      else pins.set(digest, n);
     };
   }
 
+  /** Pinned by anyone, for either purpose. */
   isPinned(digest: string): boolean {
-    return this.pins.has(digest);
+    return this.pins.use.has(digest) || this.pins.keep.has(digest);
+  }
+
+  /** Being written or served right now (a 'use' pin). */
+  isInUse(digest: string): boolean {
+    return this.pins.use.has(digest);
+  }
+
+  /** The stored manifests whose refs name this digest (layers, configs, child manifests). */
+  *referrers(digest: string): IterableIterator<ContentEntry> {
+    for (const d of this.referrerIndex.get(digest) ?? []) {
+      const m = this.entries.manifest.get(d);
+      if (m) yield m;
+    }
   }
 
   /** Removes content of one kind from disk and index; refuses pinned content. */
@@ -229,6 +280,7 @@ export class ContentStore {
     if (!e) return;
     this.entries[kind].delete(digest);
     this.storedBytes -= e.size;
+    this.unindexRefs(e);
     this.accessDirty = true;
   }
 

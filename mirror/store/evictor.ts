@@ -4,9 +4,30 @@
 // (ContentStore persists them). Images are kept whole: a blob's effective access time is the
 // latest of its own and that of every cached manifest that references it (an index's children
 // included), and on a tie referrers go first (index, manifest, blob), so a manifest is never left pointing at removed
-// layers (distribution issue 2367). Pinned content, being written or served, is never removed.
-// Entries are (kind, digest): a manifest's refs name blobs or child manifests by digest alone,
-// so a ref gives its time to both kinds of that digest.
+// layers (distribution issue 2367). Entries are (kind, digest): a manifest's refs name blobs or
+// child manifests by digest alone, so a ref gives its time to both kinds of that digest.
+//
+// What a pass never removes (it skips it and goes on with the next entry in the order):
+// - pinned content (content-store.ts), 'use' or 'keep';
+// - an image in use: a manifest that is in use itself, references content in use, or is an
+//   index over a manifest that does, and every blob such a manifest references. A pull holds
+//   a 'use' pin on the blob it is fetching (taken before a cold blob's first byte, when it is
+//   not in the store yet), so the manifest it pulls, the index it came through and its other
+//   layers (fetched, or still to fetch) stay while any of its blobs is in flight. A digest is
+//   shared by every image that has it, and which of them a client is pulling cannot be told,
+//   so all of them are kept; a sibling platform of an index is not (it references nothing in
+//   use), nor anything around a 'keep' pin, which keeps exactly what it pins: prefetch pins
+//   every part of its images, and a base layer kept forever must not keep every image on it;
+// - content used since the pass's order was taken (a pull that began meanwhile; for expiry,
+//   content used within cache.ttl).
+// A pass skips rather than stops there: everything after the first kept entry is younger than
+// it, but a stop would let one shared base layer in use, or one old image that shares it, end
+// every size eviction while it lasts; what is skipped is exactly what is in use.
+//
+// makeRoom brings the store down to the low-water mark when it can. When what it may not remove
+// leaves no room for the incoming bytes under storage.maxBytes itself, it rejects with an
+// ENOSPC-coded error: the caller serves that blob or manifest without caching it, as on a full
+// disk, and the store never passes its bound (counted in registry_mirror_store_no_room_total).
 //
 // Removed content takes its records with it: after each pass the repository index is pruned
 // in one walk (links and tags of the removed digests, repositories left empty), so the catalog
@@ -18,6 +39,20 @@ import type { Logger } from 'pino';
 import type { MirrorMetrics } from '../metrics.js';
 import type { ContentEntry, ContentKind, ContentStore } from './content-store.js';
 import type { RepoIndex } from './repo-index.js';
+
+/**
+ * makeRoom's rejection. Coded ENOSPC, so a commit treats it as a full disk (the content is
+ * served uncached); isNoRoom tells it apart, for callers that log or count it: the evictor has
+ * already logged it (warn) and counted it (registry_mirror_store_no_room_total), and it is
+ * no upstream's fault.
+ */
+export class NoRoomError extends Error {
+  readonly code = 'ENOSPC';
+}
+
+export function isNoRoom(err: unknown): boolean {
+  return err instanceof NoRoomError;
+}
 
 export interface EvictorOptions {
   ttlMs: number;
@@ -61,13 +96,17 @@ export class Evictor {
     const removed = await this.serialized(async () => {
       if (this.options.ttlMs <= 0) return [];
       const removed: string[] = [];
+      let kept = 0;
+      const young = (t: number) => now - t <= this.options.ttlMs;
       for (const e of evictionOrder(this.store.all(), now)) {
-        if (now - e.effectiveAccess <= this.options.ttlMs) break;
-        if (await this.store.remove(e.entry.kind, e.entry.digest)) removed.push(e.entry.digest);
+        if (young(e.effectiveAccess)) break;
+        // By age: content in use is skipped and the pass goes on (it ages from its next use).
+        if (this.keeps(e.entry, young)) kept++;
+        else if (await this.store.remove(e.entry.kind, e.entry.digest)) removed.push(e.entry.digest);
       }
       if (removed.length > 0) {
         this.metrics.evicted('ttl', removed.length);
-        this.log.info({ removed: removed.length }, 'expired unused content');
+        this.log.info({ removed: removed.length, keptInUse: kept }, 'expired unused content');
       }
       return removed;
     });
@@ -75,7 +114,11 @@ export class Evictor {
     return removed.length;
   }
 
-  /** Makes room for `incoming` bytes under storage.maxBytes, least recently used first. */
+  /**
+   * Makes room for `incoming` bytes under storage.maxBytes, least recently used first, down to
+   * the low-water mark; content in use is skipped. Rejects with code ENOSPC when the content
+   * that must stay leaves no room for `incoming` under the bound: the caller does not cache it.
+   */
   makeRoom(incoming: number): Promise<void> {
     return this.serialized(async () => {
       const max = this.options.maxBytes;
@@ -83,19 +126,49 @@ export class Evictor {
       const target = Math.max(0, Math.floor(max * this.lowWater) - incoming);
       const removed: string[] = [];
       let freed = 0;
+      let kept = 0;
       for (const e of evictionOrder(this.store.all(), Date.now())) {
         if (this.store.totals().storedBytes <= target) break;
+        // Used since the order was taken: younger now than its place in the order says.
+        if (this.keeps(e.entry, (t) => t > e.effectiveAccess)) {
+          kept++;
+          continue;
+        }
         if (await this.store.remove(e.entry.kind, e.entry.digest)) {
           removed.push(e.entry.digest);
           freed += e.entry.size;
         }
       }
+      const storedBytes = this.store.totals().storedBytes;
       if (removed.length > 0) {
         this.metrics.evicted('size', removed.length);
-        this.log.info({ removed: removed.length, freed, storedBytes: this.store.totals().storedBytes }, 'evicted least recently used content');
+        this.log.info({ removed: removed.length, freed, storedBytes, keptInUse: kept }, 'evicted least recently used content');
         void this.prune(removed);
       }
+      if (storedBytes + incoming > max) {
+        this.metrics.noRoom();
+        this.log.warn(
+          { incoming, storedBytes, maxBytes: max, keptInUse: kept },
+          'no room under storage.maxBytes: what is left is in use or pinned; the incoming content is served without caching',
+        );
+        const why = incoming > max ? 'more than the bound itself' : `the ${storedBytes} bytes left are in use or pinned`;
+        throw new NoRoomError(`no room for ${incoming} bytes under storage.maxBytes (${max}): ${why}`);
+      }
     });
+  }
+
+  /**
+   * Whether a pass must leave this entry (see the top of the file): pinned, part of an image in
+   * use, or `recent` by its effective access now (the order's times are from before the pass).
+   */
+  private keeps(entry: ContentEntry, recent: (effectiveAccess: number) => boolean): boolean {
+    const s = this.store;
+    const live = s.get(entry.kind, entry.digest);
+    if (!live || s.isPinned(entry.digest)) return true;
+    if (recent(effectiveAccessNow(s, live))) return true;
+    if (live.kind === 'manifest') return imageInUse(s, live);
+    for (const m of s.referrers(live.digest)) if (imageInUse(s, m)) return true;
+    return false;
   }
 
   /** Settles when every prune asked for so far is done (a size eviction does not wait for it). */
@@ -136,6 +209,30 @@ export class Evictor {
     this.chain = next.catch(() => undefined);
     return next;
   }
+}
+
+/**
+ * A manifest whose image is in use: it is in use itself, or something it references is, or
+ * (an index) something one of its stored child manifests references is.
+ */
+function imageInUse(store: ContentStore, m: ContentEntry): boolean {
+  if (store.isInUse(m.digest)) return true;
+  for (const r of m.refs ?? []) {
+    if (store.isInUse(r)) return true;
+    const child = store.get('manifest', r);
+    if (child?.refs?.some((c) => store.isInUse(c))) return true;
+  }
+  return false;
+}
+
+/** As evictionOrder reckons it, from the store as it is now: the entry, its referrers and theirs. */
+function effectiveAccessNow(store: ContentStore, e: ContentEntry): number {
+  let t = e.lastAccess;
+  for (const m of store.referrers(e.digest)) {
+    t = Math.max(t, m.lastAccess);
+    for (const i of store.referrers(m.digest)) t = Math.max(t, i.lastAccess);
+  }
+  return t;
 }
 
 export interface Ranked {

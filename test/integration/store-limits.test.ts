@@ -3,11 +3,15 @@
 // through uncached; cache.ttl removes content by last access, a clock that survives a
 // restart (state/access.json, written at SIGTERM), not the files' mtime.
 // Images are made of random layers of exact sizes so every byte count is known.
+// An image being pulled is in use: a size eviction that meets it skips it whole (manifest,
+// config, layers not yet asked for) and, when nothing else can go, the incoming blob is served
+// uncached rather than taking the image from under its pull or passing storage.maxBytes.
 
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { sleep, waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
@@ -15,6 +19,7 @@ import {
   blobPath,
   fetchHashed,
   downloadsSettled,
+  getManifestVia,
   getMetrics,
   getStats,
   manifestPath,
@@ -110,6 +115,79 @@ describe('storage.maxBytes: LRU eviction down to the low-water mark', { timeout:
     assert.equal(await registry.waitForRequestCount('GET', `/v2/lru/huge/blobs/${layer.digest}`, 2), 2);
     const metrics = await getMetrics(mirror.url);
     assert.equal(metricValue(metrics, 'registry_mirror_requests_total', { api: 'v2', kind: 'blob', result: 'pass' }), 2);
+  });
+});
+
+describe('storage.maxBytes: an image being pulled is never evicted by a concurrent size eviction', { timeout: 120_000 }, () => {
+  const maxBytes = 800_000;
+  let registry: RegistryHandle;
+  let proxy: FaultProxyHandle;
+  let mirror: MirrorHandle;
+  let a: RandomImage;
+  let b: RandomImage;
+
+  before(async () => {
+    registry = await startRegistry();
+    a = await pushRandomImage(registry.url, 'inuse/a', 'v1', [300_000, 300_000], 'inuse-a');
+    b = await pushRandomImage(registry.url, 'inuse/b', 'v1', [300_000, 300_000], 'inuse-b');
+    proxy = await startFaultProxy(registry.url);
+    mirror = await startMirror({ storage: { maxBytes }, upstreams: { 'docker.io': { url: proxy.url } } });
+  });
+
+  after(async () => {
+    await mirror?.stop();
+    await proxy?.stop();
+    await registry?.stop();
+  });
+
+  it("a pull whose cold layer is still streaming keeps its manifest and layers while another image's blobs need room", async () => {
+    const dir = mirror.dataDir;
+    const blobUrl = (img: RandomImage, digest: string) => `${mirror.url}/v2/${img.repository}/blobs/${digest}`;
+    const [slow, fast] = a.layers as [RandomImage['layers'][0], RandomImage['layers'][0]];
+    // About 5 s for a's first layer: the whole of b's pull happens while it streams.
+    proxy.slowBlob(slow.digest, 60_000);
+
+    // A client pulls a as containerd does: manifest, config, then the layers at once.
+    const m = await getManifestVia(mirror.url, `/v2/${a.repository}/manifests/${a.tag}`);
+    assert.equal(m.digest, a.digest);
+    assert.equal((await fetchHashed(blobUrl(a, a.config.digest))).digest, a.config.digest);
+    const slowPull = fetchHashed(blobUrl(a, slow.digest));
+    assert.equal((await fetchHashed(blobUrl(a, fast.digest))).digest, fast.digest);
+    await sleep(20);
+
+    // Meanwhile b is pulled cold: its second layer does not fit beside a's content and b's own.
+    const stored = () => a.manifestSize + a.config.size + fast.size + b.manifestSize + b.config.size + b.layers[0]!.size;
+    assert.ok(stored() <= maxBytes && stored() + b.layers[1]!.size > maxBytes, 'b needs room');
+    assert.equal((await pullImage(mirror.url, '', b.repository, b.tag)).manifestDigest, b.digest, 'b pulled whole and verified');
+    assert.ok(!(await Promise.race([slowPull.then(() => true), sleep(0).then(() => false)])), "a's slow layer is still streaming");
+
+    // Nothing of a went: not its manifest, not its config, not the layer it already has.
+    assert.deepEqual(onDisk(dir, a), [true, true, false, true], "a's manifest, config and finished layer kept while its pull runs");
+    const during = await getStats(mirror.url);
+    assert.ok(during.storedBytes <= maxBytes, `the store stays within its bound (${during.storedBytes})`);
+    assert.ok(!existsSync(blobPath(dir, b.layers[1]!.digest)), "b's last layer was served without being cached");
+
+    const done = await slowPull;
+    assert.equal(done.digest, slow.digest);
+    await waitFor(() => existsSync(blobPath(dir, slow.digest)), 5000, "a's slow layer cached");
+    assert.ok(whole(dir, a), `a whole after its pull: ${onDisk(dir, a)}`);
+
+    // Pulled again: every byte from the store, nothing asked of the upstream but a tag check.
+    proxy.clearLog();
+    assert.equal((await pullImage(mirror.url, '', a.repository, a.tag)).manifestDigest, a.digest);
+    assert.deepEqual(
+      proxy.requests().filter((r) => r.method === 'GET').map((r) => r.path),
+      [],
+      'a second pull of a is warm',
+    );
+
+    // Once a's pull was over, b (not in use, least recently used) made room for a's layer.
+    assert.ok(gone(dir, b), `b evicted for a's last layer: ${onDisk(dir, b)}`);
+    const after = await getStats(mirror.url);
+    assert.ok(after.storedBytes <= maxBytes, `within the bound (${after.storedBytes})`);
+    const metrics = await getMetrics(mirror.url);
+    assert.equal(metricValue(metrics, 'registry_mirror_store_no_room_total'), 1, 'one blob could not be cached for want of room');
+    assert.equal(metricValue(metrics, 'registry_mirror_evictions_total', { reason: 'size' }), 3, "b's manifest, config and first layer");
   });
 });
 

@@ -209,14 +209,14 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     const length = Number(upRes.headers['content-length'] ?? NaN);
     if (fault) entry.fault = fault.kind;
     res.writeHead(status, headers);
+    // Headers go out at once, as the upstream sent them: a paced body must not delay them.
+    res.flushHeaders();
 
     if (fault?.kind === 'stall') {
-      res.flushHeaders();
       upRes.destroy();
       return; // the client's timeout or stop() ends it
     }
     if (fault?.kind === 'truncate' && fault.afterBytes <= 0) {
-      res.flushHeaders();
       upRes.destroy();
       setTimeout(() => res.destroy(), 20);
       return;

@@ -159,3 +159,52 @@ describe('content store: manifests are proven on every read', () => {
     assert.ok((await store.getManifest(d))?.bytes.equals(bytes));
   });
 });
+
+describe('content store: pins and referrers', () => {
+  it("'use' and 'keep' pins both hold a digest; only 'use' is in use; each counts its own holders", async () => {
+    const { store } = await openStore();
+    const { d, layer } = await storeBoth(store);
+    const use1 = store.pin(layer.value);
+    const use2 = store.pin(layer.value);
+    const keep = store.pin(layer.value, 'keep');
+    assert.ok(store.isPinned(layer.value) && store.isInUse(layer.value));
+    use1();
+    use1(); // idempotent: the other holder's pin stays
+    assert.ok(store.isInUse(layer.value));
+    use2();
+    assert.ok(!store.isInUse(layer.value) && store.isPinned(layer.value), 'kept, no longer in use');
+    assert.equal(await store.remove('blob', layer.value), false);
+    keep();
+    assert.ok(!store.isPinned(layer.value));
+    // A digest not in the store can be pinned (a download not yet committed).
+    const release = store.pin(`sha256:${'0'.repeat(64)}`);
+    assert.ok(store.isInUse(`sha256:${'0'.repeat(64)}`));
+    release();
+    assert.ok(store.has('manifest', d.value));
+  });
+
+  it('referrers: the stored manifests naming a digest, kept current through put, remove and a restart', async () => {
+    const { root, store } = await openStore();
+    const { d, layer } = await storeBoth(store);
+    const names = (s: ContentStore, digest: string) => [...s.referrers(digest)].map((e) => `${e.kind}:${e.digest}`);
+    assert.deepEqual(names(store, layer.value), [`manifest:${d.value}`], 'named twice (config and layer), listed once');
+    assert.deepEqual(names(store, d.value), [], 'a blob names nothing, even with a manifest digest');
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ digest: d.value }] }));
+    const id = sha(index);
+    await store.putManifest(id, 'application/vnd.oci.image.index.v1+json', index);
+    assert.deepEqual(names(store, d.value), [`manifest:${id.value}`]);
+    await store.putManifest(id, 'application/vnd.oci.image.index.v1+json', index);
+    assert.deepEqual(names(store, d.value), [`manifest:${id.value}`], 'stored again: still once');
+
+    await store.flushAccess();
+    const again = new ContentStore(root);
+    await again.open();
+    assert.deepEqual(names(again, layer.value), [`manifest:${d.value}`]);
+    assert.deepEqual(names(again, d.value), [`manifest:${id.value}`]);
+
+    assert.ok(await store.remove('manifest', d.value));
+    assert.deepEqual(names(store, layer.value), [], 'a removed manifest names nothing');
+    assert.ok(await store.remove('manifest', id.value));
+    assert.deepEqual(names(store, d.value), []);
+  });
+});

@@ -135,3 +135,178 @@ describe('evictor: removed content takes its records with it', () => {
     assert.equal(await index.isLinked('docker.io', 'team/app', md), false);
   });
 });
+
+// Size eviction and expiry around content in use (issue 14, item 7): an image with a blob being
+// written or served is kept whole, and the pass goes on past it to content that is not in use.
+
+const ociIndex = 'application/vnd.oci.image.index.v1+json';
+
+/** A bare store whose images are given explicit access times, so the order is known. */
+async function bareStore(ttlMs = 0) {
+  const root = join(tempDir('evictor-in-use'), 'store');
+  const store = new ContentStore(root);
+  await store.open();
+  const repos = new RepoIndex(root, store.tmpDir);
+  const metrics = new MirrorMetrics(() => store.totals());
+  /** An evictor with this bound; by default the store's size now (room for as much again empties it). */
+  const evictorFor = (maxBytes = store.totals().storedBytes) => new Evictor(store, metrics, silent, { ttlMs, maxBytes }, repos);
+  const putBlob = async (content: Buffer, at: number) => {
+    const d = sha(content);
+    if (!store.has('blob', d.value)) {
+      const tmp = store.tempPath();
+      writeFileSync(tmp, content);
+      await store.commitBlob(tmp, d, content.length);
+    }
+    store.touch('blob', d.value, at);
+    return d.value;
+  };
+  /** An image: a config and one layer per entry of `layers` (contents), all last used at `at`. */
+  const image = async (name: string, layers: Array<string | Buffer>, at: number) => {
+    const config = await putBlob(Buffer.from(`config of ${name}`), at);
+    const ls: string[] = [];
+    for (const l of layers) ls.push(await putBlob(typeof l === 'string' ? Buffer.alloc(1000, l) : l, at));
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: ociManifest, config: { digest: config }, layers: ls.map((digest) => ({ digest })) }));
+    const md = sha(bytes);
+    await store.putManifest(md, ociManifest, bytes);
+    store.touch('manifest', md.value, at);
+    return { manifest: md.value, config, layers: ls, all: [md.value, config, ...ls] };
+  };
+  const index = async (children: string[], at: number) => {
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: ociIndex, manifests: children.map((digest) => ({ digest })) }));
+    const md = sha(bytes);
+    await store.putManifest(md, ociIndex, bytes);
+    store.touch('manifest', md.value, at);
+    return md.value;
+  };
+  /** Whether each digest of `all` (manifest first) is still stored. */
+  const kept = (img: { all: string[] }) => img.all.map((d, i) => store.has(i === 0 ? 'manifest' : 'blob', d));
+  const noRoom = async () => (await metrics.registry.getSingleMetric('registry_mirror_store_no_room_total')!.get()).values[0]?.value ?? 0;
+  return { store, evictorFor, image, index, kept, noRoom };
+}
+
+const allTrue = (n: number) => Array<boolean>(n).fill(true);
+const allFalse = (n: number) => Array<boolean>(n).fill(false);
+
+describe('evictor: content in use', () => {
+  it('an image with a blob being served is kept whole; older and younger content not in use goes; ENOSPC when the rest cannot fit', async () => {
+    const { store, evictorFor, image, kept, noRoom } = await bareStore();
+    const old = await image('old', ['o'], 1000);
+    const pulled = await image('pulled', ['p', 'q', 'r'], 2000);
+    const young = await image('young', ['y'], 3000);
+    // A client is reading the second layer: the manifest, the config, the layer it has and the
+    // one it has yet to ask for are all older than the young image, and all stay.
+    const release = store.pin(pulled.layers[1]!);
+    const stored = store.totals().storedBytes;
+    const evictor = evictorFor();
+    await assert.rejects(evictor.makeRoom(stored), (err: NodeJS.ErrnoException) => err.code === 'ENOSPC' && /in use or pinned/.test(err.message));
+    assert.deepEqual(kept(pulled), allTrue(5), 'the image being pulled is whole');
+    assert.deepEqual(kept(old), allFalse(3), 'older content went');
+    assert.deepEqual(kept(young), allFalse(3), 'younger content not in use went too: the pass skips, it does not stop');
+    assert.equal(await noRoom(), 1);
+
+    // Once the pull is over the image ages like any other.
+    release();
+    await evictor.makeRoom(stored);
+    assert.deepEqual(kept(pulled), allFalse(5));
+    assert.equal(store.totals().storedBytes, 0);
+    assert.equal(await noRoom(), 1);
+  });
+
+  it('a blob being downloaded (pinned before it is stored) keeps the manifest naming it, the index above, and their blobs; not a sibling platform', async () => {
+    const { store, evictorFor, image, index, kept } = await bareStore();
+    const amd64 = await image('amd64', ['a', 'cold'], 1000);
+    const arm64 = await image('arm64', ['b'], 1000);
+    const idx = await index([amd64.manifest, arm64.manifest], 1000);
+    const other = await image('other', ['x'], 5000);
+    // The cold layer is not in the store: its download holds the pin.
+    const cold = amd64.layers[1]!;
+    assert.ok(await store.remove('blob', cold));
+    const release = store.pin(cold);
+    await assert.rejects(evictorFor().makeRoom(store.totals().storedBytes), { code: 'ENOSPC' });
+    assert.ok(store.has('manifest', idx), 'the index the client came through');
+    assert.deepEqual(kept(amd64), [true, true, true, false], "the platform manifest, its config and the layer it has");
+    assert.deepEqual(kept(arm64), allFalse(3), 'the other platform is not in use');
+    assert.deepEqual(kept(other), allFalse(3));
+    release();
+  });
+
+  it('a digest in use keeps every image that has it (which one is pulled cannot be told), and the pass goes on past them', async () => {
+    const { store, evictorFor, image, kept } = await bareStore();
+    const base = Buffer.alloc(3000, 'base');
+    const ancient = await image('ancient', [base, 'n'], 1000);
+    const fresh = await image('fresh', [base, 'f'], 2000);
+    const unrelated = await image('unrelated', ['u'], 3000);
+    const release = store.pin(sha(base).value);
+    await assert.rejects(evictorFor().makeRoom(store.totals().storedBytes), { code: 'ENOSPC' });
+    assert.deepEqual(kept(ancient), allTrue(4));
+    assert.deepEqual(kept(fresh), allTrue(4));
+    assert.deepEqual(kept(unrelated), allFalse(3), 'an old image sharing the layer does not end the eviction');
+    release();
+  });
+
+  it("a 'keep' pin (prefetch) keeps exactly its digest: other images that share it are evicted around it", async () => {
+    const { store, evictorFor, image, kept } = await bareStore();
+    const base = Buffer.alloc(3000, 'base');
+    const prefetched = await image('prefetched', [base], 1000);
+    const sharing = await image('sharing', [base, 's'], 2000);
+    const releases = prefetched.all.map((d) => store.pin(d, 'keep'));
+    await assert.rejects(evictorFor().makeRoom(store.totals().storedBytes), { code: 'ENOSPC' });
+    assert.deepEqual(kept(prefetched), allTrue(3));
+    assert.deepEqual(kept(sharing), [false, false, true, false], 'only the shared layer stays, because it is pinned');
+    for (const r of releases) r();
+  });
+
+  it('content used after the pass took its order is kept (a pull that began meanwhile)', async () => {
+    const { store, evictorFor, image, kept } = await bareStore();
+    const first = await image('first', ['f'], 1000);
+    const second = await image('second', ['s'], 2000);
+    // The pull of `second` begins while the pass removes `first`: its manifest is touched.
+    const remove = store.remove.bind(store);
+    let touched = false;
+    store.remove = async (kind, digest) => {
+      if (!touched) {
+        touched = true;
+        store.touch('manifest', second.manifest);
+      }
+      return remove(kind, digest);
+    };
+    await assert.rejects(evictorFor().makeRoom(store.totals().storedBytes), { code: 'ENOSPC' });
+    assert.ok(touched);
+    assert.deepEqual(kept(first), allFalse(3));
+    assert.deepEqual(kept(second), allTrue(3), 'the manifest and the blobs under it');
+  });
+
+  it('rejects only when the bound itself cannot be met, not the low-water mark', async () => {
+    const { store, evictorFor, image, kept } = await bareStore();
+    const loose = await image('loose', ['l'], 1000);
+    const busy = await image('busy', ['b', 'c', 'd', 'e', 'g', 'h', 'i', 'j'], 2000);
+    const release = store.pin(busy.layers[0]!);
+    const stored = store.totals().storedBytes;
+    const busyBytes = busy.all.reduce((n, d, i) => n + store.get(i === 0 ? 'manifest' : 'blob', d)!.size, 0);
+    // Room for 100 bytes: the low-water mark (90% of the bound, less them) cannot be reached
+    // with the busy image kept, the bound can.
+    const maxBytes = busyBytes + 150;
+    assert.ok(stored + 100 > maxBytes && Math.floor(maxBytes * 0.9) - 100 < busyBytes);
+    const evictor = evictorFor(maxBytes);
+    await evictor.makeRoom(100);
+    assert.deepEqual(kept(loose), allFalse(3));
+    assert.deepEqual(kept(busy), allTrue(10));
+    assert.equal(store.totals().storedBytes, busyBytes);
+    await assert.rejects(evictor.makeRoom(151), { code: 'ENOSPC' });
+    release();
+  });
+
+  it('expiry skips an image in use and removes the rest; the image expires at the first pass after the pin goes', async () => {
+    const { store, evictorFor, image, kept } = await bareStore(1000);
+    const evictor = evictorFor(0);
+    const idle = await image('idle', ['i'], 1000);
+    const pulled = await image('pulled', ['p', 'q'], 1000);
+    const release = store.pin(pulled.layers[0]!);
+    assert.equal(await evictor.expire(Date.now() + 60_000), 3);
+    assert.deepEqual(kept(idle), allFalse(3));
+    assert.deepEqual(kept(pulled), allTrue(4));
+    release();
+    assert.equal(await evictor.expire(Date.now() + 60_000), 4);
+    assert.deepEqual(kept(pulled), allFalse(4));
+  });
+});

@@ -126,16 +126,17 @@ describe('pin and evict', () => {
     const other = await addImage(store, repos, 'team/other', 2000);
     // What a restart does before its first expiry pass: pins from the store, no upstream.
     await prefetcher.pinFromStore();
-    for (const d of pinned) assert.ok(store.isPinned(d), d);
+    for (const d of pinned) assert.ok(store.isPinned(d) && !store.isInUse(d), `${d} kept ('keep'), not in use`);
     for (const d of [...warm, ...other]) assert.ok(!store.isPinned(d), `${d} not pinned (no pin: true)`);
     const st = prefetcher.status();
     assert.equal(st[0]!.pinned, true);
     assert.equal(st[0]!.digest, pinned[0]);
     assert.equal(st[1]!.pinned, false);
 
-    // Size pressure: room for everything stored, so everything unpinned must go.
+    // Size pressure: room for the whole bound, so everything unpinned must go; the pinned
+    // bytes still fill part of it, so the incoming bytes cannot be cached (ENOSPC).
     const before = store.totals().storedBytes;
-    await evictor.makeRoom(10 << 20);
+    await assert.rejects(evictor.makeRoom(10 << 20), { code: 'ENOSPC' });
     for (const d of pinned) assert.ok(store.has(d === pinned[0] ? 'manifest' : 'blob', d), `pinned ${d} kept`);
     for (const d of [...warm.slice(1), ...other.slice(1)]) assert.ok(!store.has('blob', d), `unpinned ${d} evicted`);
     const kept = store.totals().storedBytes;
