@@ -20,6 +20,16 @@ export interface UpstreamConfig {
   /** Repository patterns (access/patterns.ts): only these names, and never the denied ones. */
   allow?: string[];
   deny?: string[];
+  /** This upstream's own circuit breaker thresholds, over `upstreamBreaker` (upstreamBreakerFor). */
+  breaker?: Partial<BreakerConfig>;
+}
+
+/** A circuit breaker's thresholds (upstream/circuit-breaker.ts). */
+export interface BreakerConfig {
+  /** Failed requests in a row (each after its retries) that open it; 0 = no breaker. */
+  failures: number;
+  /** How long it stays open before one probe request goes through. */
+  openForMs: number;
 }
 
 export interface MirrorConfig {
@@ -38,6 +48,8 @@ export interface MirrorConfig {
   upstreamTimeouts: UpstreamTimeouts;
   /** Retries of idempotent upstream requests (see upstream/retry.ts). */
   upstreamRetries: { attempts: number; backoffMs: number; maxDelayMs: number };
+  /** The circuit breaker of every upstream (and the v1 source) unless an upstream sets its own. */
+  upstreamBreaker: BreakerConfig;
   /** Bounds on client connections (client-connections.ts). */
   clientTimeouts: ClientTimeouts;
   limits: { maxConnections: number };
@@ -103,15 +115,19 @@ export const embeddedDefault = {
   v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
   upstreamTimeouts: { connect: '10s', headers: '30s', idle: '60s' },
   upstreamRetries: { attempts: 3, backoff: '200ms', maxDelay: '5s' },
+  upstreamBreaker: { failures: 3, openFor: '10s' },
   clientTimeouts: { idle: '60s', write: '60s' },
   limits: { maxConnections: 1024 },
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'clientTimeouts', 'limits', 'auth', 'prefetch'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch'];
+/** upstreamBreaker.failures: at most this many failed requests in a row. */
+const breakerFailuresBound = 100;
 /** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
 const maxConnectionsBound = 100_000;
-const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile', 'allow', 'deny'];
+const upstreamKeys = ['url', 'username', 'password', 'usernameFile', 'passwordFile', 'credentialsFile', 'allow', 'deny', 'breaker'];
+const breakerKeys = ['failures', 'openFor'];
 
 type Env = Record<string, string | undefined>;
 type Obj = Record<string, unknown>;
@@ -139,6 +155,8 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const retries = object(user.upstreamRetries ?? {}, 'upstreamRetries');
   unknownKeys(timeouts, ['connect', 'headers', 'idle'], 'upstreamTimeouts.');
   unknownKeys(retries, ['attempts', 'backoff', 'maxDelay'], 'upstreamRetries.');
+  const breaker = object(user.upstreamBreaker ?? {}, 'upstreamBreaker');
+  unknownKeys(breaker, breakerKeys, 'upstreamBreaker.');
   const clientTimeouts = object(user.clientTimeouts ?? {}, 'clientTimeouts');
   const limits = object(user.limits ?? {}, 'limits');
   unknownKeys(clientTimeouts, ['idle', 'write'], 'clientTimeouts.');
@@ -208,6 +226,10 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       backoffMs: limit(retries.backoff ?? embeddedDefault.upstreamRetries.backoff, 'upstreamRetries.backoff'),
       maxDelayMs: limit(retries.maxDelay ?? embeddedDefault.upstreamRetries.maxDelay, 'upstreamRetries.maxDelay'),
     },
+    upstreamBreaker: {
+      failures: breakerFailures(breaker.failures ?? embeddedDefault.upstreamBreaker.failures, 'upstreamBreaker.failures'),
+      openForMs: limit(breaker.openFor ?? embeddedDefault.upstreamBreaker.openFor, 'upstreamBreaker.openFor'),
+    },
     clientTimeouts: {
       idleMs: limit(clientTimeouts.idle ?? embeddedDefault.clientTimeouts.idle, 'clientTimeouts.idle'),
       writeMs: limit(clientTimeouts.write ?? embeddedDefault.clientTimeouts.write, 'clientTimeouts.write'),
@@ -237,6 +259,30 @@ function notFoundTTL(v: unknown, key: string): number {
   const ms = duration(v, key);
   if (ms > 3_600_000) throw new ConfigError(key, `"${String(v)}" must be at most 1h (0 turns it off)`);
   return ms;
+}
+
+/** A count of failed requests in a row: 0 (the breaker off) to breakerFailuresBound. */
+function breakerFailures(v: unknown, key: string): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > breakerFailuresBound) {
+    throw new ConfigError(key, `"${String(v)}" must be a whole number of failed requests from 1 to ${breakerFailuresBound}, or 0 to turn the breaker off`);
+  }
+  return n;
+}
+
+/** An upstream's `breaker` override: either key, each checked as in upstreamBreaker. */
+function parseBreakerOverride(v: unknown, key: string): Partial<BreakerConfig> {
+  const o = object(v, key);
+  unknownKeys(o, breakerKeys, `${key}.`);
+  const out: Partial<BreakerConfig> = {};
+  if (o.failures !== undefined) out.failures = breakerFailures(o.failures, `${key}.failures`);
+  if (o.openFor !== undefined) out.openForMs = limit(o.openFor, `${key}.openFor`);
+  return out;
+}
+
+/** The breaker thresholds an upstream runs with: its own `breaker` keys over `upstreamBreaker`. */
+export function upstreamBreakerFor(config: Pick<MirrorConfig, 'upstreamBreaker'>, upstream: UpstreamConfig): BreakerConfig {
+  return { ...config.upstreamBreaker, ...upstream.breaker };
 }
 
 function attempts(v: unknown, key: string): number {
@@ -272,6 +318,7 @@ function parseUpstream(name: string, value: unknown): UpstreamConfig {
     throw new ConfigError(`${key}.usernameFile`, 'usernameFile and passwordFile go together');
   }
   Object.assign(u, patternLists(o, key));
+  if (o.breaker !== undefined) u.breaker = parseBreakerOverride(o.breaker, `${key}.breaker`);
   return u;
 }
 

@@ -3,6 +3,7 @@
 // the two can never disagree.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BreakerSnapshot, BreakerState } from './upstream/circuit-breaker.js';
 
 export type Api = 'v2' | 'v1';
 export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image' | 'referrers';
@@ -21,7 +22,31 @@ export interface Stats {
   since: string;
   /** Per prefetched image (config `prefetch`); absent when none is configured. */
   prefetch?: PrefetchStatus[];
+  /** Per upstream (and the v1 source), by name: its circuit breaker. */
+  upstreams?: Record<string, UpstreamStatus>;
 }
+
+/** One upstream as /stats reports it. */
+export interface UpstreamStatus {
+  breaker: {
+    state: BreakerState;
+    /** Requests in a row that got no answer (connection-level failures after their retries). */
+    consecutiveFailures: number;
+    /** Times it opened (closed -> open, and a failed probe). */
+    opens: number;
+    /** Requests failed at once while it was open, without asking the upstream. */
+    fastFailed: number;
+    /** When it last opened (ISO 8601), while open or half-open. */
+    openedAt?: string;
+    /** While open: when the next probe request may go (ISO 8601). */
+    probeAt?: string;
+    /** The last failure of the current run of failures (e.g. ECONNREFUSED). */
+    lastFailure?: string;
+  };
+}
+
+/** registry_mirror_upstream_breaker_state's values. */
+export const breakerStateValue: Record<BreakerState, number> = { closed: 0, open: 1, 'half-open': 2 };
 
 /** One prefetched image as /stats reports it. */
 export interface PrefetchStatus {
@@ -47,6 +72,10 @@ export class MirrorMetrics {
   private readonly upstreamRequests: Counter<'upstream' | 'status'>;
   private readonly upstreamErrorsCounter: Counter<'upstream'>;
   private readonly upstreamRetries: Counter<'upstream'>;
+  private readonly breakerOpens: Counter<'upstream'>;
+  private readonly breakerFastFails: Counter<'upstream'>;
+  private readonly breakerCounts = new Map<string, { opens: number; fastFailed: number }>();
+  private breakerStates: (() => Array<{ upstream: string } & BreakerSnapshot>) | undefined;
   private readonly evictions: Counter<'reason'>;
   private readonly noRoomCounter: Counter;
   readonly inflightDownloads: Gauge;
@@ -85,6 +114,18 @@ export class MirrorMetrics {
     this.upstreamRetries = new Counter({
       name: 'registry_mirror_upstream_retries_total',
       help: 'Upstream requests sent again after a connection error, 429 or 5xx',
+      labelNames: ['upstream'],
+      registers: [r],
+    });
+    this.breakerOpens = new Counter({
+      name: 'registry_mirror_upstream_breaker_opens_total',
+      help: 'Times an upstream\'s circuit breaker opened (failed requests in a row, or a failed probe)',
+      labelNames: ['upstream'],
+      registers: [r],
+    });
+    this.breakerFastFails = new Counter({
+      name: 'registry_mirror_upstream_breaker_fast_failures_total',
+      help: 'Requests failed at once, without asking the upstream, because its circuit breaker was open',
       labelNames: ['upstream'],
       registers: [r],
     });
@@ -164,6 +205,46 @@ export class MirrorMetrics {
     });
   }
 
+  /**
+   * Each upstream's circuit breaker: the registry_mirror_upstream_breaker_state gauge (0
+   * closed, 1 open, 2 half-open) and /stats `upstreams`. The counters start at 0 for each.
+   */
+  watchBreakers(states: () => Array<{ upstream: string } & BreakerSnapshot>): void {
+    this.breakerStates = states;
+    for (const s of states()) this.breakerCount(s.upstream);
+    new Gauge({
+      name: 'registry_mirror_upstream_breaker_state',
+      help: 'Circuit breaker of each upstream: 0 closed, 1 open (requests fail at once), 2 half-open (one probe out)',
+      labelNames: ['upstream'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of states()) this.set({ upstream: s.upstream }, breakerStateValue[s.state]);
+      },
+    });
+  }
+
+  breakerOpened(upstream: string): void {
+    this.breakerOpens.inc({ upstream });
+    this.breakerCount(upstream).opens++;
+  }
+
+  breakerFastFailed(upstream: string): void {
+    this.breakerFastFails.inc({ upstream });
+    this.breakerCount(upstream).fastFailed++;
+  }
+
+  private breakerCount(upstream: string): { opens: number; fastFailed: number } {
+    let c = this.breakerCounts.get(upstream);
+    if (!c) {
+      c = { opens: 0, fastFailed: 0 };
+      this.breakerCounts.set(upstream, c);
+      this.breakerOpens.inc({ upstream }, 0);
+      this.breakerFastFails.inc({ upstream }, 0);
+    }
+    return c;
+  }
+
   /** Adds the prefetched images' status to /stats. */
   watchPrefetch(status: () => PrefetchStatus[]): void {
     this.prefetchStatus = status;
@@ -211,6 +292,34 @@ export class MirrorMetrics {
   stats(): Stats {
     const t = this.storeTotals();
     const prefetch = this.prefetchStatus?.();
-    return { ...this.counts, storedBytes: t.storedBytes, blobs: t.blobs, since: this.since, ...(prefetch && prefetch.length > 0 ? { prefetch } : {}) };
+    const upstreams = this.upstreamStatus();
+    return {
+      ...this.counts,
+      storedBytes: t.storedBytes,
+      blobs: t.blobs,
+      since: this.since,
+      ...(prefetch && prefetch.length > 0 ? { prefetch } : {}),
+      ...(upstreams ? { upstreams } : {}),
+    };
+  }
+
+  private upstreamStatus(): Record<string, UpstreamStatus> | undefined {
+    if (!this.breakerStates) return undefined;
+    const out: Record<string, UpstreamStatus> = {};
+    for (const s of this.breakerStates()) {
+      const c = this.breakerCount(s.upstream);
+      out[s.upstream] = {
+        breaker: {
+          state: s.state,
+          consecutiveFailures: s.consecutiveFailures,
+          opens: c.opens,
+          fastFailed: c.fastFailed,
+          ...(s.openedAt !== undefined ? { openedAt: new Date(s.openedAt).toISOString() } : {}),
+          ...(s.probeAt !== undefined ? { probeAt: new Date(s.probeAt).toISOString() } : {}),
+          ...(s.lastFailure !== undefined ? { lastFailure: s.lastFailure } : {}),
+        },
+      };
+    }
+    return out;
   }
 }

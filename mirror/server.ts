@@ -11,7 +11,7 @@ import { BlobCache } from './cache/blob-cache.js';
 import { isRememberedNotFound, ManifestCache } from './cache/manifest-cache.js';
 import { ReferrersCache } from './cache/referrers-cache.js';
 import { clientServerOptions, limitClientConnections } from './client-connections.js';
-import type { MirrorConfig } from './config.js';
+import { upstreamBreakerFor, type MirrorConfig } from './config.js';
 import { RegistryError } from './errors.js';
 import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
 import { UpstreamRouter } from './routing.js';
@@ -19,6 +19,7 @@ import { ContentStore } from './store/content-store.js';
 import { Evictor } from './store/evictor.js';
 import { Prefetcher } from './prefetch.js';
 import { RepoIndex } from './store/repo-index.js';
+import type { BreakerEvent } from './upstream/circuit-breaker.js';
 import { UpstreamClient } from './upstream/client.js';
 import { loadCredentials } from './upstream/credentials.js';
 import { registerV1 } from './v1/routes.js';
@@ -66,9 +67,28 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     metrics.upstreamRetry(upstream);
     logger.debug({ upstream, reason, delayMs }, 'retrying upstream request');
   };
+  const onBreaker = (upstream: string, e: BreakerEvent) => {
+    if (e.kind === 'fast-fail') return metrics.breakerFastFailed(upstream);
+    if (e.kind === 'open') {
+      metrics.breakerOpened(upstream);
+      logger.warn({ upstream, reason: e.reason, failures: e.failures, openForMs: e.openForMs }, e.reopened ? 'upstream probe failed: circuit breaker open again' : 'upstream unreachable: circuit breaker open, requests fail at once');
+    } else if (e.kind === 'close') {
+      logger.info({ upstream }, 'upstream answered the probe: circuit breaker closed');
+    } else {
+      logger.debug({ upstream }, 'circuit breaker half-open: one probe request goes through');
+    }
+  };
   const clients = new Map<string, UpstreamClient>();
   for (const u of Object.values(config.upstreams)) {
-    clients.set(u.name, new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status), { retry, onRetry }));
+    clients.set(
+      u.name,
+      new UpstreamClient(u, loadCredentials(u), dispatcher, (up, status) => metrics.upstreamRequest(up, status), {
+        retry,
+        onRetry,
+        breaker: upstreamBreakerFor(config, u),
+        onBreaker,
+      }),
+    );
   }
   metrics.watchTokenCaches(() => [...clients.values()].map((c) => ({ upstream: c.name, ...c.tokenCacheSize() })));
   const policies = new Map<string, RepositoryPolicy>();
@@ -160,8 +180,9 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/stats', async () => metrics.stats());
   registerV2(app, { router, blobs, manifests, repos, metrics, referrers: new ReferrersCache(manifests, metrics, logger, config.cache.tagTTLMs) });
+  let v1: ReturnType<typeof registerV1> | undefined;
   if (config.v1.enabled) {
-    registerV1(app, {
+    v1 = registerV1(app, {
       config: config.v1,
       store,
       metrics,
@@ -169,9 +190,14 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       maxBytes: config.storage.maxBytes,
       makeRoom: (bytes) => evictor.makeRoom(bytes),
       access: v1Access(config),
-      source: { timeouts: config.upstreamTimeouts, retry, onRetry },
+      source: { timeouts: config.upstreamTimeouts, retry, onRetry, breaker: config.upstreamBreaker, onBreaker },
     });
   }
+  const v1Cache = v1;
+  metrics.watchBreakers(() => [
+    ...[...clients.values()].map((c) => ({ upstream: c.name, ...c.breakerState() })),
+    ...(v1Cache ? [{ upstream: v1Cache.sourceName, ...v1Cache.sourceBreaker() }] : []),
+  ]);
 
   const flushTimer = setInterval(() => {
     store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));

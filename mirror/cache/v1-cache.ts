@@ -29,6 +29,7 @@ import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1
 import { sourceError, toV1Error, V1Error } from '../v1/errors.js';
 import { checksumsFromImagesList, payloadChecksums, repoName, type V1Repository } from '../v1/path.js';
 import { header, isSourceTrouble, type SourceResponse, type V1Source } from '../v1/source.js';
+import type { BreakerSnapshot } from '../upstream/circuit-breaker.js';
 
 export type V1Result = 'hit' | 'miss' | 'stale' | 'pass';
 
@@ -73,6 +74,11 @@ export class V1Cache {
 
   get sourceName(): string {
     return this.source.name;
+  }
+
+  /** The v1 source's circuit breaker (for /metrics and /stats). */
+  sourceBreaker(): BreakerSnapshot {
+    return this.source.breakerState();
   }
 
   // ---- repositories -------------------------------------------------------------------

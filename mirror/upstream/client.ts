@@ -10,6 +10,13 @@
 // name a realm of its own and collect the Basic credentials sent to token services. The
 // realm the upstream names gets them only over a channel no weaker than the upstream's own
 // (an https upstream's credentials never go to an http realm).
+//
+// Each upstream has a circuit breaker (circuit-breaker.ts). send() asks it first: while it is
+// open the request fails at once with UNAVAILABLE, no network touched. What it counts are
+// the exchanges with the upstream's own origin (token fetches from a realm there included):
+// an answer of any status is a success, an exchange whose tries all failed at connection
+// level is one failure. Redirect targets (blob storage, a CDN) and a token service on another
+// host are not the upstream: their trouble is neither counted nor taken as an answer.
 
 import { LRUCache } from 'lru-cache';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -18,12 +25,17 @@ import { RegistryError } from '../errors.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
 import { documentLimits, readBody } from './read-body.js';
-import { defaultRetryPolicy, describeError as describe, withRetries, type RetryPolicy } from './retry.js';
+import { fastFailReason, reportingBreaker, type BreakerEvent, type BreakerPermit, type BreakerPolicy, type BreakerSnapshot, type CircuitBreaker } from './circuit-breaker.js';
+import { defaultRetryPolicy, describeError as describe, isRetryableError, withRetries, type RetryPolicy } from './retry.js';
 
 export interface UpstreamClientOptions {
   retry?: RetryPolicy;
   /** Called before each retry, for the retry metric and a debug line. */
   onRetry?: (upstream: string, reason: string, delayMs: number) => void;
+  /** The circuit breaker's thresholds; absent (or failures 0) = no breaker. */
+  breaker?: BreakerPolicy;
+  /** The breaker's transitions and fast failures, for metrics and logs. */
+  onBreaker?: (upstream: string, event: BreakerEvent) => void;
 }
 
 export interface UpstreamResponse {
@@ -72,6 +84,7 @@ export class UpstreamClient {
     ttlAutopurge: true,
   });
   private readonly tokenRequests = new Map<string, Promise<CachedToken>>();
+  private readonly breaker: CircuitBreaker;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -84,6 +97,7 @@ export class UpstreamClient {
     const u = new URL(config.url);
     this.origin = u.origin;
     this.base = `${config.url}/v2/`;
+    this.breaker = reportingBreaker(options.breaker, (e) => options.onBreaker?.(this.name, e));
   }
 
   static agent(timeouts: UpstreamTimeouts = { connectMs: 10_000, headersMs: 30_000, idleMs: 60_000 }): Agent {
@@ -97,12 +111,38 @@ export class UpstreamClient {
     });
   }
 
-  /** One request with retries (see retry.ts); every attempt is counted in the metrics. */
-  private retrying(send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
-    return withRetries(this.options.retry ?? defaultRetryPolicy, send, {
-      onAttempt: (status) => this.onRequest(this.name, status),
-      onRetry: ({ reason, delayMs }) => this.options.onRetry?.(this.name, reason, delayMs),
-    });
+  /**
+   * One exchange with retries (see retry.ts); every attempt is counted in the metrics, and
+   * one with the upstream's own origin in the breaker (an answer or, once the tries are over,
+   * a connection-level failure). No retry once the breaker has opened.
+   */
+  private async retrying(target: string | URL, permit: BreakerPermit, send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
+    if (!this.breaker.allows(permit)) throw this.fastFail();
+    const counted = new URL(target).origin === this.origin;
+    try {
+      return await withRetries(this.options.retry ?? defaultRetryPolicy, send, {
+        onAttempt: (status) => {
+          this.onRequest(this.name, status);
+          if (counted && status !== 'error') this.breaker.succeeded(permit);
+        },
+        onRetry: ({ reason, delayMs }) => this.options.onRetry?.(this.name, reason, delayMs),
+        mayRetry: () => this.breaker.mayRetry(permit),
+      });
+    } catch (err) {
+      if (counted && isRetryableError(err)) this.breaker.failed(permit, describe(err));
+      throw err;
+    }
+  }
+
+  /** The error of a request the open breaker does not let through (counted as such). */
+  private fastFail(): RegistryError {
+    this.options.onBreaker?.(this.name, { kind: 'fast-fail' });
+    return new RegistryError('UNAVAILABLE', `upstream ${this.name} unreachable: ${fastFailReason(this.breaker)}`);
+  }
+
+  /** The breaker's state (for /metrics and /stats). */
+  breakerState(): BreakerSnapshot {
+    return this.breaker.snapshot();
   }
 
   /** What the token cache holds now (for /metrics). */
@@ -112,17 +152,27 @@ export class UpstreamClient {
 
   /** Sends one request with auth; the caller owns (and must consume or destroy) the body. */
   async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const permit = this.breaker.acquire();
+    if (!permit) throw this.fastFail();
+    try {
+      return await this.sendAuthorized(req, permit);
+    } finally {
+      this.breaker.release(permit);
+    }
+  }
+
+  private async sendAuthorized(req: UpstreamRequest, permit: BreakerPermit): Promise<UpstreamResponse> {
     const scope = req.repository ? `repository:${req.repository}:pull` : undefined;
-    let res = await this.sendOnce(req, await this.authorization(scope, false));
+    let res = await this.sendOnce(req, await this.authorization(scope, false, permit), permit);
     await this.refuseForeignChallenge(res);
     if (res.status === 401) {
       const challenge = parseChallenge(res.headers['www-authenticate']);
       await res.body.dump().catch(() => undefined);
       if (!challenge) return res401();
       this.challenge = challenge;
-      const auth = await this.authorization(scope, true);
+      const auth = await this.authorization(scope, true, permit);
       if (auth === undefined) return res401();
-      res = await this.sendOnce(req, auth);
+      res = await this.sendOnce(req, auth, permit);
       await this.refuseForeignChallenge(res);
       if (res.status === 401) {
         await res.body.dump().catch(() => undefined);
@@ -151,7 +201,7 @@ export class UpstreamClient {
     throw new RegistryError('UNAVAILABLE', `a redirect of upstream ${this.name} led to ${res.origin}, which asked for authentication; the mirror authenticates to ${this.origin} only`);
   }
 
-  private async sendOnce(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse> {
+  private async sendOnce(req: UpstreamRequest, authorization: string | undefined, permit: BreakerPermit): Promise<UpstreamResponse> {
     let url = this.base + req.path + (req.query ? `?${req.query}` : '');
     for (let hop = 0; ; hop++) {
       const sameOrigin = new URL(url).origin === this.origin;
@@ -161,8 +211,9 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData;
       const target = url;
       try {
-        res = await this.retrying(() => request(target, { method: req.method, headers, dispatcher: this.dispatcher }));
+        res = await this.retrying(target, permit, () => request(target, { method: req.method, headers, dispatcher: this.dispatcher }));
       } catch (err) {
+        if (err instanceof RegistryError) throw err;
         throw new RegistryError('UNAVAILABLE', `upstream ${this.name} unreachable: ${describe(err)}`);
       }
       const location = res.headers.location;
@@ -177,7 +228,7 @@ export class UpstreamClient {
   }
 
   /** The Authorization header for a scope, once the upstream has told us its scheme. */
-  private async authorization(scope: string | undefined, refresh: boolean): Promise<string | undefined> {
+  private async authorization(scope: string | undefined, refresh: boolean, permit: BreakerPermit): Promise<string | undefined> {
     const c = this.challenge;
     if (!c) return undefined;
     if (c.scheme === 'basic') {
@@ -189,7 +240,7 @@ export class UpstreamClient {
     if (cached) return `Bearer ${cached}`;
     let pending = this.tokenRequests.get(key);
     if (!pending) {
-      pending = this.fetchToken(c, scope)
+      pending = this.fetchToken(c, scope, permit)
         .then((token) => {
           const ttl = token.expiresAt - Date.now();
           if (ttl > 0) this.tokens.set(key, token.value, { ttl });
@@ -201,7 +252,7 @@ export class UpstreamClient {
     return `Bearer ${(await pending).value}`;
   }
 
-  private async fetchToken(c: Challenge, scope: string | undefined): Promise<CachedToken> {
+  private async fetchToken(c: Challenge, scope: string | undefined, permit: BreakerPermit): Promise<CachedToken> {
     const realm = c.params.realm;
     if (!realm) throw new RegistryError('UNAUTHORIZED', `upstream ${this.name} sent a Bearer challenge without realm`);
     let u: URL;
@@ -222,8 +273,9 @@ export class UpstreamClient {
     }
     let res: Dispatcher.ResponseData;
     try {
-      res = await this.retrying(() => request(u, { method: 'GET', headers, dispatcher: this.dispatcher }));
+      res = await this.retrying(u, permit, () => request(u, { method: 'GET', headers, dispatcher: this.dispatcher }));
     } catch (err) {
+      if (err instanceof RegistryError) throw err;
       throw new RegistryError('UNAVAILABLE', `token service of ${this.name} unreachable: ${describe(err)}`);
     }
     if (res.statusCode === 401 || res.statusCode === 403) {

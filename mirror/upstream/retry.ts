@@ -14,6 +14,10 @@
 // honoured instead when it is at most maxDelay; when it asks for longer, the mirror does not
 // hold its client that long: the last answer goes back at once (a 429 becomes TOOMANYREQUESTS,
 // or the cached manifest is served stale).
+//
+// A caller can stop the retries early (hooks.mayRetry): the upstream's circuit breaker
+// (circuit-breaker.ts) says no while it is open, so a request in flight when it opens makes
+// no more tries, and its half-open probe gets one try until the upstream has answered.
 
 import type { Dispatcher } from 'undici';
 
@@ -71,6 +75,11 @@ export interface RetryHooks {
   onAttempt?: (status: number | 'error') => void;
   /** Called before each wait: what failed and how long the wait is. */
   onRetry?: (info: { attempt: number; reason: string; delayMs: number }) => void;
+  /**
+   * Asked before each retry (and again after the wait, for a failed connection): false ends
+   * the retries, the last error is thrown or the last answer returned as when tries run out.
+   */
+  mayRetry?: () => boolean;
   sleep?: (ms: number) => Promise<void>;
   random?: () => number;
 }
@@ -81,20 +90,22 @@ export interface RetryHooks {
  */
 export async function withRetries(policy: RetryPolicy, send: () => Promise<Dispatcher.ResponseData>, hooks: RetryHooks = {}): Promise<Dispatcher.ResponseData> {
   const sleep = hooks.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const mayRetry = hooks.mayRetry ?? (() => true);
   for (let attempt = 1; ; attempt++) {
     let res: Dispatcher.ResponseData;
     try {
       res = await send();
     } catch (err) {
       hooks.onAttempt?.('error');
-      if (attempt >= policy.attempts || !isRetryableError(err)) throw err;
+      if (attempt >= policy.attempts || !isRetryableError(err) || !mayRetry()) throw err;
       const delayMs = backoffDelay(attempt, policy, hooks.random);
       hooks.onRetry?.({ attempt, reason: describeError(err), delayMs });
       await sleep(delayMs);
+      if (!mayRetry()) throw err;
       continue;
     }
     hooks.onAttempt?.(res.statusCode);
-    if (!retryableStatuses.has(res.statusCode) || attempt >= policy.attempts) return res;
+    if (!retryableStatuses.has(res.statusCode) || attempt >= policy.attempts || !mayRetry()) return res;
     const asked = retryAfterMs(res.headers['retry-after']);
     if (asked !== undefined && asked > policy.maxDelayMs) return res;
     await res.body.dump().catch(() => undefined);

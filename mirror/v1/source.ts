@@ -3,17 +3,24 @@
 // included); it caches public content and serves it to everyone, so it must only ever fetch
 // what anyone may fetch. Redirects (layers on blob storage) are followed by undici's
 // interceptor; there is no Authorization to leak across origins. Requests are GETs, retried
-// as upstream/retry.ts says (before any body byte reaches a client, never after).
+// as upstream/retry.ts says (before any body byte reaches a client, never after). The source
+// has a circuit breaker as every upstream does (upstream/circuit-breaker.ts): while it is
+// open a request fails at once with the 503 of an unreachable source, so cached documents
+// are served stale without waiting on retries or connect timeouts.
 
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import type { UpstreamTimeouts } from '../config.js';
-import { defaultRetryPolicy, describeError, withRetries, type RetryPolicy } from '../upstream/retry.js';
+import { fastFailReason, reportingBreaker, type BreakerEvent, type BreakerPolicy, type BreakerSnapshot, type CircuitBreaker } from '../upstream/circuit-breaker.js';
+import { defaultRetryPolicy, describeError, isRetryableError, withRetries, type RetryPolicy } from '../upstream/retry.js';
 import { V1Error } from './errors.js';
 
 export interface V1SourceOptions {
   timeouts?: UpstreamTimeouts;
   retry?: RetryPolicy;
   onRetry?: (source: string, reason: string, delayMs: number) => void;
+  /** The circuit breaker's thresholds; absent (or failures 0) = no breaker. */
+  breaker?: BreakerPolicy;
+  onBreaker?: (source: string, event: BreakerEvent) => void;
 }
 
 export interface SourceResponse {
@@ -27,6 +34,7 @@ export class V1Source {
   readonly name: string;
   private readonly agent: Agent;
   private readonly dispatcher: Dispatcher;
+  private readonly breaker: CircuitBreaker;
 
   constructor(
     private readonly source: string,
@@ -45,6 +53,12 @@ export class V1Source {
       connect: { timeout: t.connectMs },
     });
     this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: 5 }));
+    this.breaker = reportingBreaker(options.breaker, (e) => options.onBreaker?.(this.name, e));
+  }
+
+  /** The breaker's state (for /metrics and /stats). */
+  breakerState(): BreakerSnapshot {
+    return this.breaker.snapshot();
   }
 
   /**
@@ -53,6 +67,11 @@ export class V1Source {
    */
   async get(path: string, opts: { index?: boolean } = {}): Promise<SourceResponse> {
     const url = (opts.index ? this.index : this.source) + path;
+    const permit = this.breaker.acquire();
+    if (!permit) {
+      this.options.onBreaker?.(this.name, { kind: 'fast-fail' });
+      throw new V1Error(503, `the v1 source is unreachable: ${fastFailReason(this.breaker)}`);
+    }
     let res: Dispatcher.ResponseData;
     try {
       const send = () =>
@@ -62,11 +81,18 @@ export class V1Source {
           dispatcher: this.dispatcher,
         });
       res = await withRetries(this.options.retry ?? defaultRetryPolicy, send, {
-        onAttempt: (status) => this.onRequest(this.name, status),
+        onAttempt: (status) => {
+          this.onRequest(this.name, status);
+          if (status !== 'error') this.breaker.succeeded(permit);
+        },
         onRetry: ({ reason, delayMs }) => this.options.onRetry?.(this.name, reason, delayMs),
+        mayRetry: () => this.breaker.mayRetry(permit),
       });
     } catch (err) {
+      if (isRetryableError(err)) this.breaker.failed(permit, describeError(err));
       throw new V1Error(503, `the v1 source is unreachable: ${describeError(err)}`);
+    } finally {
+      this.breaker.release(permit);
     }
     return { status: res.statusCode, headers: res.headers, body: res.body };
   }

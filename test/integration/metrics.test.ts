@@ -37,7 +37,13 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
     const total = img.totalBytes;
     const blobs = [img.config, ...img.layers];
     const stats0 = await getStats(mirror.url);
-    assert.deepEqual({ ...stats0, since: '' }, { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0, since: '' });
+    // Every upstream (and the v1 source, on by default) with its circuit breaker, closed.
+    const closed = { breaker: { state: 'closed', consecutiveFailures: 0, opens: 0, fastFailed: 0 } };
+    const upstreams = { 'docker.io': closed, 'index.docker.io': closed };
+    assert.deepEqual(
+      { ...stats0, since: '' },
+      { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0, since: '', upstreams },
+    );
     assert.ok(!Number.isNaN(Date.parse(stats0.since)));
 
     assert.equal((await pullImage(mirror.url, '', img.repository, img.tag)).bytes, total); // 1 + 3 misses
@@ -62,6 +68,7 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
         blobs: blobs.length,
         upstreamErrors: 0,
         since: stats0.since,
+        upstreams,
       },
     );
     assert.equal(stats.since, stats0.since);
@@ -81,6 +88,11 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
     assert.equal(v('registry_mirror_upstream_requests_total', { upstream: 'docker.io', status: '200' }), 1 + blobs.length);
     assert.equal(v('registry_mirror_upstream_requests_total', { upstream: 'docker.io', status: '404' }), 2);
     assert.equal(v('registry_mirror_inflight_downloads'), 0);
+    for (const upstream of ['docker.io', 'index.docker.io']) {
+      assert.equal(v('registry_mirror_upstream_breaker_state', { upstream }), 0, 'closed');
+      assert.equal(v('registry_mirror_upstream_breaker_opens_total', { upstream }), 0, 'present from the start');
+      assert.equal(v('registry_mirror_upstream_breaker_fast_failures_total', { upstream }), 0);
+    }
     assert.equal(v('registry_mirror_stored_bytes'), total);
     assert.equal(v('registry_mirror_stored_blobs'), blobs.length);
     assert.match(text, /^# TYPE registry_mirror_evictions_total counter$/m);

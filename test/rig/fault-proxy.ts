@@ -57,6 +57,16 @@ export interface FaultProxyHandle {
    * object storage does (the target plays the pre-signed storage URL on another origin).
    */
   redirectBlob(digest: string, toBase: string): void;
+  /**
+   * While on, every TCP connection is reset as soon as it is accepted, before a byte is read
+   * (an upstream whose port refuses the mirror; the client sees ECONNRESET or "other side
+   * closed"). Turning it on closes the connections open now, so keep-alive ones go too.
+   */
+  refuseConnections(on: boolean): void;
+  /** TCP connections accepted so far, refused ones included: what the upstream side saw. */
+  connections(): number;
+  /** Closes every open connection (keep-alive ones included); the listener stays. */
+  closeConnections(): void;
   /** Remove every fault (requests in flight keep theirs). */
   clear(): void;
   requests(): ProxyLogEntry[];
@@ -82,7 +92,11 @@ function endToEnd(headers: IncomingMessage['headers']): OutgoingHttpHeaders {
 
 const BLOB_PATH = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})(?:\?|$)/;
 
-export async function startFaultProxy(upstreamUrl: string, opts: { port?: number } = {}): Promise<FaultProxyHandle> {
+/**
+ * `host` is the loopback address to listen on (default 127.0.0.1), e.g. one a test added to
+ * `lo` to drop packets to with iptables.
+ */
+export async function startFaultProxy(upstreamUrl: string, opts: { port?: number; host?: string } = {}): Promise<FaultProxyHandle> {
   const upstream = new URL(upstreamUrl);
   if (upstream.protocol !== 'http:') throw new Error(`fault proxy speaks plain http to its upstream, not ${upstream.protocol}`);
   const agent = new Agent({ keepAlive: true });
@@ -95,6 +109,12 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
   const log: ProxyLogEntry[] = [];
 
   const server = createServer((req, res) => void handle(req, res));
+  let refusing = false;
+  let accepted = 0;
+  server.prependListener('connection', (socket) => {
+    accepted++;
+    if (refusing) socket.resetAndDestroy();
+  });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = req.url ?? '/';
@@ -276,11 +296,12 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
   }
 
   const port = opts.port ?? (await freePort());
+  const address = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve());
+    server.listen(port, address, () => resolve());
   });
-  const host = `127.0.0.1:${port}`;
+  const host = `${address}:${port}`;
 
   return {
     url: `http://${host}`,
@@ -304,6 +325,14 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     },
     redirectBlob(d, toBase) {
       redirects.set(d, toBase.replace(/\/+$/, ''));
+    },
+    refuseConnections(on) {
+      refusing = on;
+      if (on) server.closeAllConnections();
+    },
+    connections: () => accepted,
+    closeConnections() {
+      server.closeAllConnections();
     },
     clear() {
       redirects.clear();

@@ -101,6 +101,22 @@ describe('upstream retries', () => {
     assert.equal(long.calls(), 1);
   });
 
+  it('mayRetry false ends the retries: checked before the wait and, for a failed connection, after it', async () => {
+    // Before the wait: a status is returned as it is, an error thrown.
+    const s = scripted([503, 200]);
+    assert.equal((await withRetries(policy, s.send, { mayRetry: () => false, sleep: async () => assert.fail('no wait') })).statusCode, 503);
+    assert.equal(s.calls(), 1);
+    assert.ok(!s.sent[0]!.dumped, 'the answer is handed over undumped');
+    const e = scripted([connRefused(), 200]);
+    await assert.rejects(withRetries(policy, e.send, { mayRetry: () => false, sleep: async () => assert.fail('no wait') }), /ECONNREFUSED/);
+    assert.equal(e.calls(), 1);
+    // The breaker opened while this request waited to retry: no further try.
+    let open = false;
+    const w = scripted([connRefused(), 200]);
+    await assert.rejects(withRetries(policy, w.send, { mayRetry: () => !open, sleep: async () => void (open = true) }), /ECONNREFUSED/);
+    assert.equal(w.calls(), 1);
+  });
+
   it('attempts: 1 means no retries', async () => {
     const s = scripted([503, 200]);
     assert.equal((await withRetries({ ...policy, attempts: 1 }, s.send)).statusCode, 503);
