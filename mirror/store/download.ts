@@ -3,16 +3,18 @@
 // pass their own `verify`: size and, when the source gives one, the payload checksum.)
 //
 // The cold path is three things at once, none waiting on another (issue 14):
-// - the upstream body flows in ('data' events, no per-chunk promise), each chunk hashed and
-//   appended to a memory window: the most recent `windowBytes` of the blob;
+// - the upstream body flows in ('data' events, no per-chunk promise), each chunk appended to
+//   a memory window (the most recent `windowBytes` of the blob) and handed to a hash worker
+//   thread (store/stream-hash.ts), so hashing runs beside the event loop, not in it;
 // - a writer appends the window to the temp file with batched writev calls, off the event
-//   loop; the upstream pauses only when the disk falls a whole window behind;
+//   loop; the upstream pauses only when the disk, or the hash, falls a whole window behind;
 // - each client follows through its own TailReader: near the front it is handed slices of
 //   the window (no copy, no read back), behind the window it reads the temp file at its own
 //   pace. A slow client never slows the download or the other clients, and followers never
 //   go upstream again (distribution's proxy re-fetches for them).
-// So a blob in flight holds at most one window plus one upstream chunk of memory however
-// many clients follow it; each client adds only its own stream buffers.
+// So a blob in flight holds at most one window, plus one upstream chunk and the hash's backlog
+// (itself at most a window), however many clients follow it; each client adds only its own
+// stream buffers.
 //
 // A client is never handed the last byte before the digest and size are verified: with a
 // Content-Length response that last byte is what would let a client accept a corrupt body as
@@ -31,13 +33,13 @@
 // attached reader still needs, and the upstream pauses while the slowest reader is a window
 // behind. Such a download takes no new joiners: a later request starts its own.
 
-import { createHash, type Hash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { RegistryError } from '../errors.js';
 import type { Digest } from '../reference.js';
 import { isNoSpace, removeQuietly } from './fsutil.js';
+import { streamHash, type StreamHash } from './stream-hash.js';
 
 export interface DownloadSource {
   body: Readable;
@@ -62,8 +64,23 @@ export const windowBytes = 8 << 20;
 // A reader behind the window reads the file this much at a time (and buffers as much, as its
 // highWaterMark): 256 KiB keeps 200 concurrent cold clients (issue 8 load test) light.
 const readChunk = 256 << 10;
-// At most this many chunks per writev (Linux IOV_MAX is 1024).
+// The writer waits for this much before a writev (but for the last bytes): each call is a
+// round trip through the thread pool and back through a busy event loop, so 64 KiB writes
+// would pace the whole download at a few hundred MB/s.
+const writeBatch = 1 << 20;
+// At most this many chunks and bytes per writev (Linux IOV_MAX is 1024), and two writes at
+// once: on a machine where first-touch page cache pages are dear (a VM) one thread of the pool
+// copying into the page cache is slower than the network.
 const maxIovecs = 256;
+const maxWriteBytes = 4 << 20;
+const writeLanes = 2;
+
+interface PendingWrite {
+  from: number;
+  to: number;
+  /** Bytes the write reported, -1 while it runs. */
+  written: number;
+}
 
 // Crash tests only: hold every commit this long after the clients got their last byte, so a
 // test can kill the process in that window (test/integration/crash-verify.test.ts).
@@ -85,21 +102,32 @@ export class Download {
   /** Hex hash of the whole body, set once the last byte has arrived. */
   hashHex: string | undefined;
 
+  /** Settles with the outcome (committed, or known not to be cached, or failed). */
   readonly done: Promise<DownloadOutcome>;
   private resolveDone!: (o: DownloadOutcome) => void;
+  /** Settles after `done`, once a temp file that was not committed is removed too. */
+  private readonly finished: Promise<DownloadOutcome>;
+  private resolveFinished!: (o: DownloadOutcome) => void;
   private settled = false;
   private readonly readers = new Set<TailReader>();
   private fh: FileHandle | undefined;
   private source: DownloadSource | undefined;
   private readonly verify: Verify;
-  private hash: Hash | undefined;
+  private hash: StreamHash | undefined;
   private paused = false;
   // The window: chunks[i] holds bytes from offsets[i]; together [windowStart, received).
   private chunks: Buffer[] = [];
   private offsets: number[] = [];
   private windowStart = 0;
   private held = 0;
-  private writing = false;
+  /** Writes in flight, and the ranges issued to them in order. */
+  private lanes = 0;
+  private pending: PendingWrite[] = [];
+  /** Bytes handed to writes so far. */
+  private issued = 0;
+  private writeFailed = false;
+  /** The upstream body has ended: the writer takes what is left, however little. */
+  private ended = false;
   private drainWaiters: Array<() => void> = [];
 
   /** Without `verify` the body must match `digest`; with neither only the size is checked. */
@@ -110,6 +138,7 @@ export class Download {
     this.tmpPath = tmpPath;
     if (tmpPath === undefined) this.diskEnd = 0;
     this.done = new Promise((r) => (this.resolveDone = r));
+    this.finished = new Promise((r) => (this.resolveFinished = r));
   }
 
   get joinable(): boolean {
@@ -156,20 +185,23 @@ export class Download {
   }
 
   /**
-   * Pulls the upstream body to the end. Resolves (as `done`) when the blob is verified and
-   * committed, or verified and known not to be cacheable, or failed.
+   * Pulls the upstream body to the end. Resolves when the blob is verified and committed, or
+   * verified and known not to be cacheable, or failed, and a temp file left is removed.
    */
   run(source: DownloadSource, commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<DownloadOutcome> {
     this.source = source;
-    this.hash = createHash(this.digest?.algorithm ?? 'sha256');
+    this.hash = streamHash(this.digest?.algorithm ?? 'sha256', this.size, {
+      progress: () => this.resumeIfRoom(),
+      failed: (err) => this.fail(err),
+    });
     const body = source.body;
     body.on('data', (chunk: Buffer) => this.accept(chunk));
-    body.once('end', () => this.finish(commit));
+    body.once('end', () => void this.finish(commit));
     body.on('error', (err) => this.fail(upstreamFailure(err)));
     body.once('close', () => {
       if (this.state === 'running' && !body.readableEnded) this.fail(new RegistryError('UNAVAILABLE', 'upstream transfer failed: body closed early'));
     });
-    return this.done;
+    return this.finished;
   }
 
   private accept(chunk: Buffer): void {
@@ -189,8 +221,9 @@ export class Download {
       this.fail(new RegistryError('SIZE_INVALID', `upstream sent more than its Content-Length of ${this.size} bytes`));
       return;
     }
-    if (this.diskEnd === undefined) this.startWriter();
-    else if (this.readers.size === 0) {
+    if (this.diskEnd === undefined) {
+      if (this.received - this.issued >= writeBatch) this.startWriter();
+    } else if (this.readers.size === 0) {
       this.fail(new Error('all clients went away'));
       return;
     }
@@ -202,13 +235,22 @@ export class Download {
     }
   }
 
-  private finish(commit: (tmp: string, size: number, hashHex: string) => Promise<void>): void {
+  private async finish(commit: (tmp: string, size: number, hashHex: string) => Promise<void>): Promise<void> {
     if (this.state !== 'running') return;
+    // The last partial batch goes to the file now.
+    this.ended = true;
+    if (this.diskEnd === undefined) this.startWriter();
     if (this.size !== undefined && this.received !== this.size) {
       this.fail(new RegistryError('SIZE_INVALID', `upstream sent ${this.received} bytes, Content-Length said ${this.size}`));
       return;
     }
-    this.hashHex = this.hash!.digest('hex');
+    try {
+      this.hashHex = await this.hash!.digest();
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    if (this.state !== 'running') return;
     const invalid = this.verify(this.hashHex, this.received);
     if (invalid) {
       this.fail(invalid);
@@ -239,93 +281,134 @@ export class Download {
       }
     }
     this.settled = true;
+    const outcome: DownloadOutcome = { ok: true, cached, size: this.received };
+    // `done` first: the callers' figures are current before the temp file is gone.
+    this.resolveDone(outcome);
     this.maybeCloseFile();
     if (!cached && this.tmpPath) await removeQuietly(this.tmpPath);
-    this.resolveDone({ ok: true, cached, size: this.received });
+    this.resolveFinished(outcome);
   }
 
   private fail(error: Error): void {
     if (this.state === 'failed' || this.settled) return;
     this.state = 'failed';
     this.error = error;
+    this.hash?.drop();
     this.source?.body.destroy(error);
     for (const r of [...this.readers]) r.destroy(error);
     this.chunks = [];
     this.offsets = [];
     this.held = 0;
     this.settled = true;
+    const outcome: DownloadOutcome = { ok: false, error };
+    this.resolveDone(outcome);
     this.maybeCloseFile();
-    // `done` settles once the temp file is gone.
-    void (this.tmpPath ? removeQuietly(this.tmpPath) : Promise.resolve()).then(() => this.resolveDone({ ok: false, error }));
+    void (this.tmpPath ? removeQuietly(this.tmpPath) : Promise.resolve()).then(() => this.resolveFinished(outcome));
   }
 
   // ---- the writer ------------------------------------------------------------------------
 
+  /** Issues writes of whatever is ready, on up to `writeLanes` ranges at once. */
   private startWriter(): void {
-    if (!this.writing && this.fh) void this.writeLoop();
+    if (!this.fh) return;
+    while (this.lanes < writeLanes && this.diskEnd === undefined && this.state !== 'failed' && !this.writeFailed) {
+      const ready = this.received - this.issued;
+      if (ready <= 0 || (!this.ended && ready < writeBatch)) break;
+      const from = this.issued;
+      const batch = this.sliceForWrite(from);
+      const w: PendingWrite = { from, to: from + batch.reduce((n, b) => n + b.length, 0), written: -1 };
+      this.issued = w.to;
+      this.pending.push(w);
+      this.lanes++;
+      this.fh.writev(batch, from).then(
+        ({ bytesWritten }) => this.wrote(w, bytesWritten),
+        (err: unknown) => this.writeError(w, err),
+      );
+    }
+    if (this.lanes === 0) this.writerIdle();
   }
 
-  private async writeLoop(): Promise<void> {
-    this.writing = true;
-    try {
-      while (this.diskEnd === undefined && this.written < this.received && this.state !== 'failed') {
-        const from = this.written;
-        const batch = this.sliceForWrite(from);
-        let n: number;
-        try {
-          n = (await this.fh!.writev(batch, from)).bytesWritten;
-        } catch (err) {
-          if (!isNoSpace(err)) throw err;
-          // From here on bytes stay in memory for the readers attached now (file comment).
-          this.noSpace = true;
-          this.diskEnd = this.written;
-          if (this.state === 'running' && this.readers.size === 0) this.fail(new Error('all clients went away'));
-          break;
+  private wrote(w: PendingWrite, n: number): void {
+    this.lanes--;
+    w.written = n;
+    // `written` only ever covers bytes really in the file, in order: readers never wait for
+    // bytes past its end. A write can be short (the disk filled up mid-batch: the kernel writes
+    // what fits and the next write fails with ENOSPC): the rest is written again from there.
+    while (this.pending.length > 0 && this.pending[0]!.written >= 0) {
+      const head = this.pending.shift()!;
+      this.written = head.from + head.written;
+      if (head.written < head.to - head.from) {
+        if (head.written === 0) {
+          this.writeError(undefined, new Error('temp file write made no progress'));
+          return;
         }
-        if (n === 0) throw new Error('temp file write made no progress');
-        // A write can be short: when the disk fills up in the middle of a batch the kernel
-        // writes what fits; the next write fails with ENOSPC. `written` only ever covers
-        // bytes really in the file, or readers would wait for bytes past its end forever.
-        this.written = from + n;
-        this.trim();
-        this.notifyReaders();
-        this.resumeIfRoom();
+        this.issued = this.written;
+        this.pending = [];
+        break;
       }
-    } catch (err) {
+    }
+    this.trim();
+    this.notifyReaders();
+    this.resumeIfRoom();
+    this.startWriter();
+  }
+
+  private writeError(w: PendingWrite | undefined, err: unknown): void {
+    if (w) this.lanes--;
+    this.pending = [];
+    if (isNoSpace(err)) {
+      // From here on bytes stay in memory for the readers attached now (file comment).
+      this.noSpace = true;
+      this.diskEnd ??= this.written;
+      if (this.state === 'running' && this.readers.size === 0) this.fail(new Error('all clients went away'));
+    } else {
+      this.writeFailed = true;
       // A disk error fails the clients mid-body while the download runs; once the bytes are
       // verified (all in the window or the file already) it only keeps them out of the store.
       if (this.state === 'verified') this.error = err as Error;
       else this.fail(err as Error);
-    } finally {
-      this.writing = false;
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-      this.maybeCloseFile();
     }
+    if (this.lanes === 0) this.writerIdle();
   }
 
+  private writerIdle(): void {
+    if (!this.writerDone()) return;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+    this.maybeCloseFile();
+  }
+
+  /** Resolves when every byte received is in the file, or the file is given up on. */
   private writesDone(): Promise<void> {
-    if (!this.writing) return Promise.resolve();
+    if (this.writerDone()) return Promise.resolve();
     return new Promise((r) => this.drainWaiters.push(r));
   }
 
-  /** The window's bytes from `from` on, as writev buffers. */
+  private writerDone(): boolean {
+    return this.lanes === 0 && (this.written >= this.received || this.diskEnd !== undefined || this.writeFailed || !this.fh);
+  }
+
+  /** The window's bytes from `from` on, up to one write's worth, as writev buffers. */
   private sliceForWrite(from: number): Buffer[] {
     const out: Buffer[] = [];
-    for (let i = this.indexOf(from); i < this.chunks.length && out.length < maxIovecs; i++) {
+    let bytes = 0;
+    for (let i = this.indexOf(from); i < this.chunks.length && out.length < maxIovecs && bytes < maxWriteBytes; i++) {
       const c = this.chunks[i]!;
-      out.push(out.length === 0 ? c.subarray(from - this.offsets[i]!) : c);
+      const part = out.length === 0 ? c.subarray(from - this.offsets[i]!) : c;
+      out.push(part);
+      bytes += part.length;
     }
     return out;
   }
 
   // ---- the window ------------------------------------------------------------------------
 
-  /** How far the consumer that paces the upstream is behind it. */
+  /** How far the consumers that pace the upstream are behind it: the hash, and the disk or the slowest reader. */
   private behind(): number {
-    if (this.diskEnd === undefined) return this.received - this.written;
-    return this.received - this.slowestReader();
+    const hashing = this.hash?.backlog ?? 0;
+    if (this.diskEnd === undefined) return Math.max(hashing, this.received - this.written);
+    return Math.max(hashing, this.received - this.slowestReader());
   }
 
   private slowestReader(): number {
@@ -403,7 +486,7 @@ export class Download {
   }
 
   private maybeCloseFile(): void {
-    if (this.settled && !this.writing && this.readers.size === 0 && this.fh) {
+    if (this.settled && this.lanes === 0 && this.readers.size === 0 && this.fh) {
       const fh = this.fh;
       this.fh = undefined;
       fh.close().catch(() => undefined);

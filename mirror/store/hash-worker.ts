@@ -1,0 +1,30 @@
+// The worker thread side of store/stream-hash.ts: holds one hash per download and answers
+// each batch with an ack (for the sender's backpressure) and each end with the hex digest.
+import { createHash, type Hash } from 'node:crypto';
+import { parentPort } from 'node:worker_threads';
+import type { ToWorker } from './stream-hash.js';
+
+const hashes = new Map<number, Hash>();
+
+parentPort!.on('message', (m: ToWorker) => {
+  switch (m.op) {
+    case 'start':
+      hashes.set(m.id, createHash(m.algorithm));
+      return;
+    case 'update': {
+      const h = hashes.get(m.id);
+      if (h) h.update(new Uint8Array(m.buf));
+      parentPort!.postMessage({ op: 'ack', id: m.id, bytes: m.buf.byteLength });
+      return;
+    }
+    case 'end': {
+      const h = hashes.get(m.id);
+      hashes.delete(m.id);
+      parentPort!.postMessage({ op: 'digest', id: m.id, hex: h ? h.digest('hex') : '' });
+      return;
+    }
+    case 'drop':
+      hashes.delete(m.id);
+      return;
+  }
+});
