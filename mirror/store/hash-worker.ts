@@ -1,5 +1,6 @@
-// The worker thread side of store/stream-hash.ts: holds one hash per download and answers
-// each batch with an ack (for the sender's backpressure) and each end with the hex digest.
+// The worker thread side of store/stream-hash.ts: holds one hash per download, answers each
+// batch with an ack that hands its buffer back (for the sender's backpressure and reuse), and
+// each end with the hex digest.
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import type { ToWorker } from './stream-hash.js';
@@ -13,8 +14,9 @@ parentPort!.on('message', (m: ToWorker) => {
       return;
     case 'update': {
       const h = hashes.get(m.id);
-      if (h) h.update(new Uint8Array(m.buf));
-      parentPort!.postMessage({ op: 'ack', id: m.id, bytes: m.buf.byteLength });
+      if (h) h.update(new Uint8Array(m.buf, 0, m.length));
+      // The buffer goes back to be filled again: neither side allocates per batch.
+      parentPort!.postMessage({ op: 'ack', id: m.id, bytes: m.length, buf: m.buf }, [m.buf]);
       return;
     }
     case 'end': {

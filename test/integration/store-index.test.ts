@@ -16,7 +16,7 @@ import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { MANIFEST_ACCEPT } from '../rig/oci-client.js';
 import { sleep, waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { blobPath, fetchHashed, getManifestVia, getStats, manifestPath, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { blobPath, downloadsSettled, fetchHashed, getManifestVia, getStats, manifestPath, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 /** Bytes of every blob and manifest file on disk (not the manifests' .type files). */
 function diskBytes(dataDir: string): number {
@@ -79,6 +79,8 @@ describe('store index: a manifest fetched as a blob', { timeout: 300_000 }, () =
   it('is stored beside the manifest: /stats counts both copies, its stored bytes equal the disk bytes, and the tag is still served stale', async () => {
     const dir = mirror.dataDir;
     assert.equal((await pullImage(mirror.url, '', small.repository, small.tag)).manifestDigest, small.digest);
+    // Blobs are renamed into the store just after their client's last byte.
+    await downloadsSettled(mirror.url);
     const pulled = await getStats(mirror.url);
     assert.equal(pulled.storedBytes, diskBytes(dir));
 
@@ -86,6 +88,7 @@ describe('store index: a manifest fetched as a blob', { timeout: 300_000 }, () =
     assert.equal(b.status, 200);
     assert.equal(b.digest, small.digest);
     assert.equal(b.bytes, manifestBytes.length);
+    await downloadsSettled(mirror.url);
     assert.ok(existsSync(blobPath(dir, small.digest)) && existsSync(manifestPath(dir, small.digest)), 'on disk as both');
     const both = await getStats(mirror.url);
     assert.equal(both.blobs, pulled.blobs + 1);
@@ -139,6 +142,7 @@ describe('store index: cache.ttl expiry takes the repository out of the catalog'
     const repoDir = join(dir, 'repos', 'docker.io', 'expiry', 'gone');
     const t0 = Date.now();
     assert.equal((await pullImage(mirror.url, '', img.repository, img.tag)).manifestDigest, img.digest);
+    await downloadsSettled(mirror.url);
     assert.deepEqual(await catalogOf(mirror.url), ['expiry/gone']);
     assert.ok(existsSync(join(repoDir, '_links')) && existsSync(join(repoDir, '_tags')));
     assert.ok(Date.now() - t0 < 2000, 'checked before the content could expire');

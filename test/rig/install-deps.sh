@@ -5,7 +5,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(docker-registry skopeo containerd runc etcd-server golang-go rsync make git
       busybox-static containernetworking-plugins iptables conntrack curl ca-certificates jq
-      unzip iproute2 tar docker.io podman)
+      unzip iproute2 tar docker.io podman
+      ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
@@ -20,12 +21,21 @@ if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 # by the tests with their own storage and config; its package enables podman.socket,
 # podman.service, podman-restart.service and podman-auto-update.{service,timer}: the same
 # treatment applies.
+# Ceph 16.2 (Pacific: ceph-mon, ceph-mgr, ceph-osd, radosgw, ceph-common; test/rig/ceph.ts runs
+# a throwaway cluster with its own conf, keyrings, data, sockets and logs in a temp dir, never
+# /etc/ceph or /var/lib/ceph). Its packages enable ceph.target and the per-daemon targets and
+# units, ceph-crash.service, rbdmap.service and (pulled in by ceph-osd) smartmontools.service
+# (smartd): none of them may run, so they get the same treatment too.
 fresh_docker=false
 [[ " ${missing[*]} " == *" docker.io "* ]] && fresh_docker=true
 fresh_podman=false
 [[ " ${missing[*]} " == *" podman "* ]] && fresh_podman=true
+fresh_ceph=false
+[[ " ${missing[*]} " == *" ceph-"* || " ${missing[*]} " == *" radosgw "* ]] && fresh_ceph=true
+fresh_smartd=false
+dpkg -s smartmontools >/dev/null 2>&1 || fresh_smartd=$fresh_ceph
 own_policy=false
-if { $fresh_docker || $fresh_podman; } && [ ! -e /usr/sbin/policy-rc.d ]; then
+if { $fresh_docker || $fresh_podman || $fresh_ceph; } && [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\n# registry-mirror test/rig/install-deps.sh: no service starts while installing\nexit 101\n' >/usr/sbin/policy-rc.d
   chmod 755 /usr/sbin/policy-rc.d
   own_policy=true
@@ -59,5 +69,24 @@ if $fresh_podman; then
   fi
   if command -v systemctl >/dev/null 2>&1; then
     systemctl disable "${units[@]}" >/dev/null 2>&1 || true
+  fi
+fi
+
+if $fresh_ceph; then
+  units=(ceph.target ceph-mon.target ceph-mgr.target ceph-osd.target ceph-radosgw.target
+         ceph-crash.service rbdmap.service)
+  $fresh_smartd && units+=(smartmontools.service smartd.service)
+  if [ -d /run/systemd/system ]; then
+    systemctl stop "${units[@]}" >/dev/null 2>&1 || true
+  fi
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable "${units[@]}" >/dev/null 2>&1 || true
+  fi
+  if command -v update-rc.d >/dev/null 2>&1; then
+    for s in ceph ceph-crash rbdmap smartmontools; do
+      if [ -e "/etc/init.d/$s" ] && { [ "$s" != smartmontools ] || $fresh_smartd; }; then
+        update-rc.d "$s" disable >/dev/null 2>&1 || true
+      fi
+    done
   fi
 fi
