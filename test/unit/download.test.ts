@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, describe, it } from 'node:test';
-import { Download } from '../../mirror/store/download.js';
+import { Download, windowBytes } from '../../mirror/store/download.js';
 import { parseDigest } from '../../mirror/reference.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'download-test-'));
@@ -146,5 +146,61 @@ describe('Download', () => {
     });
     assert.deepEqual(outcome, { ok: true, cached: false, size: content.length });
     assert.deepEqual((await r).data, content);
+  });
+  it('holds at most a window of memory per blob however many clients follow, fast or stalled', async () => {
+    const chunk = 64 << 10;
+    const content = Buffer.alloc(48 << 20);
+    for (let i = 0; i < content.length; i += 4096) content.writeUInt32BE(i, i);
+    const dl = new Download(digestOf(content), content.length, join(dir, 'window'));
+    await dl.prepare();
+    let peak = 0;
+    // Ten clients read as fast as they can; ten read nothing until the download is over.
+    const fast = Array.from({ length: 10 }, () => collect(dl.attach()));
+    const stalled = Array.from({ length: 10 }, () => {
+      const r = dl.attach();
+      r.pause();
+      return r;
+    });
+    const body = Readable.from(
+      (function* () {
+        for (let off = 0; off < content.length; off += chunk) {
+          peak = Math.max(peak, dl.heldBytes);
+          yield content.subarray(off, off + chunk);
+        }
+      })(),
+    );
+    const outcome = await dl.run({ body, size: content.length }, async () => undefined);
+    assert.deepEqual(outcome, { ok: true, cached: true, size: content.length });
+    for (const f of fast) assert.ok((await f).data.equals(content));
+    // Stalled clients held nothing back: they read what they missed from the file.
+    for (const r of stalled) assert.ok((await collect(r.resume())).data.equals(content));
+    assert.ok(peak > 0 && peak <= windowBytes + 2 * chunk, `peak ${peak} bytes held, window ${windowBytes}`);
+  });
+
+  it('uncached, stalled clients pause the upstream instead of growing memory', async () => {
+    const chunk = 64 << 10;
+    const content = Buffer.alloc(32 << 20, 3);
+    const dl = new Download(digestOf(content), content.length, undefined);
+    await dl.prepare();
+    const slow = dl.attach();
+    slow.pause();
+    let peak = 0;
+    let sent = 0;
+    const body = Readable.from(
+      (function* () {
+        for (let off = 0; off < content.length; off += chunk) {
+          peak = Math.max(peak, dl.heldBytes);
+          sent = off;
+          yield content.subarray(off, off + chunk);
+        }
+      })(),
+    );
+    const running = dl.run({ body, size: content.length }, async () => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(sent < windowBytes + 4 * chunk, `the upstream waits for the stalled client (${sent} bytes sent)`);
+    const got = await collect(slow.resume());
+    assert.deepEqual((await running).ok, true);
+    assert.ok(got.data.equals(content));
+    assert.ok(peak <= windowBytes + 2 * chunk, `peak ${peak} bytes held, window ${windowBytes}`);
   });
 });
