@@ -51,6 +51,8 @@ export const loggerOptions = (level: string) => ({
 });
 
 const accessFlushMs = 30_000;
+/** How long shutdown waits for verified blobs to be committed (downloads still running are cut). */
+const commitGraceMs = 10_000;
 
 export async function createMirror(config: MirrorConfig, logger: Logger): Promise<Mirror> {
   // Unreadable or invalid htpasswd/tokens files stop start-up (ConfigError) before the store opens.
@@ -226,6 +228,10 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       clearInterval(flushTimer);
       evictor.stop();
       prefetcher.stop();
+      // A blob's client has its last byte before the blob is fsynced and renamed into the
+      // store: let those commits finish (bounded), or the next start fetches them again.
+      const settling = Promise.all([blobs.idle(), v1Cache?.idle()]);
+      await Promise.race([settling, new Promise((r) => setTimeout(r, commitGraceMs).unref())]);
       await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
       await dispatcher.close().catch(() => undefined);
     },

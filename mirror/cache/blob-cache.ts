@@ -111,6 +111,11 @@ export class BlobCache {
     return { size: outcome.size, result: 'miss' };
   }
 
+  /** Settles once every shared download running now has settled (committed, or failed): shutdown waits for it. */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()].map((p) => p.then((dl) => dl.done)));
+  }
+
   /** The blob is in the store; is it linked to this repository or confirmed by upstream? */
   private async confirmedFor(t: Target, digest: Digest): Promise<boolean> {
     if (await this.repos.isLinked(t.upstream.name, t.name, digest)) return true;

@@ -249,6 +249,11 @@ export class V1Cache {
     return { status, size, range: status === 206 ? { start, end } : undefined, length: size === 0 ? 0 : end - start + 1, stream, result };
   }
 
+  /** Settles once every shared download running now has settled (committed, or failed): shutdown waits for it. */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()].map((p) => p.then((dl) => dl.done)));
+  }
+
   /** Joins the running download of this image's layer, or starts it. */
   private async download(id: string): Promise<Download> {
     const running = this.inflight.get(id);

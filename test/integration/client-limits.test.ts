@@ -15,7 +15,7 @@ import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { waitFor } from '../rig/proc.js';
-import { blobPath, fetchHashed, getMetrics, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { blobPath, downloadsSettled, fetchHashed, getMetrics, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -242,6 +242,8 @@ describe('client connection timeouts', { timeout: 90_000 }, () => {
     // No pin is left: making room for another image evicts the blob (pinned content never is).
     const pulled = await pullImage(mirror.url, '', other.repository, other.tag);
     assert.equal(pulled.manifestDigest, other.digest);
+    // The eviction runs at the commit, just after the client's last byte.
+    await downloadsSettled(mirror.url);
     assert.ok(!existsSync(file), 'the released blob was evicted to make room');
     assert.ok(existsSync(blobPath(mirror.dataDir, other.layers[0]!.digest)));
   });

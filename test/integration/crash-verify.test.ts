@@ -166,4 +166,22 @@ describe('kill -9 during pulls, and registry-mirror verify', { timeout: 300_000 
       await held.stop();
     }
   });
+
+  it('SIGTERM right after a client got its last byte still commits the blob before exiting', async () => {
+    const img = images[5]!;
+    const layer = img.layers[0]!;
+    const m = await startMirror(
+      { upstreams: { 'docker.io': { url: proxy.url } }, logLevel: 'warn' },
+      { env: { REGISTRY_MIRROR_TEST_HOLD_BEFORE_COMMIT_MS: '1000' } },
+    );
+    try {
+      assert.equal((await fetchHashed(`${m.url}/v2/${img.repository}/blobs/${layer.digest}`)).digest, layer.digest);
+      assert.ok(!isCached(m.dataDir, layer.digest), 'the commit is still held');
+      assert.equal(await m.stop(), 0);
+      assert.ok(isCached(m.dataDir, layer.digest), 'shutdown waited for the commit');
+      assert.deepEqual(tempFiles(m.dataDir), []);
+    } finally {
+      await m.stop();
+    }
+  });
 });

@@ -10,7 +10,7 @@ import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { fetchHashed, getManifestVia, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { downloadsSettled, fetchHashed, getManifestVia, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 describe('metrics and /stats', { timeout: 120_000 }, () => {
   let registry: RegistryHandle;
@@ -54,6 +54,7 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
     const unknown = await fetch(`${mirror.url}/v2/${img.repository}/blobs/sha256:${'1'.repeat(64)}`); // error
     assert.equal(unknown.status, 404);
     await unknown.arrayBuffer();
+    await downloadsSettled(mirror.url);
 
     const stats = await getStats(mirror.url);
     assert.deepEqual(

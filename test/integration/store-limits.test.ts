@@ -17,6 +17,7 @@ import { sleep, waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
 import {
   blobPath,
+  cachedSoon,
   fetchHashed,
   downloadsSettled,
   getManifestVia,
@@ -153,12 +154,16 @@ describe('storage.maxBytes: an image being pulled is never evicted by a concurre
     assert.equal((await fetchHashed(blobUrl(a, a.config.digest))).digest, a.config.digest);
     const slowPull = fetchHashed(blobUrl(a, slow.digest));
     assert.equal((await fetchHashed(blobUrl(a, fast.digest))).digest, fast.digest);
-    await sleep(20);
+    // Committed just after their clients' last byte: in the store before b comes.
+    assert.ok((await cachedSoon(dir, a.config.digest)) && (await cachedSoon(dir, fast.digest)));
+    const inflight = async () => metricValue(await getMetrics(mirror.url), 'registry_mirror_inflight_downloads');
+    await waitFor(async () => (await inflight()) === 1, 5000, "only a's slow layer in flight");
 
     // Meanwhile b is pulled cold: its second layer does not fit beside a's content and b's own.
     const stored = () => a.manifestSize + a.config.size + fast.size + b.manifestSize + b.config.size + b.layers[0]!.size;
     assert.ok(stored() <= maxBytes && stored() + b.layers[1]!.size > maxBytes, 'b needs room');
     assert.equal((await pullImage(mirror.url, '', b.repository, b.tag)).manifestDigest, b.digest, 'b pulled whole and verified');
+    await waitFor(async () => (await inflight()) === 1, 5000, "b's commits done, a's slow layer still in flight");
     assert.ok(!(await Promise.race([slowPull.then(() => true), sleep(0).then(() => false)])), "a's slow layer is still streaming");
 
     // Nothing of a went: not its manifest, not its config, not the layer it already has.
