@@ -1,6 +1,7 @@
 // Small client-side helpers the mirror's integration tests share: fetch a blob while hashing
 // it, and look at the store on disk.
 
+import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
@@ -64,6 +65,18 @@ export async function downloadsSettled(mirrorUrl: string, ms = 10_000): Promise<
     if (Date.now() > deadline) throw new Error(`downloads still in flight after ${ms} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Pulls an image (tag v1) and waits until it is stored, then 20 ms more: eviction tests pull
+ * images one after another and need each in the store, with distinct access times whatever
+ * the clock's resolution.
+ */
+export async function pullStored(mirrorUrl: string, repository: string, digest: string): Promise<void> {
+  const r = await pullImage(mirrorUrl, '', repository, 'v1');
+  assert.equal(r.manifestDigest, digest);
+  await downloadsSettled(mirrorUrl);
+  await new Promise((r) => setTimeout(r, 20));
 }
 
 export function tempFiles(dataDir: string): string[] {

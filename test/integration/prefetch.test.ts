@@ -16,7 +16,7 @@ import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { startMirror, type MirrorHandle } from '../rig/mirror.js';
 import { sleep, tempDir, waitFor } from '../rig/proc.js';
 import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { blobPath, downloadsSettled, getMetrics, getStats, manifestPath, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { blobPath, getMetrics, getStats, manifestPath, metricValue, pullStored, pushRandomImage, type RandomImage } from './helpers.js';
 
 type PrefetchStatus = NonNullable<Awaited<ReturnType<typeof getStats>>['prefetch']>[number];
 
@@ -196,12 +196,7 @@ describe('pin: pinned content survives storage.maxBytes pressure', { timeout: 12
   });
 
   it('evicts every unpinned image and keeps the pinned one, the least recently used', async () => {
-    const pull = async (name: string) => {
-      const r = await pullImage(mirror.url, '', `pin/${name}`, 'v1');
-      assert.equal(r.manifestDigest, img[name]!.digest);
-      await downloadsSettled(mirror.url);
-      await sleep(20);
-    };
+    const pull = (name: string) => pullStored(mirror.url, `pin/${name}`, img[name]!.digest);
     await pull('a');
     await pull('b');
     // p + a + b fit; c does not: a and b (and only they) must go.

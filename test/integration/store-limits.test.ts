@@ -19,13 +19,13 @@ import {
   blobPath,
   cachedSoon,
   fetchHashed,
-  downloadsSettled,
   getManifestVia,
   getMetrics,
   getStats,
   manifestPath,
   metricValue,
   pullImage,
+  pullStored,
   pushRandomImage,
   tempFiles,
   type RandomImage,
@@ -60,13 +60,7 @@ describe('storage.maxBytes: LRU eviction down to the low-water mark', { timeout:
   });
 
   it('evicts the least recently used image, whole, when a new one does not fit', async () => {
-    const pull = async (name: string) => {
-      const r = await pullImage(mirror.url, '', `lru/${name}`, 'v1');
-      assert.equal(r.manifestDigest, img[name]!.digest);
-      // Distinct access times, whatever the clock resolution.
-      await downloadsSettled(mirror.url);
-      await sleep(20);
-    };
+    const pull = (name: string) => pullStored(mirror.url, `lru/${name}`, img[name]!.digest);
     await pull('a');
     await pull('b');
     await pull('c');
