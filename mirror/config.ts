@@ -35,7 +35,8 @@ export interface BreakerConfig {
 export interface MirrorConfig {
   listen: { host: string; port: number };
   logLevel: string;
-  storage: { path: string; maxBytes: number };
+  /** With s3, the cache lives in the bucket and `path` holds only downloads in flight. */
+  storage: { path: string; maxBytes: number; s3?: S3StorageConfig };
   /** notFoundTTLMs: how long an upstream 404 for a manifest is remembered (0 = never). */
   cache: { ttlMs: number; tagTTLMs: number; notFoundTTLMs: number };
   defaultUpstream: string;
@@ -98,6 +99,33 @@ export interface UpstreamTimeouts {
   idleMs: number;
 }
 
+/** storage.s3: the cache in an S3-compatible bucket (store/drivers/s3-driver.ts). */
+export interface S3StorageConfig {
+  bucket: string;
+  /** http(s) URL of the service; absent = AWS. */
+  endpoint?: string;
+  region: string;
+  /** '' or segments without leading or trailing '/': objects live at <prefix>/<key>. */
+  prefix: string;
+  forcePathStyle: boolean;
+  /** Inline keys, or files read at start; neither = the AWS SDK's default chain (env, IRSA, Pod Identity). */
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  accessKeyIdFile?: string;
+  secretAccessKeyFile?: string;
+  /** Warm blob GETs answer 307 to a presigned URL. */
+  redirect: boolean;
+  presignTTLMs: number;
+  partSize: number;
+  /** Multipart uploads under the prefix older than this are abandoned (a killed process): aborted. */
+  uploadExpiryMs: number;
+}
+
+/** S3's own bounds on a multipart part (5 MiB..5 GiB, the last part excepted). */
+export const s3PartSizeBounds = { min: 5 * 2 ** 20, max: 5 * 2 ** 30 };
+/** SigV4 presigned URLs live at most 7 days. */
+const presignTTLMaxMs = 7 * 24 * 3_600_000;
+
 export class ConfigError extends Error {
   constructor(readonly key: string, message: string) {
     super(`config: ${key}: ${message}`);
@@ -109,6 +137,7 @@ export const embeddedDefault = {
   listen: '0.0.0.0:5000',
   logLevel: 'info',
   storage: { path: './data', maxBytes: 0 },
+  s3: { region: 'us-east-1', presignTTL: '20m', partSize: '16Mi', uploadExpiry: '24h' },
   cache: { ttl: '168h', tagTTL: '5m', notFoundTTL: '15s' },
   defaultUpstream: 'docker.io',
   upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
@@ -148,7 +177,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
   const storage = object(user.storage ?? {}, 'storage');
   const cache = object(user.cache ?? {}, 'cache');
   const v1 = object(user.v1 ?? {}, 'v1');
-  unknownKeys(storage, ['path', 'maxBytes'], 'storage.');
+  unknownKeys(storage, ['path', 'maxBytes', 's3'], 'storage.');
   unknownKeys(cache, ['ttl', 'tagTTL', 'notFoundTTL'], 'cache.');
   unknownKeys(v1, ['enabled', 'source', 'sourceIndex', 'tagsCacheTTL', 'allow', 'deny'], 'v1.');
   const timeouts = object(user.upstreamTimeouts ?? {}, 'upstreamTimeouts');
@@ -197,6 +226,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     storage: {
       path: nonEmpty(env.MIRROR_STORAGE_PATH ?? storage.path ?? embeddedDefault.storage.path, 'storage.path'),
       maxBytes,
+      ...(storage.s3 !== undefined ? { s3: parseS3(storage.s3) } : {}),
     },
     cache: {
       ttlMs: duration(env.MIRROR_CACHE_TTL ?? cache.ttl ?? embeddedDefault.cache.ttl, 'cache.ttl'),
@@ -320,6 +350,45 @@ function parseUpstream(name: string, value: unknown): UpstreamConfig {
   Object.assign(u, patternLists(o, key));
   if (o.breaker !== undefined) u.breaker = parseBreakerOverride(o.breaker, `${key}.breaker`);
   return u;
+}
+
+const s3Keys = ['bucket', 'endpoint', 'region', 'prefix', 'forcePathStyle', 'accessKeyId', 'secretAccessKey', 'accessKeyIdFile', 'secretAccessKeyFile', 'redirect', 'presignTTL', 'partSize', 'uploadExpiry'];
+
+function parseS3(v: unknown): S3StorageConfig {
+  const key = 'storage.s3';
+  const o = object(v, key);
+  unknownKeys(o, s3Keys, `${key}.`);
+  const bucket = nonEmpty(o.bucket, `${key}.bucket`);
+  // S3's bucket naming rules (3-63 of a-z 0-9 . -), which every S3-compatible service takes.
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new ConfigError(`${key}.bucket`, `"${bucket}" is not a valid bucket name`);
+  const prefix = o.prefix === undefined ? '' : str(o.prefix, `${key}.prefix`);
+  const badSegment = prefix.split('/').some((seg) => seg === '.' || seg === '..');
+  if (prefix !== '' && (!/^[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+)*$/.test(prefix) || badSegment)) {
+    throw new ConfigError(`${key}.prefix`, 'must be path segments of A-Z a-z 0-9 . _ - without a leading or trailing "/"');
+  }
+  const d = embeddedDefault.s3;
+  const c: S3StorageConfig = {
+    bucket,
+    region: nonEmpty(o.region ?? d.region, `${key}.region`),
+    prefix,
+    forcePathStyle: bool(o.forcePathStyle ?? false, `${key}.forcePathStyle`),
+    redirect: bool(o.redirect ?? false, `${key}.redirect`),
+    presignTTLMs: duration(o.presignTTL ?? d.presignTTL, `${key}.presignTTL`),
+    partSize: bytes(o.partSize ?? d.partSize, `${key}.partSize`),
+    uploadExpiryMs: duration(o.uploadExpiry ?? d.uploadExpiry, `${key}.uploadExpiry`),
+  };
+  if (o.endpoint !== undefined) c.endpoint = url(o.endpoint, `${key}.endpoint`);
+  if (c.presignTTLMs < 1000 || c.presignTTLMs > presignTTLMaxMs) throw new ConfigError(`${key}.presignTTL`, 'must be from 1s to 168h (SigV4 presigned URLs live at most 7 days)');
+  if (c.partSize < s3PartSizeBounds.min || c.partSize > s3PartSizeBounds.max) throw new ConfigError(`${key}.partSize`, 'must be from 5Mi to 5Gi (S3 multipart bounds)');
+  // Shorter than any download could take would abort uploads still running in other processes.
+  if (c.uploadExpiryMs < 60_000) throw new ConfigError(`${key}.uploadExpiry`, 'must be at least 1m');
+  for (const k of ['accessKeyId', 'secretAccessKey', 'accessKeyIdFile', 'secretAccessKeyFile'] as const) {
+    if (o[k] !== undefined) c[k] = nonEmpty(o[k], `${key}.${k}`);
+  }
+  if ((c.accessKeyId === undefined) !== (c.secretAccessKey === undefined)) throw new ConfigError(`${key}.accessKeyId`, 'accessKeyId and secretAccessKey go together');
+  if ((c.accessKeyIdFile === undefined) !== (c.secretAccessKeyFile === undefined)) throw new ConfigError(`${key}.accessKeyIdFile`, 'accessKeyIdFile and secretAccessKeyFile go together');
+  if (c.accessKeyId !== undefined && c.accessKeyIdFile !== undefined) throw new ConfigError(`${key}.accessKeyId`, 'inline keys and key files exclude each other');
+  return c;
 }
 
 function object(v: unknown, key: string): Obj {

@@ -41,8 +41,10 @@ export async function runServe(argv: string[]): Promise<void> {
     throw err;
   }
   const logger = pino(loggerOptions(config.logLevel));
-  // `verify --repair` moves files around: never serve from a store it is working on.
-  const verifier = activeOwner(config.storage.path, 'verify');
+  // `verify --repair` moves files around: never serve from a store it is working on. An S3
+  // store is shared by design (several replicas): it has no owner record.
+  const ownedStore = !config.storage.s3;
+  const verifier = ownedStore ? activeOwner(config.storage.path, 'verify') : undefined;
   if (verifier) {
     process.stderr.write(`registry-mirror: registry-mirror verify is running on ${config.storage.path} (${describeOwner(verifier)}); start the server when it is done\n`);
     process.exit(2);
@@ -58,10 +60,10 @@ export async function runServe(argv: string[]): Promise<void> {
     throw err;
   }
   // Tells `registry-mirror verify` that this store is in use (store/owner.ts).
-  const releaseStore = await claimStore(config.storage.path, 'serve');
+  const releaseStore = ownedStore ? await claimStore(config.storage.path, 'serve') : async () => {};
   await mirror.app.listen({ host: config.listen.host, port: config.listen.port });
   logger.info(
-    { listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
+    { listen: `${config.listen.host}:${config.listen.port}`, storage: mirror.store.driver.location, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
     'registry-mirror serving',
   );
 

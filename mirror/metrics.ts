@@ -78,6 +78,7 @@ export class MirrorMetrics {
   private breakerStates: (() => Array<{ upstream: string } & BreakerSnapshot>) | undefined;
   private readonly evictions: Counter<'reason'>;
   private readonly noRoomCounter: Counter;
+  private readonly storeErrors: Counter<'op'>;
   readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
   private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
@@ -138,6 +139,12 @@ export class MirrorMetrics {
     this.noRoomCounter = new Counter({
       name: 'registry_mirror_store_no_room_total',
       help: 'Blobs and manifests served without caching because eviction could not make room under storage.maxBytes (the rest was in use or pinned)',
+      registers: [r],
+    });
+    this.storeErrors = new Counter({
+      name: 'registry_mirror_store_errors_total',
+      help: 'Store requests that failed (an S3 store unreachable or refusing): read = warm content answered 503, write = content served without caching',
+      labelNames: ['op'],
       registers: [r],
     });
     this.inflightDownloads = new Gauge({
@@ -287,6 +294,11 @@ export class MirrorMetrics {
   /** A size eviction could not make room: the incoming content is not cached. */
   noRoom(): void {
     this.noRoomCounter.inc();
+  }
+
+  /** The store failed a read (answered 503) or a write (served uncached). */
+  storeError(op: 'read' | 'write'): void {
+    this.storeErrors.inc({ op });
   }
 
   stats(): Stats {

@@ -11,11 +11,12 @@ import { BlobCache } from './cache/blob-cache.js';
 import { isRememberedNotFound, ManifestCache } from './cache/manifest-cache.js';
 import { ReferrersCache } from './cache/referrers-cache.js';
 import { clientServerOptions, limitClientConnections } from './client-connections.js';
-import { upstreamBreakerFor, type MirrorConfig } from './config.js';
+import { ConfigError, upstreamBreakerFor, type MirrorConfig } from './config.js';
 import { RegistryError } from './errors.js';
 import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
 import { UpstreamRouter } from './routing.js';
 import { ContentStore } from './store/content-store.js';
+import { createDriver } from './store/drivers/create.js';
 import { Evictor } from './store/evictor.js';
 import { Prefetcher } from './prefetch.js';
 import { RepoIndex } from './store/repo-index.js';
@@ -57,10 +58,20 @@ const commitGraceMs = 10_000;
 export async function createMirror(config: MirrorConfig, logger: Logger): Promise<Mirror> {
   // Unreadable or invalid htpasswd/tokens files stop start-up (ConfigError) before the store opens.
   const authenticator = config.auth ? loadAuthenticator(config.auth) : undefined;
-  const store = new ContentStore(config.storage.path);
-  const { sweptTemp } = await store.open();
-  if (sweptTemp > 0) logger.info({ sweptTemp }, 'removed unfinished downloads of a previous run');
-  const repos = new RepoIndex(config.storage.path, store.tmpDir);
+  const driver = createDriver(config);
+  const store = new ContentStore(driver);
+  let swept: { sweptTemp: number; sweptUploads: number };
+  try {
+    swept = await store.open();
+  } catch (err) {
+    await driver.close().catch(() => undefined);
+    // A bucket that cannot be used is a setting to fix, named as one (exit 2 in main.ts).
+    if (config.storage.s3) throw new ConfigError('storage.s3', `${driver.location}: ${(err as Error).message}`);
+    throw err;
+  }
+  if (swept.sweptTemp > 0) logger.info({ sweptTemp: swept.sweptTemp }, 'removed unfinished downloads of a previous run');
+  if (swept.sweptUploads > 0) logger.info({ sweptUploads: swept.sweptUploads }, 'aborted abandoned multipart uploads');
+  const repos = new RepoIndex(driver);
   const metrics = new MirrorMetrics(() => store.totals());
 
   const dispatcher = UpstreamClient.agent(config.upstreamTimeouts);
@@ -103,6 +114,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   const blobs = new BlobCache(store, repos, metrics, logger, {
     maxBytes: config.storage.maxBytes,
     makeRoom: (bytes) => evictor.makeRoom(bytes),
+    redirect: config.storage.s3?.redirect ?? false,
   });
   const manifests = new ManifestCache(store, repos, metrics, logger, config.cache.tagTTLMs, (bytes) => evictor.makeRoom(bytes), {
     notFoundTTLMs: config.cache.notFoundTTLMs,
@@ -233,6 +245,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       const settling = Promise.all([blobs.idle(), v1Cache?.idle()]);
       await Promise.race([settling, new Promise((r) => setTimeout(r, commitGraceMs).unref())]);
       await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
+      await driver.close().catch(() => undefined);
       await dispatcher.close().catch(() => undefined);
     },
   };

@@ -1,8 +1,11 @@
 // `registry-mirror verify [--config FILE] [--repair] [--force]`: rehashes every blob and
 // manifest in the store (v1 json, ancestry and layers are blobs too) and checks the records
-// that point at them. Run it on a store no server is using: it refuses while state/serve.pid
-// names a live process (--force overrides, e.g. for a record left by a pod on another host),
-// and a server refuses to start while it runs.
+// that point at them, on either store driver. Run it on a directory no server is using: it
+// refuses while state/serve.pid names a live process (--force overrides, e.g. for a record
+// left by a pod on another host), and a server refuses to start while it runs. An S3 bucket is
+// shared by design and has no owner record: verify runs beside the servers (a repair moves
+// corrupt content away and they fetch it again; a record it removes as a leftover is written
+// again by the next request that needs it).
 //
 // What it finds, in two classes:
 // - corrupt: content whose bytes do not match the digest it is stored under, unreadable
@@ -14,16 +17,18 @@
 //   manifest's .type without the manifest (a crash between the two renames), tag, link and v1
 //   records whose content was expired or evicted (the server treats them as absent). Harmless;
 //   reported, exit code 0.
-// With --repair, corrupt files are moved to <root>/quarantine/<time>/<same relative path>
+// With --repair, corrupt files are moved to quarantine/<time>/<same key> in the store
 // (never deleted: someone may want to look at them) and leftovers are removed; every action is
 // printed. The server then fetches quarantined content again from the upstream on demand.
 
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
-import { dirname, join, relative, sep } from 'node:path';
-import { ConfigError } from './config.js';
+import { promises as fs } from 'node:fs';
+import { join, relative, sep } from 'node:path';
+import { ConfigError, type MirrorConfig } from './config.js';
 import { isSignedSchema1, provesDigest } from './manifest-digest.js';
 import { parseDigest, type Digest } from './reference.js';
+import { isStoreUnavailable, type StoreDriver } from './store/driver.js';
+import { createDriver } from './store/drivers/create.js';
 import { activeOwner, claimStore, describeOwner } from './store/owner.js';
 
 export type FindingClass = 'corrupt' | 'leftover';
@@ -49,160 +54,138 @@ export interface VerifyReport {
 
 const digestAlgorithms = ['sha256', 'sha512'] as const;
 
-/** Checks (and with repair, fixes) the store at root. Pure of any server state. */
-export async function verifyStore(root: string, opts: { repair?: boolean; now?: Date } = {}): Promise<VerifyReport> {
+/** Checks (and with repair, fixes) a store. Pure of any server state. */
+export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean; now?: Date } = {}): Promise<VerifyReport> {
   const t0 = Date.now();
   const stamp = (opts.now ?? new Date()).toISOString().replace(/[:.]/g, '-');
-  const quarantineDir = join(root, 'quarantine', stamp);
+  const quarantinePrefix = `quarantine/${stamp}`;
   const report: VerifyReport = {
-    root,
+    root: driver.location,
     checked: { blobs: 0, manifests: 0, bytes: 0, tags: 0, links: 0, v1Records: 0, tmp: 0 },
     findings: [],
     corrupt: 0,
     leftovers: 0,
     ms: 0,
   };
-  const rel = (p: string) => relative(root, p).split(sep).join('/');
-  const corrupt = async (path: string, problem: string, also: string[] = []) => {
-    const f: Finding = { class: 'corrupt', path: rel(path), problem };
+  const corrupt = async (key: string, problem: string, also: string[] = []) => {
+    const f: Finding = { class: 'corrupt', path: key, problem };
     if (opts.repair) {
-      for (const p of [path, ...also]) {
-        const to = join(quarantineDir, relative(root, p));
-        await fs.mkdir(dirname(to), { recursive: true });
-        await fs.rename(p, to).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-      }
-      f.action = `quarantined to ${rel(join(quarantineDir, relative(root, path)))}`;
-      report.quarantineDir = quarantineDir;
+      for (const k of [key, ...also]) await driver.move(k, `${quarantinePrefix}/${k}`);
+      f.action = `quarantined to ${quarantinePrefix}/${key}`;
+      report.quarantineDir = driver.kind === 'filesystem' ? join(driver.location, quarantinePrefix) : `${quarantinePrefix}/ in ${driver.location}`;
     }
     report.findings.push(f);
     report.corrupt++;
   };
-  const leftover = async (path: string, problem: string) => {
-    const f: Finding = { class: 'leftover', path: rel(path), problem };
+  const leftover = async (key: string, problem: string) => {
+    const f: Finding = { class: 'leftover', path: key, problem };
     if (opts.repair) {
-      await fs.rm(path, { force: true, recursive: true });
+      await driver.delete(key);
       f.action = 'removed';
     }
     report.findings.push(f);
     report.leftovers++;
   };
+  const keysUnder = async (prefix: string): Promise<string[]> => {
+    const keys: string[] = [];
+    for await (const o of driver.list(prefix)) keys.push(o.key);
+    return keys.sort();
+  };
 
   // ---- content: blobs and manifests ------------------------------------------------------
   const present = { blob: new Set<string>(), manifest: new Set<string>() };
   for (const kind of ['blob', 'manifest'] as const) {
-    const top = join(root, kind === 'blob' ? 'blobs' : 'manifests');
-    for (const alg of await entries(top)) {
-      const algDir = join(top, alg.name);
-      if (!alg.isDirectory() || !(digestAlgorithms as readonly string[]).includes(alg.name)) {
-        await corrupt(algDir, 'not a digest algorithm directory the mirror writes');
+    const keys = await keysUnder(kind === 'blob' ? 'blobs/' : 'manifests/');
+    const have = new Set(keys);
+    for (const key of keys) {
+      const [, alg = '', xx = '', name = '', ...deeper] = key.split('/');
+      if (!(digestAlgorithms as readonly string[]).includes(alg)) {
+        await corrupt(key, 'not under a digest algorithm the mirror writes');
         continue;
       }
-      for (const xx of await entries(algDir)) {
-        const xxDir = join(algDir, xx.name);
-        if (!xx.isDirectory() || !/^[a-f0-9]{2}$/.test(xx.name)) {
-          await corrupt(xxDir, 'not a fan-out directory the mirror writes');
+      if (!/^[a-f0-9]{2}$/.test(xx) || deeper.length > 0 || !name) {
+        await corrupt(key, 'not in a fan-out directory the mirror writes');
+        continue;
+      }
+      if (kind === 'manifest' && name.endsWith('.type')) {
+        if (!have.has(key.slice(0, -'.type'.length))) await leftover(key, 'media type of a manifest that is not there (a crash between two writes)');
+        continue;
+      }
+      const digest = tryDigest(`${alg}:${name}`);
+      if (!digest || !name.startsWith(xx)) {
+        await corrupt(key, 'not named by a digest where the mirror would store it');
+        continue;
+      }
+      let mediaType: string | undefined;
+      if (kind === 'manifest') {
+        mediaType = (await driver.get(`${key}.type`).catch(() => undefined))?.toString('utf8');
+        if (!mediaType) {
+          await corrupt(key, 'manifest without its media type (.type): not written by the mirror');
           continue;
         }
-        const names = await entries(xxDir);
-        const have = new Set(names.map((n) => n.name));
-        for (const e of names) {
-          const path = join(xxDir, e.name);
-          if (kind === 'manifest' && e.name.endsWith('.type')) {
-            if (!have.has(e.name.slice(0, -'.type'.length))) await leftover(path, 'media type of a manifest that is not there (a crash between two renames)');
-            continue;
-          }
-          const digest = tryDigest(`${alg.name}:${e.name}`);
-          if (!e.isFile() || !digest || !e.name.startsWith(xx.name)) {
-            await corrupt(path, 'not named by a digest where the mirror would store it');
-            continue;
-          }
-          let mediaType: string | undefined;
-          if (kind === 'manifest') {
-            mediaType = await fs.readFile(`${path}.type`, 'utf8').catch(() => undefined);
-            if (!mediaType) {
-              await corrupt(path, 'manifest without its media type (.type): not written by the mirror');
-              continue;
-            }
-          }
-          let bytes = 0;
-          let actual: string;
-          try {
-            ({ hex: actual, bytes } = await hashFile(path, digest.algorithm));
-          } catch (err) {
-            await corrupt(path, `unreadable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, kind === 'manifest' ? [`${path}.type`] : []);
-            continue;
-          }
-          report.checked.bytes += bytes;
-          if (kind === 'blob') report.checked.blobs++;
-          else report.checked.manifests++;
-          let ok = actual === digest.hex;
-          // A signed schema1 manifest's digest covers its payload without the signatures.
-          if (!ok && mediaType && isSignedSchema1(mediaType)) ok = provesDigest(await fs.readFile(path), mediaType, digest);
-          if (!ok) {
-            await corrupt(path, `content hashes to ${digest.algorithm}:${actual}, not its name`, kind === 'manifest' ? [`${path}.type`] : []);
-            continue;
-          }
-          present[kind].add(digest.value);
-        }
       }
+      const typeKey = kind === 'manifest' ? [`${key}.type`] : [];
+      let bytes = 0;
+      let actual: string;
+      try {
+        ({ hex: actual, bytes } = await hashObject(driver, key, digest.algorithm));
+      } catch (err) {
+        if (isStoreUnavailable(err)) throw err;
+        await corrupt(key, `unreadable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, typeKey);
+        continue;
+      }
+      report.checked.bytes += bytes;
+      if (kind === 'blob') report.checked.blobs++;
+      else report.checked.manifests++;
+      let ok = actual === digest.hex;
+      // A signed schema1 manifest's digest covers its payload without the signatures.
+      if (!ok && mediaType && isSignedSchema1(mediaType)) ok = provesDigest((await driver.get(key)) ?? Buffer.alloc(0), mediaType, digest);
+      if (!ok) {
+        await corrupt(key, `content hashes to ${digest.algorithm}:${actual}, not its name`, typeKey);
+        continue;
+      }
+      present[kind].add(digest.value);
     }
   }
 
   // ---- records: tags and links of v2 repositories ----------------------------------------
-  const walkRepos = async (dir: string): Promise<void> => {
-    for (const e of await entries(dir)) {
-      const path = join(dir, e.name);
-      if (!e.isDirectory()) continue;
-      if (e.name === '_tags') {
-        for (const t of await entries(path)) {
-          const p = join(path, t.name);
-          report.checked.tags++;
-          const rec = await readJsonRecord(p);
-          if (rec === 'invalid') await corrupt(p, 'tag record is not valid JSON');
-          else if (rec === undefined || typeof rec.digest !== 'string' || !tryDigest(rec.digest)) await corrupt(p, 'tag record without a valid digest');
-          else if (!present.manifest.has(rec.digest)) await leftover(p, `tag points at manifest ${rec.digest}, which is not in the store (expired or evicted)`);
-        }
-      } else if (e.name === '_links') {
-        for (const alg of await entries(path)) {
-          for (const l of await entries(join(path, alg.name))) {
-            const p = join(path, alg.name, l.name);
-            report.checked.links++;
-            const d = tryDigest(`${alg.name}:${l.name}`);
-            if (!d) await corrupt(p, 'link not named by a digest');
-            else if (!present.blob.has(d.value) && !present.manifest.has(d.value)) await leftover(p, `link to ${d.value}, which is not in the store (expired or evicted)`);
-          }
-        }
-      } else {
-        await walkRepos(path);
-      }
+  for (const key of await keysUnder('repos/')) {
+    const parts = key.split('/');
+    if (parts.at(-2) === '_tags') {
+      report.checked.tags++;
+      const rec = await readJsonRecord(driver, key);
+      if (rec === 'invalid') await corrupt(key, 'tag record is not valid JSON');
+      else if (rec === undefined || typeof rec.digest !== 'string' || !tryDigest(rec.digest)) await corrupt(key, 'tag record without a valid digest');
+      else if (!present.manifest.has(rec.digest)) await leftover(key, `tag points at manifest ${rec.digest}, which is not in the store (expired or evicted)`);
+    } else if (parts.at(-3) === '_links') {
+      report.checked.links++;
+      const d = tryDigest(`${parts.at(-2)}:${parts.at(-1)}`);
+      if (!d) await corrupt(key, 'link not named by a digest');
+      else if (!present.blob.has(d.value) && !present.manifest.has(d.value)) await leftover(key, `link to ${d.value}, which is not in the store (expired or evicted)`);
     }
-  };
-  await walkRepos(join(root, 'repos'));
+  }
 
   // ---- records: v1 pointers into the content store ---------------------------------------
-  const walkV1 = async (dir: string): Promise<void> => {
-    for (const e of await entries(dir)) {
-      const path = join(dir, e.name);
-      if (e.isDirectory()) {
-        await walkV1(path);
-        continue;
-      }
-      report.checked.v1Records++;
-      const rec = await readJsonRecord(path);
-      if (rec === 'invalid') await corrupt(path, 'v1 record is not valid JSON');
-      else if (rec === undefined || typeof rec.digest !== 'string') await corrupt(path, 'v1 record without a digest');
-      // An empty digest is a json record whose bytes could not be cached (disk full).
-      else if (rec.digest !== '' && !present.blob.has(rec.digest)) await leftover(path, `points at ${rec.digest}, which is not in the store (expired or evicted)`);
-    }
-  };
-  await walkV1(join(root, 'v1'));
+  for (const key of await keysUnder('v1/')) {
+    report.checked.v1Records++;
+    const rec = await readJsonRecord(driver, key);
+    if (rec === 'invalid') await corrupt(key, 'v1 record is not valid JSON');
+    else if (rec === undefined || typeof rec.digest !== 'string') await corrupt(key, 'v1 record without a digest');
+    // An empty digest is a json record whose bytes could not be cached (disk full).
+    else if (rec.digest !== '' && !present.blob.has(rec.digest)) await leftover(key, `points at ${rec.digest}, which is not in the store (expired or evicted)`);
+  }
 
-  // ---- tmp/ ------------------------------------------------------------------------------
-  for (const e of await entries(join(root, 'tmp'))) {
+  // ---- temp files (local scratch) --------------------------------------------------------
+  const scratchName = driver.kind === 'filesystem' ? relative(driver.location, driver.scratchDir).split(sep).join('/') : driver.scratchDir;
+  for (const name of (await fs.readdir(driver.scratchDir).catch(() => [])).sort()) {
     report.checked.tmp++;
-    await leftover(join(root, 'tmp', e.name), 'unfinished write of an earlier run (the server sweeps these at start)');
+    const f: Finding = { class: 'leftover', path: `${scratchName}/${name}`, problem: 'unfinished write of an earlier run (the server sweeps these at start)' };
+    if (opts.repair) {
+      await fs.rm(join(driver.scratchDir, name), { force: true, recursive: true });
+      f.action = 'removed';
+    }
+    report.findings.push(f);
+    report.leftovers++;
   }
 
   report.ms = Date.now() - t0;
@@ -232,9 +215,9 @@ export async function runVerify(argv: string[]): Promise<void> {
   const rest = argv.filter((a) => a !== '--repair' && a !== '--force');
   // Loaded here, not at the top: main.js pulls in the whole server.
   const { loadConfig } = await import('./main.js');
-  let root: string;
+  let config: MirrorConfig;
   try {
-    root = loadConfig(rest, process.env).storage.path;
+    config = loadConfig(rest, process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`registry-mirror: ${err.message.replace('registry-mirror serve', 'registry-mirror verify')}\n`);
@@ -242,6 +225,26 @@ export async function runVerify(argv: string[]): Promise<void> {
     }
     throw err;
   }
+  const driver = createDriver(config);
+  if (config.storage.s3) {
+    // A bucket is shared by design: servers may keep running. open() proves access first.
+    try {
+      await driver.open();
+    } catch (err) {
+      process.stderr.write(`registry-mirror: config: storage.s3: ${driver.location}: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    let report: VerifyReport;
+    try {
+      report = await verifyStore(driver, { repair });
+    } finally {
+      await driver.close();
+    }
+    process.stdout.write(`${formatReport(report)}\n`);
+    process.exitCode = report.corrupt > 0 ? 1 : 0;
+    return;
+  }
+  const root = config.storage.path;
   if (!(await fs.stat(root).catch(() => undefined))?.isDirectory()) {
     process.stderr.write(`registry-mirror: verify: ${root} is not a store directory\n`);
     process.exit(2);
@@ -257,20 +260,12 @@ export async function runVerify(argv: string[]): Promise<void> {
   const release = await claimStore(root, 'verify');
   let report: VerifyReport;
   try {
-    report = await verifyStore(root, { repair });
+    report = await verifyStore(driver, { repair });
   } finally {
     await release();
   }
   process.stdout.write(`${formatReport(report)}\n`);
   process.exitCode = report.corrupt > 0 ? 1 : 0;
-}
-
-async function entries(dir: string): Promise<import('node:fs').Dirent[]> {
-  try {
-    return (await fs.readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name));
-  } catch {
-    return [];
-  }
 }
 
 function tryDigest(value: string): Digest | undefined {
@@ -281,21 +276,27 @@ function tryDigest(value: string): Digest | undefined {
   }
 }
 
-async function hashFile(path: string, algorithm: string): Promise<{ hex: string; bytes: number }> {
+async function hashObject(driver: StoreDriver, key: string, algorithm: string): Promise<{ hex: string; bytes: number }> {
   const hash = createHash(algorithm);
   let bytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+  const size = (await driver.stat(key))?.size ?? 0;
+  const body = await driver.openRead(key, 0, size - 1);
+  if (!body) throw Object.assign(new Error('gone while verifying'), { code: 'ENOENT' });
+  for await (const chunk of body) {
     hash.update(chunk as Buffer);
     bytes += (chunk as Buffer).length;
   }
   return { hex: hash.digest('hex'), bytes };
 }
 
-async function readJsonRecord(path: string): Promise<{ digest?: unknown } | 'invalid' | undefined> {
+async function readJsonRecord(driver: StoreDriver, key: string): Promise<{ digest?: unknown } | 'invalid' | undefined> {
   let text: string;
   try {
-    text = await fs.readFile(path, 'utf8');
-  } catch {
+    const bytes = await driver.get(key);
+    if (!bytes) return 'invalid';
+    text = bytes.toString('utf8');
+  } catch (err) {
+    if (isStoreUnavailable(err)) throw err;
     return 'invalid';
   }
   try {

@@ -1,4 +1,4 @@
-// Blobs through the cache: warm from disk, cold through one shared Download per
+// Blobs through the cache: warm from the store, cold through one shared Download per
 // (upstream, repository, digest). A blob stored for one repository is served for another
 // only after the upstream confirms (HEAD) that repository has it, so the mirror never widens
 // what the upstream's own access rules allow.
@@ -11,8 +11,8 @@ import type { Digest } from '../reference.js';
 import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader } from '../store/download.js';
+import { isStoreUnavailable } from '../store/driver.js';
 import { isNoRoom } from '../store/evictor.js';
-import { FileBody } from '../store/file-body.js';
 import type { RepoIndex } from '../store/repo-index.js';
 import { upstreamError } from '../upstream/client.js';
 import type { Target } from './target.js';
@@ -29,6 +29,13 @@ export interface BlobBody {
   result: 'hit' | 'miss' | 'pass';
 }
 
+/** A warm blob the client fetches from the store itself (S3 `redirect: true`): 307 to a presigned URL. */
+export interface BlobRedirect {
+  status: 307;
+  location: string;
+  result: 'hit';
+}
+
 export interface BlobHead {
   size: number;
   result: 'hit' | 'miss';
@@ -39,6 +46,8 @@ export interface BlobCacheOptions {
   maxBytes: number;
   /** Called before a blob is committed, to make room under the size bound. */
   makeRoom?: (bytes: number) => Promise<void>;
+  /** Warm GETs without Range answer 307 to the store's presigned URL (when the store has one). */
+  redirect?: boolean;
 }
 
 export class BlobCache {
@@ -68,9 +77,16 @@ export class BlobCache {
     return { size, result: 'miss' };
   }
 
-  async get(t: Target, digest: Digest, rangeHeader: string | undefined): Promise<BlobBody> {
+  async get(t: Target, digest: Digest, rangeHeader: string | undefined): Promise<BlobBody | BlobRedirect> {
     if (this.store.has('blob', digest.value) && (await this.confirmedFor(t, digest))) {
-      const warm = this.serveWarm(digest, rangeHeader, 'hit');
+      if (this.options.redirect) {
+        const location = await this.store.blobUrl(digest);
+        if (location) {
+          this.store.touch('blob', digest.value);
+          return { status: 307, location, result: 'hit' };
+        }
+      }
+      const warm = await this.serveWarm(digest, rangeHeader, 'hit');
       if (warm) return warm;
     }
     if (rangeHeader) {
@@ -80,7 +96,7 @@ export class BlobCache {
       if (dl.tmpPath !== undefined) {
         const outcome = await dl.done;
         if (!outcome.ok && !dl.noSpace) throw outcome.error;
-        const warm = outcome.ok && outcome.cached ? this.serveWarm(digest, rangeHeader, 'miss') : undefined;
+        const warm = outcome.ok && outcome.cached ? await this.serveWarm(digest, rangeHeader, 'miss') : undefined;
         if (warm) return warm;
       }
       // Not cacheable (size bound, disk full): a whole 200 body is a valid answer to Range.
@@ -128,7 +144,12 @@ export class BlobCache {
     throw this.failure(t, res.status, digest);
   }
 
-  private serveWarm(digest: Digest, rangeHeader: string | undefined, result: 'hit' | 'miss'): BlobBody | undefined {
+  /**
+   * A stored blob as a body; undefined when it has left the store behind the index (then it
+   * is fetched cold). A store that cannot be read answers 503 UNAVAILABLE before any byte, so
+   * the client (containerd) goes to the upstream itself.
+   */
+  private async serveWarm(digest: Digest, rangeHeader: string | undefined, result: 'hit' | 'miss'): Promise<BlobBody | undefined> {
     const entry = this.store.get('blob', digest.value);
     if (!entry) return undefined;
     const size = entry.size;
@@ -137,9 +158,22 @@ export class BlobCache {
     const { start, end } = range;
     const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(digest.value);
+    let stream: Readable | undefined;
+    try {
+      // A file store answers a FileBody, which the route writes with reused buffers (file-body.ts).
+      stream = await this.store.openBlob(digest, start, end);
+    } catch (err) {
+      release();
+      if (!isStoreUnavailable(err)) throw err;
+      this.metrics.storeError('read');
+      this.log.warn({ digest: digest.value, err: err.message }, 'cached blob could not be read from the store');
+      throw new RegistryError('UNAVAILABLE', 'the cache store cannot be read; try the upstream');
+    }
+    if (!stream) {
+      release();
+      return undefined;
+    }
     this.store.touch('blob', digest.value);
-    // The route writes a FileBody with reused buffers (see file-body.ts); size 0 is empty.
-    const stream = new FileBody(this.store.pathOf('blob', digest), start, end);
     stream.once('close', release);
     return {
       status,
@@ -187,7 +221,7 @@ export class BlobCache {
     const size = Number.isSafeInteger(length) && length >= 0 ? length : undefined;
     const bound = this.options.maxBytes;
     const cacheable = cache && !(bound > 0 && size !== undefined && size > bound);
-    const dl = new Download(digest, size, cacheable ? this.store.tempPath() : undefined);
+    const dl = new Download(digest, size, cacheable ? this.store.tempPath() : undefined, undefined, { sync: this.store.syncBeforeCommit });
     try {
       await dl.prepare();
     } catch (err) {
@@ -223,6 +257,9 @@ export class BlobCache {
       } else if (dl.noSpace) {
         this.metrics.upstreamError(t.upstream.name);
         this.log.error({ digest: digest.value }, 'store is full: blob served without caching');
+      } else if (dl.error && isStoreUnavailable(dl.error)) {
+        this.metrics.storeError('write');
+        this.log.warn({ digest: digest.value, err: dl.error.message }, 'blob served without caching: the store cannot be written');
       } else if (dl.error) {
         this.log.error({ digest: digest.value, err: dl.error.message }, 'blob verified but could not be cached');
       }

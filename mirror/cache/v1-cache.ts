@@ -13,6 +13,7 @@
 
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { LRUCache } from 'lru-cache';
 import type { RegistryError } from '../errors.js';
@@ -23,7 +24,7 @@ import { byteRange } from '../store/byte-range.js';
 import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader, type Verify } from '../store/download.js';
 import { isNoRoom } from '../store/evictor.js';
-import { FileBody } from '../store/file-body.js';
+import { isStoreUnavailable } from '../store/driver.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
 import { sourceError, toV1Error, V1Error } from '../v1/errors.js';
@@ -210,7 +211,7 @@ export class V1Cache {
   async layer(id: string, rangeHeader: string | undefined): Promise<LayerBody> {
     const record = await this.index.getImage<LayerRecord>(id, 'layer');
     if (record && this.store.has('blob', record.digest)) {
-      const warm = this.serveWarm(id, record, rangeHeader, 'hit');
+      const warm = await this.serveWarm(id, record, rangeHeader, 'hit');
       if (warm) return warm;
     }
     if (rangeHeader) {
@@ -220,7 +221,7 @@ export class V1Cache {
         const outcome = await dl.done;
         if (!outcome.ok && !dl.noSpace) throw toV1Error(outcome.error);
         const committed = outcome.ok && outcome.cached ? await this.index.getImage<LayerRecord>(id, 'layer') : undefined;
-        const warm = committed ? this.serveWarm(id, committed, rangeHeader, 'miss') : undefined;
+        const warm = committed ? await this.serveWarm(id, committed, rangeHeader, 'miss') : undefined;
         if (warm) return warm;
       }
       // Not cacheable (size bound, disk full): the whole body is a valid answer to Range.
@@ -233,7 +234,8 @@ export class V1Cache {
     return { status: 200, size: dl.size, length: dl.size, stream: reader, result: dl.tmpPath ? 'miss' : 'pass' };
   }
 
-  private serveWarm(id: string, record: LayerRecord, rangeHeader: string | undefined, result: 'hit' | 'miss'): LayerBody | undefined {
+  /** A stored layer as a body; undefined when it has left the store (then fetched again); 503 when the store cannot be read. */
+  private async serveWarm(id: string, record: LayerRecord, rangeHeader: string | undefined, result: 'hit' | 'miss'): Promise<LayerBody | undefined> {
     const entry = this.store.get('blob', record.digest);
     if (!entry) return undefined;
     const size = entry.size;
@@ -242,9 +244,21 @@ export class V1Cache {
     const { start, end } = range;
     const status: 200 | 206 = range.partial ? 206 : 200;
     const release = this.store.pin(record.digest);
+    let stream: Readable | undefined;
+    try {
+      // A file store answers a FileBody, which the route writes with reused buffers, as for v2 blobs.
+      stream = await this.store.openBlob(parseDigest(record.digest), start, end);
+    } catch (err) {
+      release();
+      if (!isStoreUnavailable(err)) throw err;
+      this.metrics.storeError('read');
+      throw new V1Error(503, 'the cache store cannot be read; try the source');
+    }
+    if (!stream) {
+      release();
+      return undefined;
+    }
     this.touchImage(id);
-    // The route writes a FileBody with reused buffers, as for v2 blobs; size 0 is empty.
-    const stream = new FileBody(this.store.pathOf('blob', parseDigest(record.digest)), start, end);
     stream.once('close', release);
     return { status, size, range: status === 206 ? { start, end } : undefined, length: size === 0 ? 0 : end - start + 1, stream, result };
   }
@@ -291,7 +305,7 @@ export class V1Cache {
     };
     const bound = this.options.maxBytes;
     const cacheable = cache && !(bound > 0 && size !== undefined && size > bound);
-    const dl = new Download(undefined, size, cacheable ? this.store.tempPath() : undefined, verify);
+    const dl = new Download(undefined, size, cacheable ? this.store.tempPath() : undefined, verify, { sync: this.store.syncBeforeCommit });
     try {
       await dl.prepare();
     } catch (err) {
@@ -391,8 +405,8 @@ export class V1Cache {
     if (!this.store.has('blob', digest)) return undefined;
     const release = this.store.pin(digest);
     try {
-      const bytes = await fs.readFile(this.store.pathOf('blob', parseDigest(digest)));
-      this.store.touch('blob', digest);
+      const bytes = await this.store.readBlob(parseDigest(digest));
+      if (bytes) this.store.touch('blob', digest);
       return bytes;
     } catch {
       return undefined;
@@ -413,7 +427,7 @@ export class V1Cache {
       const fh = await fs.open(tmp, 'w');
       try {
         await fh.writeFile(bytes);
-        await fh.sync();
+        if (this.store.syncBeforeCommit) await fh.sync();
       } finally {
         await fh.close();
       }

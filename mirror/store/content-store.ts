@@ -1,17 +1,21 @@
-// The content-addressed part of the store: blobs and manifests on disk under
-// <root>/blobs/<alg>/<xx>/<hex> and <root>/manifests/<alg>/<xx>/<hex>, with an in-memory
-// index of size, kind and last access that is rebuilt from disk at start-up. The index is
+// The content-addressed part of the store: blobs and manifests at the keys
+// blobs/<alg>/<xx>/<hex> and manifests/<alg>/<xx>/<hex> of its driver (a directory or an S3
+// bucket, driver.ts), with an in-memory index of size, kind and last access that is rebuilt
+// from the driver's listing at start-up. The index is
 // keyed by (kind, digest), as the trees are: OCI lets a client fetch a manifest as a blob, so
 // one digest can be stored once as each, and neither copy may hide or replace the other.
 //
-// Crash safety: content only ever appears in these trees by rename of a finished, verified,
-// fsynced temp file, so after a kill -9 a path either holds the whole content or nothing.
-// Temp files live in <root>/tmp and are swept at start.
+// Crash safety: content only ever appears at these keys by the driver's commitFile of a
+// finished, verified temp file (a rename of an fsynced file, or one S3 upload completed last),
+// so after a kill -9 a key either holds the whole content or nothing. Temp files live in the
+// driver's scratchDir and are swept at start.
 //
-// Access bookkeeping costs no disk write per request: access times change in memory and are
-// flushed to <root>/state/access.json in one batched write (periodically and at close).
-// Version 2 of that file keeps the times per kind; version 1 (one time per bare digest) is
-// still read, its time applying to whichever kinds of that digest are on disk.
+// Access bookkeeping costs no store write per request: access times change in memory and are
+// flushed in one batched write (periodically and at close) to state/access.json, or, on a
+// store several processes share, to state/access/<instance>.json: each process writes only
+// its own, and start-up takes the latest time per digest over all of them. Version 2 of the
+// file keeps the times per kind; version 1 (one time per bare digest) is still read, its time
+// applying to whichever kinds of that digest are stored.
 //
 // Pins keep content from removal, per digest (both kinds), and come in two kinds: 'use', held
 // while content is written or served (and taken before a download's first byte, so a digest
@@ -20,12 +24,12 @@
 // whole (evictor.ts); a kept digest is kept alone. The index also knows, per digest, which
 // stored manifests reference it, for the evictor to find the images around a pinned digest.
 
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { hostname } from 'node:os';
 import { provesDigest } from '../manifest-digest.js';
 import type { Digest } from '../reference.js';
 import { parseDigest } from '../reference.js';
-import { readJson, removeQuietly, renameInto, writeFileAtomic } from './fsutil.js';
+import { isStoreUnavailable, type StoreDriver } from './driver.js';
+import { removeQuietly } from './fsutil.js';
 
 export type ContentKind = 'blob' | 'manifest';
 
@@ -59,7 +63,6 @@ interface AccessState {
 type SavedAccess = (kind: ContentKind, digest: string) => number | undefined;
 
 export class ContentStore {
-  readonly root: string;
   readonly tmpDir: string;
   /** By kind, then digest: a blob and a manifest with one digest are two entries. */
   private readonly entries: Record<ContentKind, Map<string, ContentEntry>> = { blob: new Map(), manifest: new Map() };
@@ -69,61 +72,66 @@ export class ContentStore {
   private readonly referrerIndex = new Map<string, Set<string>>();
   private storedBytes = 0;
   private accessDirty = false;
+  /** This process's access-time object: one shared file, or one per process on a shared store. */
+  private readonly accessKey: string;
 
-  constructor(root: string) {
-    this.root = root;
-    this.tmpDir = join(root, 'tmp');
+  constructor(readonly driver: StoreDriver) {
+    this.tmpDir = driver.scratchDir;
+    this.accessKey = driver.shared ? `${accessDir}${instanceName()}.json` : 'state/access.json';
   }
 
-  /** Sweeps temp leftovers of a previous run and rebuilds the index from disk. */
-  async open(): Promise<{ sweptTemp: number }> {
-    await fs.mkdir(this.root, { recursive: true });
-    let sweptTemp = 0;
-    try {
-      sweptTemp = (await fs.readdir(this.tmpDir)).length;
-    } catch {
-      /* first start */
-    }
-    await removeQuietly(this.tmpDir);
-    await fs.mkdir(this.tmpDir, { recursive: true });
-    await fs.mkdir(join(this.root, 'state'), { recursive: true });
-    const saved = savedAccess(await readJson<unknown>(this.accessFile()));
+  /** Opens the driver (sweeping temp leftovers) and rebuilds the index from its listing. */
+  async open(): Promise<{ sweptTemp: number; sweptUploads: number }> {
+    const swept = await this.driver.open();
+    const saved = await this.savedAccess();
     for (const kind of ['blob', 'manifest'] as const) {
-      for (const alg of ['sha256', 'sha512']) {
-        const algDir = join(this.root, dirOf(kind), alg);
-        for (const xx of await readdirOrEmpty(algDir)) {
-          for (const name of await readdirOrEmpty(join(algDir, xx))) {
-            if (name.endsWith('.type')) continue;
-            await this.indexFromDisk(kind, `${alg}:${name}`, saved);
-          }
-        }
+      for await (const o of this.driver.list(`${dirOf(kind)}/`)) {
+        if (o.key.endsWith('.type')) continue;
+        const [, alg, xx, hex, extra] = o.key.split('/');
+        if (extra !== undefined || !hex || xx !== hex.slice(0, 2)) continue; // not ours; never touched
+        await this.indexStored(kind, `${alg}:${hex}`, o.size, o.modifiedMs, saved);
       }
     }
-    return { sweptTemp };
+    return swept;
   }
 
-  private async indexFromDisk(kind: ContentKind, digestValue: string, saved: SavedAccess): Promise<void> {
+  private async indexStored(kind: ContentKind, digestValue: string, size: number, modifiedMs: number, saved: SavedAccess): Promise<void> {
     let digest: Digest;
     try {
       digest = parseDigest(digestValue);
     } catch {
       return; // not ours; never touched
     }
-    const path = this.pathOf(kind, digest);
-    const st = await fs.stat(path).catch(() => undefined);
-    if (!st?.isFile()) return;
-    const entry: ContentEntry = { digest: digest.value, kind, size: st.size, lastAccess: saved(kind, digest.value) ?? st.mtimeMs };
+    const entry: ContentEntry = { digest: digest.value, kind, size, lastAccess: saved(kind, digest.value) ?? modifiedMs };
     if (kind === 'manifest') {
-      const mediaType = await fs.readFile(`${path}.type`, 'utf8').catch(() => undefined);
+      const key = this.keyOf('manifest', digest);
+      const mediaType = (await this.driver.get(`${key}.type`))?.toString('utf8');
       if (mediaType === undefined) {
-        // The type file is written before the content is renamed in, so this is content
-        // from outside the mirror's own write path: leave it unindexed rather than guess.
+        // The type object is written before the content, so this is content from outside
+        // the mirror's own write path: leave it unindexed rather than guess.
         return;
       }
       entry.mediaType = mediaType;
-      entry.refs = manifestRefs(await fs.readFile(path));
+      entry.refs = manifestRefs((await this.driver.get(key)) ?? Buffer.alloc(0));
     }
     this.add(entry);
+  }
+
+  /** Access times saved by earlier runs (and, on a shared store, by every process): the latest wins. */
+  private async savedAccess(): Promise<SavedAccess> {
+    if (!this.driver.shared) return savedAccess(parseJson(await this.driver.get(this.accessKey)));
+    const all: SavedAccess[] = [];
+    for await (const o of this.driver.list(accessDir)) {
+      if (o.key.endsWith('.json')) all.push(savedAccess(parseJson(await this.driver.get(o.key))));
+    }
+    return (kind, digest) => {
+      let t: number | undefined;
+      for (const s of all) {
+        const v = s(kind, digest);
+        if (v !== undefined && (t === undefined || v > t)) t = v;
+      }
+      return t;
+    };
   }
 
   private add(entry: ContentEntry): void {
@@ -154,8 +162,9 @@ export class ContentStore {
     }
   }
 
-  pathOf(kind: ContentKind, digest: Digest): string {
-    return join(this.root, dirOf(kind), digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  /** The driver key of content: <blobs|manifests>/<alg>/<xx>/<hex>. */
+  keyOf(kind: ContentKind, digest: Digest): string {
+    return `${dirOf(kind)}/${digest.algorithm}/${digest.hex.slice(0, 2)}/${digest.hex}`;
   }
 
   get(kind: ContentKind, digest: string): ContentEntry | undefined {
@@ -174,27 +183,54 @@ export class ContentStore {
     }
   }
 
-  /** A temp file path for a download; the caller renames it in with commitBlob. */
+  /** A temp file path for a download; the caller moves it in with commitBlob. */
   tempPath(): string {
-    return join(this.tmpDir, `${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`);
+    return this.driver.tempPath();
   }
 
-  /** Moves a finished, verified and fsynced temp file into place. */
+  /** Whether a download must fsync its temp file before commitBlob. */
+  get syncBeforeCommit(): boolean {
+    return this.driver.syncBeforeCommit;
+  }
+
+  /** Moves a finished, verified (and, when the driver wants it, fsynced) temp file into place. */
   async commitBlob(tmp: string, digest: Digest, size: number): Promise<void> {
-    await renameInto(tmp, this.pathOf('blob', digest));
+    await this.driver.commitFile(tmp, this.keyOf('blob', digest), size);
+    // The driver uploaded a copy (S3): the temp file is ours to remove. Readers still on it
+    // hold an open handle, which outlives the name.
+    if (this.driver.shared) await removeQuietly(tmp);
     this.add({ digest: digest.value, kind: 'blob', size, lastAccess: Date.now() });
   }
 
+  /** Bytes [start, end] of a stored blob as a body; undefined when it has gone from the store. */
+  async openBlob(digest: Digest, start: number, end: number): Promise<import('node:stream').Readable | undefined> {
+    const body = await this.driver.openRead(this.keyOf('blob', digest), start, end);
+    // Removed behind the index (by hand, or by another process on a shared store).
+    if (!body) this.forget('blob', digest.value);
+    return body;
+  }
+
+  /** A whole stored blob (small ones: v1 JSON documents); undefined when it has gone. */
+  async readBlob(digest: Digest): Promise<Buffer | undefined> {
+    const bytes = await this.driver.get(this.keyOf('blob', digest));
+    if (!bytes) this.forget('blob', digest.value);
+    return bytes;
+  }
+
+  /** A URL the client may fetch the blob from directly (S3 redirect mode), when the driver offers one. */
+  async blobUrl(digest: Digest): Promise<string | undefined> {
+    return this.driver.presignGet?.(this.keyOf('blob', digest));
+  }
+
   async putManifest(digest: Digest, mediaType: string, bytes: Buffer): Promise<void> {
-    const path = this.pathOf('manifest', digest);
+    const key = this.keyOf('manifest', digest);
     const known = this.entries.manifest.has(digest.value);
     try {
-      await fs.mkdir(join(path, '..'), { recursive: true });
-      await writeFileAtomic(`${path}.type`, mediaType, this.tmpDir);
-      await writeFileAtomic(path, bytes, this.tmpDir);
+      await this.driver.put(`${key}.type`, mediaType);
+      await this.driver.put(key, bytes);
     } catch (err) {
-      // Disk full between the two files: no .type without its manifest left behind.
-      if (!known) await removeQuietly(`${path}.type`);
+      // Store full between the two: no .type without its manifest left behind.
+      if (!known) await this.driver.delete(`${key}.type`).catch(() => undefined);
       throw err;
     }
     this.add({
@@ -210,23 +246,26 @@ export class ContentStore {
   async getManifest(digest: Digest): Promise<StoredManifest | undefined> {
     const entry = this.entries.manifest.get(digest.value);
     if (!entry) return undefined;
+    let bytes: Buffer | undefined;
     try {
-      const bytes = await fs.readFile(this.pathOf('manifest', digest));
-      // Manifests are small and every upstream shares the store: their bytes are proven on
-      // every read, so a file damaged on disk, or planted by a mirror before issue 11's fix,
-      // is fetched and proven again instead of served (the file stays for `verify`).
-      if (!provesDigest(bytes, entry.mediaType!, digest)) {
-        this.forget('manifest', digest.value);
-        return undefined;
-      }
-      return { digest: digest.value, mediaType: entry.mediaType!, bytes };
+      bytes = await this.driver.get(this.keyOf('manifest', digest));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.forget('manifest', digest.value);
-        return undefined;
-      }
+      // A store that cannot be read is a miss: the manifest comes from the upstream instead.
+      if (isStoreUnavailable(err)) return undefined;
       throw err;
     }
+    if (!bytes) {
+      this.forget('manifest', digest.value);
+      return undefined;
+    }
+    // Manifests are small and every upstream shares the store: their bytes are proven on
+    // every read, so a file damaged on disk, or planted by a mirror before issue 11's fix,
+    // is fetched and proven again instead of served (the file stays for `verify`).
+    if (!provesDigest(bytes, entry.mediaType!, digest)) {
+      this.forget('manifest', digest.value);
+      return undefined;
+    }
+    return { digest: digest.value, mediaType: entry.mediaType!, bytes };
   }
 
   /**
@@ -268,10 +307,10 @@ export class ContentStore {
   /** Removes content of one kind from disk and index; refuses pinned content. */
   async remove(kind: ContentKind, digest: string): Promise<boolean> {
     if (!this.entries[kind].has(digest) || this.isPinned(digest)) return false;
-    const path = this.pathOf(kind, parseDigest(digest));
+    const key = this.keyOf(kind, parseDigest(digest));
     this.forget(kind, digest);
-    await removeQuietly(path);
-    if (kind === 'manifest') await removeQuietly(`${path}.type`);
+    await this.driver.delete(key);
+    if (kind === 'manifest') await this.driver.delete(`${key}.type`);
     return true;
   }
 
@@ -301,15 +340,28 @@ export class ContentStore {
     const state: AccessState = { version: 2, access: { blob: {}, manifest: {} } };
     for (const e of this.all()) state.access[e.kind][e.digest] = Math.round(e.lastAccess);
     try {
-      await writeFileAtomic(this.accessFile(), JSON.stringify(state), this.tmpDir);
+      await this.driver.put(this.accessKey, JSON.stringify(state));
     } catch (err) {
       this.accessDirty = true;
       throw err;
     }
   }
+}
 
-  private accessFile(): string {
-    return join(this.root, 'state', 'access.json');
+/** Where each process of a shared store keeps its access times. */
+const accessDir = 'state/access/';
+
+/** This process among others on a shared store: the pod name (hostname), and the pid for several on one host. */
+function instanceName(): string {
+  return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 200);
+}
+
+function parseJson(bytes: Buffer | undefined): unknown {
+  if (!bytes) return undefined;
+  try {
+    return JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return undefined;
   }
 }
 
@@ -336,14 +388,6 @@ function savedAccess(doc: unknown): SavedAccess {
 
 function dirOf(kind: ContentKind): string {
   return kind === 'blob' ? 'blobs' : 'manifests';
-}
-
-async function readdirOrEmpty(dir: string): Promise<string[]> {
-  try {
-    return await fs.readdir(dir);
-  } catch {
-    return [];
-  }
 }
 
 /** The digests a manifest points at; tolerant of any JSON shape (schema1 included). */

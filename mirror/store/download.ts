@@ -131,7 +131,11 @@ export class Download {
   private drainWaiters: Array<() => void> = [];
 
   /** Without `verify` the body must match `digest`; with neither only the size is checked. */
-  constructor(digest: Digest | undefined, size: number | undefined, tmpPath: string | undefined, verify?: Verify) {
+  /** sync: fsync the temp file before commit (a file store renames it in; S3 uploads a copy). */
+  private readonly sync: boolean;
+
+  constructor(digest: Digest | undefined, size: number | undefined, tmpPath: string | undefined, verify?: Verify, options: { sync?: boolean } = {}) {
+    this.sync = options.sync ?? true;
     this.digest = digest;
     this.verify = verify ?? (digest ? digestVerifier(digest) : () => undefined);
     this.size = size;
@@ -270,7 +274,7 @@ export class Download {
         if (this.error) throw this.error;
         if (this.diskEnd === undefined) {
           if (holdBeforeCommitMs > 0) await new Promise((r) => setTimeout(r, holdBeforeCommitMs));
-          await this.fh.sync();
+          if (this.sync) await this.fh.sync();
           await commit(this.tmpPath!, this.received, this.hashHex!);
           cached = true;
         }

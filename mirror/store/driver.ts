@@ -71,6 +71,11 @@ export interface StoreDriver {
   put(key: string, bytes: Buffer | string): Promise<void>;
   /** Removes an object; an absent one is fine. fs also removes directories this leaves empty. */
   delete(key: string): Promise<void>;
+  /**
+   * Moves an object to another key (`verify --repair` quarantines corrupt content): fs
+   * renames, S3 copies on the server and then deletes. An absent source is fine.
+   */
+  move(from: string, to: string): Promise<void>;
   stat(key: string): Promise<ObjectInfo | undefined>;
   /** Every object under `prefix` ("blobs/", "repos/docker.io/"), any depth, in no set order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;

@@ -1,22 +1,26 @@
 // What each (upstream, repository) is known to contain: links to content the upstream served
 // for that repository, and tag -> digest mappings with the time they were last confirmed.
-// Layout: <root>/repos/<upstream>/<name>/_links/<alg>/<hex> and .../_tags/<tag>.
+// Keys of the store's driver: repos/<upstream>/<name>/_links/<alg>/<hex> and .../_tags/<tag>.
 // A tag's file holds one record per format class of request (manifest-class.ts): what the tag
 // resolved to for index-, image- and schema1-class clients, each confirmed on its own.
 // "_links"/"_tags" cannot collide with a repository path component, which must start with
 // [a-z0-9]; upstream keys are validated registry hosts; names, tags and digests are validated
-// by reference.ts before they reach here, so every path below stays inside the store.
+// by reference.ts before they reach here, so every key below stays inside the store.
 //
 // Records go with their content: when the Evictor removes content it calls prune() once per
 // pass, which removes links and tags of the removed digests and the repositories left empty.
+//
+// On a store several processes share (S3), each record is its own object and every write is
+// a whole record: two processes confirming one tag at once leave one of their records, and the
+// other class's mapping, if lost, is asked of the upstream again. Nothing is a shared file
+// that holds everyone's state.
 
-import { promises as fs, type Dirent } from 'node:fs';
-import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { formatClasses, mediaTypeClass, type FormatClass } from '../manifest-class.js';
 import type { Digest } from '../reference.js';
 import type { ContentKind } from './content-store.js';
-import { isNoSpace, readJson, removeQuietly, writeFileAtomic } from './fsutil.js';
+import { isStoreUnavailable, type StoreDriver } from './driver.js';
+import { isNoSpace } from './fsutil.js';
 
 /**
  * How many positive link lookups are remembered. Links are (repository, digest) pairs, so a
@@ -90,87 +94,89 @@ function tagFileText(records: TagRecords): string {
 }
 
 export class RepoIndex {
-  private readonly reposDir: string;
   /**
    * Positive link lookups, remembered (bounded, least recently used out): links are only
    * added while serving and only removed by prune(), which forgets them here too.
    */
   private readonly knownLinks = new LRUCache<string, true>({ max: knownLinksMax });
-  /** The tail of each tag file's queue of read-modify-write steps (withTagFile). */
+  /** The tail of each tag record's queue of read-modify-write steps (withTagFile). */
   private readonly tagLocks = new Map<string, Promise<void>>();
 
-  constructor(
-    root: string,
-    private readonly tmpDir: string,
-  ) {
-    this.reposDir = join(root, 'repos');
+  constructor(private readonly driver: StoreDriver) {}
+
+  private repoKey(upstream: string, name: string): string {
+    return `repos/${upstream}/${name}`;
   }
 
-  private repoDir(upstream: string, name: string): string {
-    return join(this.reposDir, upstream, name);
-  }
-
-  private linkPath(upstream: string, name: string, digest: Digest): string {
-    return join(this.repoDir(upstream, name), '_links', digest.algorithm, digest.hex);
+  private linkKey(upstream: string, name: string, digest: Digest): string {
+    return `${this.repoKey(upstream, name)}/_links/${digest.algorithm}/${digest.hex}`;
   }
 
   async isLinked(upstream: string, name: string, digest: Digest): Promise<boolean> {
     const key = `${upstream}/${name}@${digest.value}`;
     // get(), not has(): a hit keeps the key among the recently used.
     if (this.knownLinks.get(key)) return true;
-    try {
-      await fs.access(this.linkPath(upstream, name, digest));
-      this.knownLinks.set(key, true);
-      return true;
-    } catch {
-      return false;
-    }
+    // A store that cannot be read says "not known": the upstream is asked to confirm instead.
+    if (!(await this.driver.stat(this.linkKey(upstream, name, digest)).catch(() => undefined))) return false;
+    this.knownLinks.set(key, true);
+    return true;
   }
 
   async link(upstream: string, name: string, digest: Digest): Promise<void> {
     const key = `${upstream}/${name}@${digest.value}`;
     if (this.knownLinks.get(key)) return;
-    const path = this.linkPath(upstream, name, digest);
     try {
-      await retryIfPruned(async () => {
-        await fs.mkdir(join(path, '..'), { recursive: true });
-        await fs.writeFile(path, '');
-      });
+      await this.driver.put(this.linkKey(upstream, name, digest), '');
     } catch (err) {
-      // A full disk must not fail the request that is being served: the upstream did
-      // confirm the link, so remember it in memory (it is re-confirmed after a restart).
-      if (!isNoSpace(err)) throw err;
+      // A full disk, or a store that cannot be written, must not fail the request being
+      // served: the upstream did confirm the link, so remember it in memory (it is
+      // re-confirmed after a restart).
+      if (!isNoSpace(err) && !isStoreUnavailable(err)) throw err;
     }
     this.knownLinks.set(key, true);
   }
 
-  private tagPath(upstream: string, name: string, tag: string): string {
-    return join(this.repoDir(upstream, name), '_tags', tag);
+  private tagKey(upstream: string, name: string, tag: string): string {
+    return `${this.repoKey(upstream, name)}/_tags/${tag}`;
   }
 
   /**
-   * Runs read-modify-write steps on one tag file one at a time (this process is the store's
-   * only writer): two classes confirmed at once must not lose each other's update, and prune
-   * must not write back a record a request has just replaced.
+   * Runs read-modify-write steps on one tag record one at a time (within this process): two
+   * classes confirmed at once must not lose each other's update, and prune must not write
+   * back a record a request has just replaced.
    */
-  private async withTagFile<T>(path: string, step: () => Promise<T>): Promise<T> {
-    const before = this.tagLocks.get(path) ?? Promise.resolve();
+  private async withTagFile<T>(key: string, step: () => Promise<T>): Promise<T> {
+    const before = this.tagLocks.get(key) ?? Promise.resolve();
     let release!: () => void;
     const mine = new Promise<void>((resolve) => (release = resolve));
     const chained = before.then(() => mine);
-    this.tagLocks.set(path, chained);
+    this.tagLocks.set(key, chained);
     await before;
     try {
       return await step();
     } finally {
       release();
-      if (this.tagLocks.get(path) === chained) this.tagLocks.delete(path);
+      if (this.tagLocks.get(key) === chained) this.tagLocks.delete(key);
     }
   }
 
-  /** Every mapping of a tag, by format class. */
+  /** A record's JSON, undefined when absent or not JSON; a store that cannot be read throws. */
+  private async readRecord(key: string): Promise<unknown> {
+    const bytes = await this.driver.get(key);
+    if (!bytes) return undefined;
+    try {
+      return JSON.parse(bytes.toString('utf8'));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Every mapping of a tag, by format class (none when the store cannot be read). */
   async getTagRecords(upstream: string, name: string, tag: string): Promise<TagRecords> {
-    return parseTagFile(await readJson<unknown>(this.tagPath(upstream, name, tag)));
+    return parseTagFile(await this.readRecord(this.tagKey(upstream, name, tag)).catch((err: unknown) => {
+      if (isStoreUnavailable(err)) return undefined;
+      throw err;
+    }));
   }
 
   /** A tag's mapping for one format class; without one, the first of index, image, schema1. */
@@ -184,74 +190,58 @@ export class RepoIndex {
    * type), keeping the other classes' mappings.
    */
   async setTag(upstream: string, name: string, tag: string, record: TagRecord, cls: FormatClass = mediaTypeClass(record.mediaType) ?? 'image'): Promise<void> {
-    const dir = join(this.repoDir(upstream, name), '_tags');
-    const path = join(dir, tag);
+    const key = this.tagKey(upstream, name, tag);
     try {
-      await this.withTagFile(path, async () => {
+      await this.withTagFile(key, async () => {
         const records = await this.getTagRecords(upstream, name, tag);
         records[cls] = { digest: record.digest, mediaType: record.mediaType, checkedAt: record.checkedAt };
-        await retryIfPruned(async () => {
-          await fs.mkdir(dir, { recursive: true });
-          await writeFileAtomic(path, tagFileText(records), this.tmpDir);
-        });
+        await this.driver.put(key, tagFileText(records));
       });
     } catch (err) {
-      // Disk full: the mapping is not cached (the next request asks the upstream again),
-      // but the manifest being served is fine.
-      if (!isNoSpace(err)) throw err;
+      // Disk full, store unreachable: the mapping is not cached (the next request asks the
+      // upstream again), but the manifest being served is fine.
+      if (!isNoSpace(err) && !isStoreUnavailable(err)) throw err;
     }
   }
 
-  /** Removes a tag's mapping for one format class (the file goes with its last), or all of them. */
+  /** Removes a tag's mapping for one format class (the record goes with its last), or all of them. */
   async removeTag(upstream: string, name: string, tag: string, cls?: FormatClass): Promise<void> {
-    const path = this.tagPath(upstream, name, tag);
-    await this.withTagFile(path, async () => {
+    const key = this.tagKey(upstream, name, tag);
+    await this.withTagFile(key, async () => {
       const records = cls ? await this.getTagRecords(upstream, name, tag) : {};
       if (cls && !records[cls]) return;
       if (cls) delete records[cls];
       if (bestTagRecord(records)) {
-        await writeFileAtomic(path, tagFileText(records), this.tmpDir).catch((err: unknown) => {
-          // Disk full: without the rewrite the mapping stays; drop the whole file rather
+        await this.driver.put(key, tagFileText(records)).catch((err: unknown) => {
+          // Disk full: without the rewrite the mapping stays; drop the whole record rather
           // than keep serving what the upstream just said is gone.
           if (!isNoSpace(err)) throw err;
-          return removeQuietly(path);
+          return this.driver.delete(key);
         });
-      } else await removeQuietly(path);
+      } else await this.driver.delete(key);
     });
   }
 
   async listTags(upstream: string, name: string): Promise<string[]> {
-    try {
-      return (await fs.readdir(join(this.repoDir(upstream, name), '_tags'))).sort();
-    } catch {
-      return [];
-    }
+    return this.driver.children(`${this.repoKey(upstream, name)}/_tags/`).catch(() => []);
   }
 
   /** Repository names cached for one upstream, sorted (the catalog). */
   async listRepositories(upstream: string): Promise<string[]> {
-    const names: string[] = [];
-    const walk = async (dir: string, prefix: string): Promise<void> => {
-      let entries: import('node:fs').Dirent[];
-      try {
-        entries = await fs.readdir(dir, { withFileTypes: true });
-      } catch {
-        return;
-      }
-      if (entries.some((e) => e.name === '_links' || e.name === '_tags')) names.push(prefix);
-      for (const e of entries) {
-        if (e.isDirectory() && !e.name.startsWith('_')) await walk(join(dir, e.name), prefix ? `${prefix}/${e.name}` : e.name);
-      }
-    };
-    await walk(join(this.reposDir, upstream), '');
-    return names.sort();
+    const names = new Set<string>();
+    for await (const o of this.driver.list(`repos/${upstream}/`)) {
+      const r = recordOf(o.key);
+      if (r) names.add(r.repository);
+    }
+    return [...names].sort();
   }
 
   /**
-   * Removes the records of removed content, in one walk of every repository: links to the
-   * `removed` digests the store now has in neither kind, tag mappings (of any format class)
-   * naming a `removed` manifest the store no longer has (a tag file goes with its last), and repository directories left with neither links nor
-   * tags (with parents left empty, up to repos/<upstream>), so the catalog stops listing them.
+   * Removes the records of removed content, in one listing of every repository: links to
+   * the `removed` digests the store now has in neither kind, and tag mappings (of any format
+   * class) naming a `removed` manifest the store no longer has (a tag record goes with its
+   * last). A repository left with neither links nor tags is gone with them, so the catalog
+   * stops listing it (the fs driver removes the directories left empty).
    * `has` is asked as each record is looked at: a download may have brought a digest back
    * since it was removed, and then its records stand.
    */
@@ -260,21 +250,20 @@ export class RepoIndex {
     if (removed.size === 0) return result;
     const linkGone = (digest: string) => removed.has(digest) && !has('blob', digest) && !has('manifest', digest);
     const tagGone = (digest: string) => removed.has(digest) && !has('manifest', digest);
-    // Memory before disk: a download that links one of these digests again from now on is
-    // not short-cut by a remembered key, so it writes its link file. Should this walk still
-    // remove that file, the link stays remembered in memory, as after a full disk.
+    // Memory before the store: a download that links one of these digests again from now on
+    // is not short-cut by a remembered key, so it writes its link. Should this pass still
+    // remove that link, the link stays remembered in memory, as after a full disk.
     const forget: string[] = [];
     for (const key of this.knownLinks.keys()) if (linkGone(key.slice(key.lastIndexOf('@') + 1))) forget.push(key);
     for (const key of forget) this.knownLinks.delete(key);
 
     /**
-     * Drops a tag file's mappings to removed manifests (every class's), rewriting the file or,
-     * with none left, removing it; true when the file stays (an unreadable one stays too).
+     * Drops a tag record's mappings to removed manifests (every class's), rewriting it or,
+     * with none left, removing it; true when the record stays (an unreadable one stays too).
      */
-    const pruneTagFile = (file: string): Promise<boolean> =>
-      this.withTagFile(file, async () => {
-        const raw = await readJson<unknown>(file).catch(() => undefined);
-        const records = parseTagFile(raw);
+    const pruneTag = (key: string): Promise<boolean> =>
+      this.withTagFile(key, async () => {
+        const records = parseTagFile(await this.readRecord(key).catch(() => undefined));
         if (!bestTagRecord(records)) return true;
         let dropped = 0;
         for (const c of formatClasses) {
@@ -286,79 +275,53 @@ export class RepoIndex {
         if (dropped === 0) return true;
         result.tags += dropped;
         if (!bestTagRecord(records)) {
-          await removeQuietly(file);
+          await this.driver.delete(key);
           return false;
         }
         try {
-          await writeFileAtomic(file, tagFileText(records), this.tmpDir);
+          await this.driver.put(key, tagFileText(records));
         } catch (err) {
           if (!isNoSpace(err)) throw err;
-          // Disk full: a file naming removed content must not stay; the others are re-fetched.
-          await removeQuietly(file);
+          // Disk full: a record naming removed content must not stay; the others are re-fetched.
+          await this.driver.delete(key);
           return false;
         }
         return true;
       });
-    const files = async (dir: string): Promise<Dirent[]> => fs.readdir(dir, { withFileTypes: true }).catch(() => []);
-    // rmdir, never rm -r: it fails when a request has just written into the directory.
-    const rmdirIfEmpty = (dir: string) =>
-      fs.rmdir(dir).then(
-        () => true,
-        () => false,
-      );
-    /** Prunes one directory (and below); true when it was removed, being left empty. */
-    const walk = async (dir: string, top: boolean): Promise<boolean> => {
-      const entries = await files(dir);
-      let left = entries.length;
-      let records = false;
-      for (const e of entries) {
-        if (!e.isDirectory()) continue;
-        const path = join(dir, e.name);
-        if (e.name === '_links') {
-          records = true;
-          let algsLeft = 0;
-          for (const alg of await files(path)) {
-            let linksLeft = 0;
-            for (const l of await files(join(path, alg.name))) {
-              if (linkGone(`${alg.name}:${l.name}`)) {
-                await removeQuietly(join(path, alg.name, l.name));
-                result.links++;
-              } else linksLeft++;
-            }
-            if (linksLeft > 0 || !(await rmdirIfEmpty(join(path, alg.name)))) algsLeft++;
-          }
-          if (algsLeft === 0 && (await rmdirIfEmpty(path))) left--;
-        } else if (e.name === '_tags') {
-          records = true;
-          let tagsLeft = 0;
-          for (const t of await files(path)) {
-            if (await pruneTagFile(join(path, t.name))) tagsLeft++;
-          }
-          if (tagsLeft === 0 && (await rmdirIfEmpty(path))) left--;
-        } else if (!e.name.startsWith('_') && (await walk(path, false))) {
-          left--;
-        }
-      }
-      if (top || left > 0 || !(await rmdirIfEmpty(dir))) return false;
-      if (records) result.repositories++;
-      return true;
-    };
-    for (const upstream of await files(this.reposDir)) {
-      if (upstream.isDirectory()) await walk(join(this.reposDir, upstream.name), true);
+
+    /** Per repository ("<upstream>/<name>"): records seen, and records left after this pass. */
+    const repos = new Map<string, { left: number }>();
+    const keys: string[] = [];
+    for await (const o of this.driver.list('repos/')) keys.push(o.key);
+    for (const key of keys) {
+      const r = recordOf(key);
+      if (!r) continue;
+      const repo = `${r.upstream}/${r.repository}`;
+      let counts = repos.get(repo);
+      if (!counts) repos.set(repo, (counts = { left: 0 }));
+      if (r.kind === 'link') {
+        if (linkGone(r.name)) {
+          await this.driver.delete(key);
+          result.links++;
+        } else counts.left++;
+      } else if (await pruneTag(key)) counts.left++;
     }
+    for (const counts of repos.values()) if (counts.left === 0) result.repositories++;
     return result;
   }
 }
 
 /**
- * Runs a write once more if it failed with ENOENT: prune() may have removed the directory,
- * empty a moment ago, between its mkdir and the write.
+ * What a key under repos/ records: a link (name = the digest) or a tag (name = the tag), of
+ * which repository of which upstream; undefined for any other key.
  */
-async function retryIfPruned(write: () => Promise<void>): Promise<void> {
-  try {
-    await write();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    await write();
+function recordOf(key: string): { upstream: string; repository: string; kind: 'link' | 'tag'; name: string } | undefined {
+  const parts = key.split('/');
+  if (parts[0] !== 'repos' || parts.length < 5) return undefined;
+  const upstream = parts[1]!;
+  if (parts.at(-3) === '_links' && parts.length >= 6) {
+    return { upstream, repository: parts.slice(2, -3).join('/'), kind: 'link', name: `${parts.at(-2)}:${parts.at(-1)}` };
   }
+  if (parts.at(-2) === '_tags') return { upstream, repository: parts.slice(2, -2).join('/'), kind: 'tag', name: parts.at(-1)! };
+  return undefined;
 }

@@ -3,17 +3,15 @@
 // in ContentStore, so cache.ttl expiry and the storage.maxBytes bound cover v1 exactly as
 // they cover v2; these records only say which blob answers which v1 request.
 //
-// Layout under <root>/v1/:
+// Keys under v1/ of the store's driver:
 //   images/<id[0:2]>/<id>/{json,ancestry,layer}     immutable once written (an id is immutable)
 //   repos/<namespace>/<repository>/{images,tags,json} and .../tag/<tag>   refreshed by TTL
 // Ids, namespaces, repositories and tags are validated by v1/path.ts before they reach here
-// (no "/", no leading "."), so every path stays inside the store. Records are replaced
+// (no "/", no leading "."), so every key stays inside the store. Records are replaced
 // atomically; one whose blob has been expired or evicted is "dangling": readers treat it as
 // absent and sweep() removes it.
 
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
-import { readJson, removeQuietly, writeFileAtomic } from './fsutil.js';
+import type { StoreDriver } from './driver.js';
 
 export type ImagePart = 'json' | 'ancestry' | 'layer';
 /** A repository document: 'images', 'tags', 'json', or `tag/<tag>`. */
@@ -41,94 +39,62 @@ export interface LayerRecord {
 }
 
 export class V1Index {
-  private readonly dir: string;
+  constructor(private readonly driver: StoreDriver) {}
 
-  constructor(
-    root: string,
-    private readonly tmpDir: string,
-  ) {
-    this.dir = join(root, 'v1');
+  private imageKey(id: string, part: ImagePart): string {
+    return `v1/images/${id.slice(0, 2)}/${id}/${part}`;
   }
 
-  private imagePath(id: string, part: ImagePart): string {
-    return join(this.dir, 'images', id.slice(0, 2), id, part);
-  }
-
-  private repoPath(namespace: string, repository: string, doc: RepoDoc): string {
-    return join(this.dir, 'repos', namespace, repository, doc);
+  private repoKey(namespace: string, repository: string, doc: RepoDoc): string {
+    return `v1/repos/${namespace}/${repository}/${doc}`;
   }
 
   getImage<T extends { digest: string }>(id: string, part: ImagePart): Promise<T | undefined> {
-    return readRecord<T>(this.imagePath(id, part));
+    return this.read<T>(this.imageKey(id, part));
   }
 
   setImage(id: string, part: ImagePart, record: object): Promise<void> {
-    return this.write(this.imagePath(id, part), record);
+    return this.driver.put(this.imageKey(id, part), JSON.stringify(record));
   }
 
   getRepo(namespace: string, repository: string, doc: RepoDoc): Promise<DocRecord | undefined> {
-    return readRecord<DocRecord>(this.repoPath(namespace, repository, doc));
+    return this.read<DocRecord>(this.repoKey(namespace, repository, doc));
   }
 
   setRepo(namespace: string, repository: string, doc: RepoDoc, record: DocRecord): Promise<void> {
-    return this.write(this.repoPath(namespace, repository, doc), record);
+    return this.driver.put(this.repoKey(namespace, repository, doc), JSON.stringify(record));
   }
 
   async removeRepo(namespace: string, repository: string, doc: RepoDoc): Promise<void> {
-    await removeQuietly(this.repoPath(namespace, repository, doc));
+    await this.driver.delete(this.repoKey(namespace, repository, doc));
   }
 
-  private async write(path: string, record: object): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      await fs.mkdir(join(path, '..'), { recursive: true });
-      try {
-        return await writeFileAtomic(path, JSON.stringify(record), this.tmpDir);
-      } catch (err) {
-        // sweep() may have removed the directory, empty a moment ago, in between.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw err;
-      }
-    }
-  }
-
-  /** Removes records whose blob is gone (and directories left empty); returns how many. */
+  /** Removes records whose blob is gone (the fs driver takes directories left empty too); returns how many. */
   async sweep(alive: (digest: string) => boolean): Promise<number> {
     let removed = 0;
-    const walk = async (dir: string): Promise<boolean> => {
-      let entries: import('node:fs').Dirent[];
-      try {
-        entries = await fs.readdir(dir, { withFileTypes: true });
-      } catch {
-        return false;
+    const keys: string[] = [];
+    for await (const o of this.driver.list('v1/')) keys.push(o.key);
+    for (const key of keys) {
+      const rec = await this.read<{ digest: string }>(key);
+      if (!rec || !alive(rec.digest)) {
+        await this.driver.delete(key);
+        removed++;
       }
-      let left = entries.length;
-      for (const e of entries) {
-        const p = join(dir, e.name);
-        if (e.isDirectory()) {
-          if (await walk(p)) left--;
-        } else if (e.isFile()) {
-          const rec = await readRecord<{ digest: string }>(p);
-          if (!rec || !alive(rec.digest)) {
-            await removeQuietly(p);
-            removed++;
-            left--;
-          }
-        }
-      }
-      if (left === 0 && dir !== this.dir) {
-        // Another request may have just written here: rmdir only succeeds when still empty.
-        return fs.rmdir(dir).then(
-          () => true,
-          () => false,
-        );
-      }
-      return false;
-    };
-    await walk(this.dir);
+    }
     return removed;
   }
-}
 
-async function readRecord<T extends { digest: string }>(path: string): Promise<T | undefined> {
-  const rec = await readJson<T>(path).catch(() => undefined);
-  return rec && typeof rec === 'object' && typeof rec.digest === 'string' ? rec : undefined;
+  /**
+   * A record, or undefined when absent, unreadable (a store that cannot be read too: the
+   * request then goes to the source) or of the wrong shape.
+   */
+  private async read<T extends { digest: string }>(key: string): Promise<T | undefined> {
+    let rec: T | undefined;
+    try {
+      rec = JSON.parse((await this.driver.get(key))?.toString('utf8') ?? 'null') as T | undefined;
+    } catch {
+      return undefined;
+    }
+    return rec && typeof rec === 'object' && typeof rec.digest === 'string' ? rec : undefined;
+  }
 }

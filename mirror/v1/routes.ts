@@ -47,7 +47,7 @@ const immutable = 'public, max-age=31536000';
 
 export function registerV1(app: FastifyInstance, o: V1Options): V1Cache {
   const source = new V1Source(o.config.source, o.config.sourceIndex ?? o.config.source, (name, status) => o.metrics.upstreamRequest(name, status), o.source);
-  const cache = new V1Cache(o.store, new V1Index(o.store.root, o.store.tmpDir), source, o.metrics, o.log, {
+  const cache = new V1Cache(o.store, new V1Index(o.store.driver), source, o.metrics, o.log, {
     tagsTTLMs: o.config.tagsCacheTTLMs,
     maxBytes: o.maxBytes,
     makeRoom: o.makeRoom,

@@ -113,6 +113,11 @@ async function blob(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawN
   const range = typeof req.headers.range === 'string' ? req.headers.range : undefined;
   const body = await deps.blobs.get(routed.target, digest, range);
   req.mirror.result = body.result;
+  if (body.status === 307) {
+    // The client fetches the bytes from the store itself (S3 `redirect: true`), Range and all.
+    req.mirror.source = 'cache';
+    return reply.code(307).header('Location', body.location).send();
+  }
   req.mirror.source = body.result === 'hit' ? 'cache' : 'upstream';
   reply.code(body.status).header('Content-Type', 'application/octet-stream');
   if (body.length !== undefined) reply.header('Content-Length', body.length);

@@ -4,18 +4,19 @@
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parseDigest, type Digest } from '../../mirror/reference.js';
 import { ContentStore } from '../../mirror/store/content-store.js';
 import { tempDir } from '../rig/proc.js';
+import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const ociManifest = 'application/vnd.oci.image.manifest.v1+json';
 const sha = (b: Buffer) => parseDigest(`sha256:${createHash('sha256').update(b).digest('hex')}`);
 
 async function openStore(root = join(tempDir('content-store'), 'store')) {
-  const store = new ContentStore(root);
+  const store = new ContentStore(new FsDriver(root));
   await store.open();
   return { root, store };
 }
@@ -51,7 +52,7 @@ describe('content store: a blob and a manifest with one digest', () => {
     assert.equal(totals.manifests, 1);
     assert.equal(totals.blobs, 2);
     // The store's byte count is what is on disk: the digest's bytes are there twice.
-    const onDisk = statSync(store.pathOf('blob', d)).size + statSync(store.pathOf('manifest', d)).size + 'a layer'.length;
+    const onDisk = statSync(pathOf(store, 'blob', d)).size + statSync(pathOf(store, 'manifest', d)).size + 'a layer'.length;
     assert.equal(totals.storedBytes, onDisk);
     assert.equal(totals.storedBytes, 2 * bytes.length + 'a layer'.length);
     assert.equal([...store.all()].length, 3);
@@ -61,8 +62,8 @@ describe('content store: a blob and a manifest with one digest', () => {
     const { store } = await openStore();
     const { d, bytes } = await storeBoth(store);
     assert.equal(await store.remove('blob', d.value), true);
-    assert.ok(!existsSync(store.pathOf('blob', d)));
-    assert.ok(existsSync(store.pathOf('manifest', d)));
+    assert.ok(!existsSync(pathOf(store, 'blob', d)));
+    assert.ok(existsSync(pathOf(store, 'manifest', d)));
     assert.ok(store.has('manifest', d.value) && !store.has('blob', d.value));
     assert.deepEqual((await store.getManifest(d))?.bytes, bytes);
     assert.deepEqual(store.totals(), { storedBytes: bytes.length + 'a layer'.length, blobs: 1, manifests: 1 });
@@ -70,8 +71,8 @@ describe('content store: a blob and a manifest with one digest', () => {
 
     await putBlob(store, bytes);
     assert.equal(await store.remove('manifest', d.value), true);
-    assert.ok(existsSync(store.pathOf('blob', d)));
-    assert.ok(!existsSync(store.pathOf('manifest', d)) && !existsSync(`${store.pathOf('manifest', d)}.type`));
+    assert.ok(existsSync(pathOf(store, 'blob', d)));
+    assert.ok(!existsSync(pathOf(store, 'manifest', d)) && !existsSync(`${pathOf(store, 'manifest', d)}.type`));
     assert.equal(await store.getManifest(d), undefined);
     assert.deepEqual(store.totals(), { storedBytes: bytes.length + 'a layer'.length, blobs: 2, manifests: 0 });
   });
@@ -112,13 +113,14 @@ describe('content store: a blob and a manifest with one digest', () => {
     const { root, store } = await openStore();
     const { d, layer } = await storeBoth(store);
     const other = await putBlob(store, Buffer.from('never saved'));
+    mkdirSync(join(root, 'state'), { recursive: true });
     writeFileSync(join(root, 'state', 'access.json'), JSON.stringify({ version: 1, access: { [d.value]: 5555, [layer.value]: 6666 } }));
 
     const { store: upgraded } = await openStore(root);
     assert.equal(upgraded.get('manifest', d.value)?.lastAccess, 5555);
     assert.equal(upgraded.get('blob', d.value)?.lastAccess, 5555, 'a version-1 time applies to every kind of its digest');
     assert.equal(upgraded.get('blob', layer.value)?.lastAccess, 6666);
-    const mtime = statSync(upgraded.pathOf('blob', other)).mtimeMs;
+    const mtime = statSync(pathOf(upgraded, 'blob', other)).mtimeMs;
     assert.equal(upgraded.get('blob', other.value)?.lastAccess, mtime, 'no saved time: the file mtime');
 
     // The next flush writes version 2.
@@ -134,9 +136,10 @@ describe('content store: a blob and a manifest with one digest', () => {
     const { root, store } = await openStore();
     const { d } = await storeBoth(store);
     for (const text of ['{"version": 2, "access": {"blob": 3}}', '{"version": 2}', '[1, 2]', 'not json']) {
+      mkdirSync(join(root, 'state'), { recursive: true });
       writeFileSync(join(root, 'state', 'access.json'), text);
       const { store: again } = await openStore(root);
-      assert.equal(again.get('blob', d.value)?.lastAccess, statSync(again.pathOf('blob', d)).mtimeMs, text);
+      assert.equal(again.get('blob', d.value)?.lastAccess, statSync(pathOf(again, 'blob', d)).mtimeMs, text);
     }
   });
 });
@@ -149,7 +152,7 @@ describe('content store: manifests are proven on every read', () => {
     await store.putManifest(d, ociManifest, bytes);
     assert.ok((await store.getManifest(d))?.bytes.equals(bytes));
     // What a mirror before issue 11 could have stored: forged bytes under a victim's digest.
-    const path = store.pathOf('manifest', d);
+    const path = pathOf(store, 'manifest', d);
     writeFileSync(path, '{"schemaVersion":2,"forged":true}');
     assert.equal(await store.getManifest(d), undefined);
     assert.equal(store.has('manifest', d.value), false);
@@ -197,7 +200,7 @@ describe('content store: pins and referrers', () => {
     assert.deepEqual(names(store, d.value), [`manifest:${id.value}`], 'stored again: still once');
 
     await store.flushAccess();
-    const again = new ContentStore(root);
+    const again = new ContentStore(new FsDriver(root));
     await again.open();
     assert.deepEqual(names(again, layer.value), [`manifest:${d.value}`]);
     assert.deepEqual(names(again, d.value), [`manifest:${id.value}`]);
@@ -208,3 +211,7 @@ describe('content store: pins and referrers', () => {
     assert.deepEqual(names(store, d.value), []);
   });
 });
+
+function pathOf(s: ContentStore, kind: 'blob' | 'manifest', d: Digest): string {
+  return (s.driver as FsDriver).pathOf(s.keyOf(kind, d));
+}

@@ -10,6 +10,7 @@ import { Evictor, evictionOrder } from '../../mirror/store/evictor.js';
 import { ContentStore, type ContentEntry } from '../../mirror/store/content-store.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { tempDir } from '../rig/proc.js';
+import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const blob = (digest: string, lastAccess: number): ContentEntry => ({ digest, kind: 'blob', size: 1, lastAccess });
 const manifest = (digest: string, lastAccess: number, refs: string[]): ContentEntry => ({
@@ -74,9 +75,9 @@ const ociManifest = 'application/vnd.oci.image.manifest.v1+json';
 /** A store with one image (config, layer, manifest) linked and tagged in docker.io/team/app. */
 async function storeWithImage() {
   const root = join(tempDir('evictor'), 'store');
-  const store = new ContentStore(root);
+  const store = new ContentStore(new FsDriver(root));
   await store.open();
-  const repos = new RepoIndex(root, store.tmpDir);
+  const repos = new RepoIndex(new FsDriver(root));
   const blobs = [Buffer.from('config'), Buffer.from('layer '.repeat(100))];
   for (const b of blobs) {
     const tmp = store.tempPath();
@@ -114,7 +115,7 @@ describe('evictor: removed content takes its records with it', () => {
     assert.deepEqual(walks, [3], 'one walk for the whole pass');
     assert.deepEqual(await repos.listRepositories('docker.io'), []);
     assert.ok(!existsSync(join(root, 'repos', 'docker.io', 'team')), 'the empty parent went too');
-    assert.ok(existsSync(join(root, 'repos', 'docker.io')));
+    assert.ok(existsSync(join(root, 'repos')));
     // The links `repos` remembered (it linked them) are forgotten too.
     for (const d of digests) assert.equal(await repos.isLinked('docker.io', 'team/app', d), false, d.value);
     assert.equal(await repos.getTag('docker.io', 'team/app', 'v1'), undefined);
@@ -144,9 +145,9 @@ const ociIndex = 'application/vnd.oci.image.index.v1+json';
 /** A bare store whose images are given explicit access times, so the order is known. */
 async function bareStore(ttlMs = 0) {
   const root = join(tempDir('evictor-in-use'), 'store');
-  const store = new ContentStore(root);
+  const store = new ContentStore(new FsDriver(root));
   await store.open();
-  const repos = new RepoIndex(root, store.tmpDir);
+  const repos = new RepoIndex(new FsDriver(root));
   const metrics = new MirrorMetrics(() => store.totals());
   /** An evictor with this bound; by default the store's size now (room for as much again empties it). */
   const evictorFor = (maxBytes = store.totals().storedBytes) => new Evictor(store, metrics, silent, { ttlMs, maxBytes }, repos);

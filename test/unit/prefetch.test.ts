@@ -18,6 +18,7 @@ import { Evictor } from '../../mirror/store/evictor.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { UpstreamClient } from '../../mirror/upstream/client.js';
 import { tempDir } from '../rig/proc.js';
+import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const upstreams = { 'docker.io': { url: 'https://registry-1.docker.io' }, 'ghcr.io': { url: 'https://ghcr.io' } };
 
@@ -104,9 +105,9 @@ async function addImage(store: ContentStore, repos: RepoIndex, repo: string, lay
 async function setup(maxBytes: number, prefetch: unknown[]) {
   const config = parseConfig({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } }, storage: { maxBytes }, prefetch });
   const root = join(tempDir('prefetch'), 'store');
-  const store = new ContentStore(root);
+  const store = new ContentStore(new FsDriver(root));
   await store.open();
-  const repos = new RepoIndex(root, store.tmpDir);
+  const repos = new RepoIndex(new FsDriver(root));
   const metrics = new MirrorMetrics(() => store.totals());
   const u = config.upstreams['docker.io']!;
   const client = new UpstreamClient(u, undefined, UpstreamClient.agent(), () => undefined);

@@ -11,6 +11,7 @@ import { parseDigest, type Digest } from '../../mirror/reference.js';
 import type { ContentKind } from '../../mirror/store/content-store.js';
 import { knownLinksMax, RepoIndex } from '../../mirror/store/repo-index.js';
 import { tempDir } from '../rig/proc.js';
+import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const ociManifest = 'application/vnd.oci.image.manifest.v1+json';
 const digest = (c: string): Digest => parseDigest(`sha256:${c.repeat(64)}`);
@@ -28,7 +29,7 @@ function contents(...present: Array<[ContentKind, Digest]>) {
 function makeIndex() {
   const root = join(tempDir('repo-index'), 'store');
   mkdirSync(join(root, 'tmp'), { recursive: true });
-  return { root, repos: new RepoIndex(root, join(root, 'tmp')) };
+  return { root, repos: new RepoIndex(new FsDriver(root)) };
 }
 
 const tag = (d: Digest) => ({ digest: d.value, mediaType: ociManifest, checkedAt: 1 });
@@ -55,7 +56,8 @@ describe('repo index: prune', () => {
     assert.deepEqual(await repos.listRepositories('docker.io'), ['team/mixed', 'team/other']);
     assert.deepEqual(await repos.listRepositories('quay.io'), [], 'every upstream is walked');
     assert.ok(!existsSync(join(root, 'repos', 'docker.io', 'team', 'app')), 'the emptied repository directory is gone');
-    assert.ok(existsSync(join(root, 'repos', 'quay.io')), 'repos/<upstream> itself stays');
+    assert.ok(!existsSync(join(root, 'repos', 'quay.io')), 'an upstream left with no repository goes too');
+    assert.ok(existsSync(join(root, 'repos')));
     assert.deepEqual(await repos.listTags('docker.io', 'team/mixed'), ['v2']);
     assert.equal(await repos.isLinked('docker.io', 'team/mixed', m1), false);
     assert.equal(await repos.isLinked('docker.io', 'team/mixed', b2), true);

@@ -14,15 +14,16 @@ import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { V1Index } from '../../mirror/store/v1-index.js';
 import { verifyStore } from '../../mirror/verify.js';
 import { tempDir } from '../rig/proc.js';
+import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 async function makeStore() {
   const root = join(tempDir('verify'), 'store');
-  const store = new ContentStore(root);
+  const store = new ContentStore(new FsDriver(root));
   await store.open();
-  const repos = new RepoIndex(root, store.tmpDir);
-  const v1 = new V1Index(root, store.tmpDir);
+  const repos = new RepoIndex(new FsDriver(root));
+  const v1 = new V1Index(new FsDriver(root));
   const blobs: Buffer[] = [Buffer.from('layer one '.repeat(1000)), Buffer.from('config')];
   for (const b of blobs) {
     const tmp = store.tempPath();
@@ -44,7 +45,7 @@ const blobFile = (root: string, digest: string) => join(root, 'blobs', 'sha256',
 describe('verify', () => {
   it('a store written by the mirror is consistent', async () => {
     const { root } = await makeStore();
-    const r = await verifyStore(root);
+    const r = await verifyStore(new FsDriver(root));
     assert.deepEqual(r.findings, []);
     assert.equal(r.corrupt, 0);
     assert.equal(r.checked.blobs, 2);
@@ -62,13 +63,13 @@ describe('verify', () => {
     bytes[100] ^= 0x01;
     writeFileSync(path, bytes);
 
-    const r = await verifyStore(root);
+    const r = await verifyStore(new FsDriver(root));
     assert.equal(r.corrupt, 1);
     assert.equal(r.findings[0]!.path, `blobs/sha256/${d.slice(7, 9)}/${d.slice(7)}`);
     assert.match(r.findings[0]!.problem, /hashes to sha256:[a-f0-9]{64}, not its name/);
     assert.ok(existsSync(path), 'without --repair nothing moves');
 
-    const fixed = await verifyStore(root, { repair: true, now: new Date(0) });
+    const fixed = await verifyStore(new FsDriver(root), { repair: true, now: new Date(0) });
     assert.equal(fixed.corrupt, 1);
     assert.ok(!existsSync(path));
     const q = join(root, 'quarantine', '1970-01-01T00-00-00-000Z', 'blobs', 'sha256', d.slice(7, 9), d.slice(7));
@@ -77,7 +78,7 @@ describe('verify', () => {
     const left = fixed.findings.filter((f) => f.class === 'leftover');
     assert.equal(left.length, 2);
     assert.ok(left.every((f) => /not in the store/.test(f.problem) && f.action === 'removed'));
-    assert.deepEqual((await verifyStore(root)).findings, []);
+    assert.deepEqual((await verifyStore(new FsDriver(root))).findings, []);
   });
 
   it('a corrupt manifest goes to quarantine with its .type; strays and broken records are corruption too', async () => {
@@ -85,15 +86,16 @@ describe('verify', () => {
     const mpath = join(root, 'manifests', 'sha256', md.hex.slice(0, 2), md.hex);
     writeFileSync(mpath, '{"schemaVersion": 2}');
     mkdirSync(join(root, 'blobs', 'sha256', 'zz'), { recursive: true });
+    writeFileSync(join(root, 'blobs', 'sha256', 'zz', 'stray'), 'x');
     mkdirSync(join(root, 'blobs', 'sha256', 'ab'), { recursive: true });
     writeFileSync(join(root, 'blobs', 'sha256', 'ab', 'not-a-digest'), 'x');
     writeFileSync(join(root, 'repos', 'docker.io', 'library', 'app', '_tags', 'v1'), '{"digest": "sha256:');
-    const r = await verifyStore(root, { repair: true, now: new Date(0) });
+    const r = await verifyStore(new FsDriver(root), { repair: true, now: new Date(0) });
     const problems = r.findings.filter((f) => f.class === 'corrupt').map((f) => f.path).sort();
-    assert.deepEqual(problems, ['blobs/sha256/ab/not-a-digest', 'blobs/sha256/zz', `manifests/sha256/${md.hex.slice(0, 2)}/${md.hex}`, 'repos/docker.io/library/app/_tags/v1'].sort());
+    assert.deepEqual(problems, ['blobs/sha256/ab/not-a-digest', 'blobs/sha256/zz/stray', `manifests/sha256/${md.hex.slice(0, 2)}/${md.hex}`, 'repos/docker.io/library/app/_tags/v1'].sort());
     const qm = join(root, 'quarantine', '1970-01-01T00-00-00-000Z', 'manifests', 'sha256', md.hex.slice(0, 2));
     assert.deepEqual(readdirSync(qm).sort(), [md.hex, `${md.hex}.type`]);
-    assert.equal((await verifyStore(root)).corrupt, 0, 'consistent after the repair');
+    assert.equal((await verifyStore(new FsDriver(root))).corrupt, 0, 'consistent after the repair');
   });
 
   it('tmp leftovers, an orphan .type and a tag of an evicted manifest are harmless leftovers', async () => {
@@ -103,7 +105,7 @@ describe('verify', () => {
     mkdirSync(join(root, 'manifests', 'sha256', 'bb'), { recursive: true });
     writeFileSync(join(root, 'manifests', 'sha256', 'bb', `${other}.type`), 'application/vnd.oci.image.manifest.v1+json');
     await store.remove('manifest', md.value);
-    const r = await verifyStore(root);
+    const r = await verifyStore(new FsDriver(root));
     assert.equal(r.corrupt, 0);
     assert.deepEqual(r.findings.map((f) => f.path).sort(), [
       `manifests/sha256/bb/${other}.type`,
@@ -111,9 +113,9 @@ describe('verify', () => {
       'repos/docker.io/library/app/_tags/v1',
       'tmp/123-456-abc',
     ]);
-    const fixed = await verifyStore(root, { repair: true });
+    const fixed = await verifyStore(new FsDriver(root), { repair: true });
     assert.ok(fixed.findings.every((f) => f.action === 'removed'));
-    assert.deepEqual((await verifyStore(root)).findings, []);
+    assert.deepEqual((await verifyStore(new FsDriver(root))).findings, []);
     assert.ok(!existsSync(join(root, 'quarantine')), 'leftovers are not quarantined');
   });
 });
