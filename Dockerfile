@@ -1,5 +1,5 @@
 # One image for all three roles: serve, operator, node-agent.
-# scripts/build-image.mjs (test/rig/image.ts) assembles the same final stage as an OCI archive
+# scripts/build-image.mjs (tools/oci/image.ts) assembles the same final stage as an OCI archive
 # without a Docker engine (the e2e test loads it into its cluster): change the two together.
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
@@ -9,6 +9,7 @@ COPY tsconfig.json ./
 COPY bin ./bin
 COPY mirror ./mirror
 COPY operator ./operator
+COPY tools ./tools
 COPY test ./test
 COPY bench ./bench
 RUN npm run build && npm prune --omit=dev

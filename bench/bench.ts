@@ -44,13 +44,12 @@ import {
   type ManifestLoad,
   type Timed,
 } from './report.js';
-import { startRegistry, type AccessEntry, type RegistryHandle } from '../test/rig/registry.js';
-import { repoRoot, startMirror, type MirrorHandle } from '../test/rig/mirror.js';
-import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../test/rig/proc.js';
-import { skopeoCopy } from '../test/rig/skopeo.js';
-import { describePushed, type PushedImage } from '../test/fixtures/images.js';
-import type { LayerInfo } from '../test/fixtures/layout.js';
-import { MANIFEST_ACCEPT } from '../test/rig/oci-client.js';
+import { startRegistry, type AccessEntry, type RegistryHandle } from '../tools/launch/registry.js';
+import { repoRoot, startMirror, type MirrorHandle } from '../tools/launch/mirror.js';
+import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../tools/launch/proc.js';
+import { skopeoCopy } from '../tools/launch/skopeo.js';
+import type { LayerInfo } from '../tools/oci/layout.js';
+import { MANIFEST_ACCEPT, describePushed, type PushedImage } from '../tools/oci/oci-client.js';
 
 const MiB = 1 << 20;
 const IMAGE_REPO = 'bench/image';

@@ -1,4 +1,4 @@
-// The benchmark's images, written as OCI layouts with the test fixtures' LayoutWriter:
+// The benchmark's images, written as OCI layouts with tools/oci/layout.ts's LayoutWriter:
 //
 //   image  3 layers of pseudo-random data (BENCH_IMAGE_MB split 50/30/20), linux/amd64
 //   blob   1 layer of BENCH_BLOB_MB: the "1 GB blob" of the throughput runs and of the cold
@@ -16,7 +16,7 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { LayoutWriter, type LayerInfo } from '../test/fixtures/layout.js';
+import { LayoutWriter, type LayerInfo } from '../tools/oci/layout.js';
 
 /** Bump when the generator changes, so stale cached builds are not reused. */
 const BENCH_FIXTURE_FORMAT = 3;

@@ -20,7 +20,7 @@
 //   BENCH_RESULTS_DIR=bench/results   where <timestamp>.json goes
 //   BENCH_FIXTURES_DIR=...      where the layouts are built/cached (default: os.tmpdir())
 import { join } from 'node:path';
-import { repoRoot } from '../test/rig/mirror.js';
+import { repoRoot } from '../tools/launch/mirror.js';
 
 export interface BenchParams {
   imageBytes: number;

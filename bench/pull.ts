@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Agent, request, type Dispatcher } from 'undici';
-import { MANIFEST_ACCEPT, isIndex, sha256, type Descriptor, type ManifestJson } from '../test/rig/oci-client.js';
+import { MANIFEST_ACCEPT, isIndex, sha256, type Descriptor, type ManifestJson } from '../tools/oci/oci-client.js';
 
 export const BENCH_USER_AGENT = 'registry-mirror-bench/1';
 export const BLOB_CONCURRENCY = 3;

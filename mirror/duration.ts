@@ -1,20 +1,56 @@
-// Go-style durations ("168h", "5m", "1h30m", "250ms") as the config contract uses them, and
-// byte sizes as plain integers or Kubernetes quantities ("50Gi", "500M").
+// Go durations ("168h", "5m", "1h30m", "250ms", "1.5s") and byte sizes as plain integers or
+// Kubernetes quantities ("50Gi", "500M").
+//
+// One duration grammar for the mirror's config, the operator's and node agent's flags, the
+// operator's spec checks and the CRD's `pattern` on every duration field (crds/ and the
+// chart's copy; test/unit/duration.test.ts proves the CRD and this module agree): Go's
+// time.ParseDuration without a sign. A number (`1`, `1.5`, `1.`, `.5`) and a unit (ns, us,
+// µs (U+00B5), μs (U+03BC), ms, s, m, h), repeated; or `0` alone. At most 64 characters (the
+// CRD's maxLength). A sign is refused: nothing here can be negative, and `+` is never needed.
+//
+// Durations are used in whole milliseconds. The value is the exact sum of the parts, rounded
+// UP to the next whole millisecond when a fraction of one is left ("1ns" and "0.4ms" are 1 ms,
+// "1.0001s" is 1001 ms), so a duration that is not zero never becomes 0, which turns
+// cache.notFoundTTL off and is refused for timeouts. The exact sum is taken with BigInt, so
+// any length the grammar admits parses (Go itself stops at about 292 years, and drops what is
+// left below a nanosecond, where this rounds it up with the rest).
 
-const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+/** Longest duration text accepted; the CRD's maxLength on duration fields. */
+export const DURATION_MAX_LENGTH = 64;
 
-/** Milliseconds for a Go-style duration; undefined when it does not parse. */
+/** The grammar as the CRD's `pattern` spells it (ECMAScript and RE2 read it the same way). */
+export const DURATION_PATTERN = '^(0|(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$';
+
+const DURATION_RE = new RegExp(DURATION_PATTERN);
+const PART_RE = /([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)/g;
+const UNIT_NS: Record<string, bigint> = {
+  ns: 1n,
+  us: 1_000n,
+  'µs': 1_000n,
+  'μs': 1_000n,
+  ms: 1_000_000n,
+  s: 1_000_000_000n,
+  m: 60_000_000_000n,
+  h: 3_600_000_000_000n,
+};
+const NS_PER_MS = 1_000_000n;
+
+/** True when text is a duration in the grammar above (what the CRD admits). */
+export function isDuration(text: string): boolean {
+  return text.length <= DURATION_MAX_LENGTH && DURATION_RE.test(text);
+}
+
+/** Whole milliseconds for a duration (a fraction of one rounds up); undefined when it is not one. */
 export function parseDuration(text: string): number | undefined {
+  if (!isDuration(text)) return undefined;
   if (text === '0') return 0;
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
-  let total = 0;
-  let matched = 0;
-  for (let m = re.exec(text); m; m = re.exec(text)) {
-    total += Number(m[1]) * durationUnits[m[2]!]!;
-    matched = re.lastIndex;
-  }
-  if (matched === 0 || matched !== text.length) return undefined;
-  return Math.round(total);
+  const parts = [...text.matchAll(PART_RE)].map((m) => ({ int: m[1]!, frac: m[2] ?? '', unit: m[3]! }));
+  // Every part as an integer count of 10^-digits ns, digits being the longest fraction.
+  const digits = Math.max(...parts.map((p) => p.frac.length));
+  let scaled = 0n;
+  for (const p of parts) scaled += BigInt((p.int || '0') + p.frac.padEnd(digits, '0')) * UNIT_NS[p.unit]!;
+  const per = NS_PER_MS * 10n ** BigInt(digits);
+  return Number((scaled + per - 1n) / per);
 }
 
 export function formatDuration(ms: number): string {

@@ -1,7 +1,7 @@
 // Command-line flags of `registry-mirror operator`. Pure: argv in, options or an error out.
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { parseDuration } from './duration.js';
+import { parseDuration } from '../mirror/duration.js';
 import { parsePolicy, POLICY_OPTIONS, POLICY_USAGE, type NodePolicy } from './node-policy.js';
 
 export interface OperatorFlags {

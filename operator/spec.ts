@@ -12,7 +12,7 @@
 import { patternListProblems } from '../mirror/access/patterns.js';
 import { ConfigError, parsePrefetch } from '../mirror/config.js';
 import { STORAGE_FILL_RATIO } from './render/mirror-config.js';
-import { isDuration } from './duration.js';
+import { isDuration } from '../mirror/duration.js';
 import { parseQuantity } from './quantity.js';
 import type { RegistryMirror } from './types.js';
 import { defaultUpstreamUrl, defaultV1Source } from './well-known-registries.js';

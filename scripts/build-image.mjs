@@ -18,12 +18,12 @@ const { values } = parseArgs({
     out: { type: 'string', default: 'registry-mirror-image.tar' },
   },
 });
-if (!existsSync(join(repo, 'dist/test/rig/image.js'))) {
+if (!existsSync(join(repo, 'dist/tools/oci/image.js'))) {
   process.stderr.write('dist/ is missing: run `npm run build` first\n');
   process.exit(1);
 }
 process.env.IMAGE_CACHE_DIR ??= join(repo, 'dist', 'image-build');
-const { projectImage } = await import('../dist/test/rig/image.js');
+const { projectImage } = await import('../dist/tools/oci/image.js');
 const ref = values.ref.includes('/') ? values.ref : `docker.io/library/${values.ref}`;
 const image = await projectImage(ref);
 const out = resolve(values.out);

@@ -1,6 +1,6 @@
 // Command-line flags of `registry-mirror node-agent`. Pure: argv in, options or an error out.
 import { parseArgs } from 'node:util';
-import { parseDuration } from '../duration.js';
+import { parseDuration } from '../../mirror/duration.js';
 import { parsePolicy, POLICY_OPTIONS, POLICY_USAGE, type NodePolicy } from '../node-policy.js';
 import { checkInstance, DEFAULT_INSTANCE } from './files.js';
 import { DEFAULT_DIAL_TIMEOUT } from './hosts-toml.js';

@@ -1,5 +1,5 @@
 // End to end on a real single-node cluster (test/rig/cluster.ts): helm install the chart with
-// the project image (assembled as an OCI archive, test/rig/image.ts, and imported into the
+// the project image (assembled as an OCI archive, tools/oci/image.ts, and imported into the
 // node), apply a RegistryMirror for docker.io whose upstream is a real docker-registry on the
 // CNI bridge address, and check the user story: the node agent writes hosts.toml into the
 // node containerd's config_path, a Deployment of docker.io/library/<fixture> is pulled by the
@@ -15,11 +15,11 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { readHostsToml, managedOwner } from '../../operator/node-agent/hosts-toml.js';
 import { BRIDGE_IP, clusterAvailable, startCluster, type Cluster } from '../rig/cluster.js';
-import { busyboxImage, projectImage, PROJECT_IMAGE, WAIT_FOREVER } from '../rig/image.js';
-import { repoRoot } from '../rig/mirror.js';
-import { run, tail, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopy } from '../rig/skopeo.js';
+import { busyboxImage, projectImage, PROJECT_IMAGE, WAIT_FOREVER } from '../../tools/oci/image.js';
+import { repoRoot } from '../../tools/launch/mirror.js';
+import { run, tail, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopy } from '../../tools/launch/skopeo.js';
 
 const avail = clusterAvailable();
 const NS = 'mirrors';

@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { repoRoot } from '../rig/mirror.js';
-import { run, tempDir } from '../rig/proc.js';
+import { repoRoot } from '../../tools/launch/mirror.js';
+import { run, tempDir } from '../../tools/launch/proc.js';
 
 /** Every leaf of a JSON value with its path. */
 function leaves(value: unknown, path = ''): Array<[string, unknown]> {

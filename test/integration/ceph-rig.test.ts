@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startCeph, type CephHandle } from '../rig/ceph.js';
-import { run, tempDir } from '../rig/proc.js';
+import { run, tempDir } from '../../tools/launch/proc.js';
 
 interface S3Response {
   status: number;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { helmTools } from '../rig/cluster.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { run, tempDir } from '../rig/proc.js';
+import { run, tempDir } from '../../tools/launch/proc.js';
 import { createNamespace, REPO, startClusterWithCrd, type Cluster } from './operator-kit.js';
 
 const CHART = join(REPO, 'charts/registry-mirror');

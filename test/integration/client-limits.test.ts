@@ -11,10 +11,10 @@ import { Agent, request, type IncomingHttpHeaders } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { waitFor } from '../rig/proc.js';
+import { waitFor } from '../../tools/launch/proc.js';
 import { blobPath, downloadsSettled, fetchHashed, getMetrics, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 const MiB = 1 << 20;

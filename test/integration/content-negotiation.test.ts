@@ -19,13 +19,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultAccept, manifestMediaTypes as mt } from '../../mirror/manifest-class.js';
-import { buildFixtures, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage, type FixtureSet } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { run, sleep, tempDir } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoInspectDigest } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { run, sleep, tempDir } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoInspectDigest } from '../../tools/launch/skopeo.js';
 
 type Accept = string | string[] | undefined;
 

@@ -13,9 +13,9 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { mirrorBin, startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { run, sleep } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { mirrorBin, startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { run, sleep } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { blobPath, fetchHashed, isCached, pullImage, pushRandomImage, tempFiles, type RandomImage } from './helpers.js';
 
 const rounds = 10;

@@ -28,9 +28,9 @@ import { existsSync } from 'node:fs';
 import { buildFixtures, pushImage } from '../fixtures/images.js';
 import { RegistriesConfDir } from '../../operator/node-agent/files.js';
 import { readRegistriesConf } from '../../operator/node-agent/registries-conf.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { run, tempDir, type RunResult } from '../rig/proc.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { run, tempDir, type RunResult } from '../../tools/launch/proc.js';
 
 function podmanAvailable(): boolean {
   try {

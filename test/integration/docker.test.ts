@@ -14,14 +14,14 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
 import { dockerSkipReason, startDocker, type DockerHandle } from '../rig/docker.js';
-import { busyboxImage } from '../rig/image.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MEDIA } from '../rig/oci-client.js';
-import { run } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopy } from '../rig/skopeo.js';
+import { busyboxImage } from '../../tools/oci/image.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MEDIA, type PushedImage } from '../../tools/oci/oci-client.js';
+import { run } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopy } from '../../tools/launch/skopeo.js';
 
 /** The manifest media types dockerd 20.10 accepts (it sends all of them, in no fixed order). */
 const DOCKER_ACCEPT = [MEDIA.dockerManifest, MEDIA.dockerList, MEDIA.ociManifest, MEDIA.ociIndex, 'application/vnd.docker.distribution.manifest.v1+prettyjws', 'application/json'].join(', ');

@@ -13,10 +13,10 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MEDIA } from '../rig/oci-client.js';
-import { sleep, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MEDIA } from '../../tools/oci/oci-client.js';
+import { sleep, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import {
   blobPath,
   fetchHashed,

@@ -19,9 +19,9 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { mirrorBin, startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { run, tempDir, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { mirrorBin, startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { run, tempDir, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { buildV1Fixture, startV1Source, type V1SourceHandle } from '../rig/v1-source.js';
 import { pushRandomImage, type RandomImage } from './helpers.js';
 

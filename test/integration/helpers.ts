@@ -6,8 +6,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { prngBytes } from '../fixtures/layout.js';
-import { MANIFEST_ACCEPT, MEDIA } from '../rig/oci-client.js';
+import { prngBytes } from '../../tools/oci/layout.js';
+import { MANIFEST_ACCEPT, MEDIA } from '../../tools/oci/oci-client.js';
 
 export interface Fetched {
   status: number;

@@ -12,11 +12,12 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { bearerChallenge, startHostileUpstream, type HostileUpstream } from '../rig/hostile-upstream.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { sleep, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { sleep, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { getManifestVia, getMetrics, manifestPath, metricValue, ociError } from './helpers.js';
 
 const hostileHost = 'hostile.example.test';

@@ -5,11 +5,12 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushFixtures, type PushedImage, type FixtureName } from '../fixtures/images.js';
+import { buildFixtures, pushFixtures, type FixtureName } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { mirrorBin, repoRoot, startMirror } from '../rig/mirror.js';
-import { freePort, run, startProcess, tempDir, waitForHttp } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { mirrorBin, repoRoot, startMirror } from '../../tools/launch/mirror.js';
+import { freePort, run, startProcess, tempDir, waitForHttp } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { fetchHashed } from './helpers.js';
 
 describe('mirror lifecycle', { timeout: 180_000 }, () => {

@@ -13,9 +13,9 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { Agent, request } from 'undici';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MANIFEST_ACCEPT } from '../rig/oci-client.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MANIFEST_ACCEPT } from '../../tools/oci/oci-client.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { getStats, pushRandomImage, type RandomImage } from './helpers.js';
 
 const seconds = Number(process.env.LOAD_SECONDS ?? 15);

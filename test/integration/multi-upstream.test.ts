@@ -8,12 +8,13 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage, type FixtureSet } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { freePort, tempDir } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopyToDir } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { freePort, tempDir } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopyToDir } from '../../tools/launch/skopeo.js';
 import { fetchHashed, getManifestVia, ociError } from './helpers.js';
 
 const second = 'registry.example.test';

@@ -12,10 +12,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildFixtures } from '../fixtures/images.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { tempDir } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopy, skopeoCopyToDir } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { tempDir } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopy, skopeoCopyToDir } from '../../tools/launch/skopeo.js';
 import { startTokenServer, type TokenServerHandle } from '../rig/token-server.js';
 
 const USER = 'robot';

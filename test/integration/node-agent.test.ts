@@ -15,7 +15,7 @@ import { parseNodeAgentFlags } from '../../operator/node-agent/flags.js';
 import { startNodeAgent, type NodeAgentHandle } from '../../operator/node-agent/main.js';
 import { MANAGED_SELECTOR } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { tempDir, waitFor } from '../rig/proc.js';
+import { tempDir, waitFor } from '../../tools/launch/proc.js';
 import { condition, createMirror, createNamespace, deleteMirror, getMirror, patchMirror, startClusterWithCrd, waitMirror, type Cluster } from './operator-kit.js';
 
 const [labelKey, labelValue] = MANAGED_SELECTOR.split('=') as [string, string];

@@ -16,7 +16,7 @@ import { readHostsToml } from '../../operator/node-agent/hosts-toml.js';
 import { startNodeAgent, type NodeAgentHandle } from '../../operator/node-agent/main.js';
 import { GROUP, PLURAL, VERSION } from '../../operator/types.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { tempDir, waitFor } from '../rig/proc.js';
+import { tempDir, waitFor } from '../../tools/launch/proc.js';
 import { condition, createMirror, createNamespace, get, getMirror, startClusterWithCrd, startInProcessOperator, waitMirror, type Cluster } from './operator-kit.js';
 
 const ADMIN_NS = 'registry-mirror';

@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { manifestMediaTypes as mt } from '../../mirror/manifest-class.js';
-import { buildFixtures, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage, type FixtureSet } from '../fixtures/images.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MANIFEST_ACCEPT } from '../rig/oci-client.js';
-import { sleep } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoInspectDigest } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MANIFEST_ACCEPT, type PushedImage } from '../../tools/oci/oci-client.js';
+import { sleep } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoInspectDigest } from '../../tools/launch/skopeo.js';
 import { getManifestVia, getMetrics, metricValue } from './helpers.js';
 
 const notFoundTTLMs = 2000;

@@ -12,7 +12,7 @@ import { parse } from 'yaml';
 import { ANNOTATION } from '../../operator/render/names.js';
 import type { RegistryMirror, RegistryMirrorSpec } from '../../operator/types.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { tail, waitFor } from '../rig/proc.js';
+import { tail, waitFor } from '../../tools/launch/proc.js';
 import { condition, createMirror, createNamespace, get, getMirror, startClusterWithCrd, startInProcessOperator, waitMirror, type Cluster } from './operator-kit.js';
 
 const NS = 'access';

@@ -19,7 +19,7 @@ import { INSTANCE_LABEL, MANAGED_BY, MANAGED_SELECTOR, commonLabels } from '../.
 import { httpStatsFetcher, STATS_MAX_BYTES, STATS_PARALLELISM } from '../../operator/stats-scraper.js';
 import { GROUP, PLURAL, VERSION } from '../../operator/types.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { waitFor } from '../rig/proc.js';
+import { waitFor } from '../../tools/launch/proc.js';
 import { createMirror, createNamespace, fakeReadyPod, getMirror, startClusterWithCrd, type Cluster } from './operator-kit.js';
 
 const STATS = { hits: 3, misses: 1, staleServed: 0, bytesServed: 10, bytesFromUpstream: 5, storedBytes: 7, blobs: 2, upstreamErrors: 0 };

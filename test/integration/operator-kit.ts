@@ -10,7 +10,7 @@ import { parseFlags } from '../../operator/flags.js';
 import { startOperator, type OperatorHandle } from '../../operator/main.js';
 import { GROUP, PLURAL, VERSION, type RegistryMirror, type RegistryMirrorSpec } from '../../operator/types.js';
 import { startKube, type KubeCluster } from '../rig/kube.js';
-import { waitFor } from '../rig/proc.js';
+import { waitFor } from '../../tools/launch/proc.js';
 
 export const REPO = new URL('../../../', import.meta.url).pathname;
 export const CRD_FILE = join(REPO, 'crds/registrymirrors.yaml');

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { kubeAvailable, startKube } from '../rig/kube.js';
-import { startProcess, tail, waitFor, type ProcessHandle } from '../rig/proc.js';
+import { startProcess, tail, waitFor, type ProcessHandle } from '../../tools/launch/proc.js';
 import { connect } from '../../operator/kube/client.js';
 import { createMirror, createNamespace, get, installCrd, installRbac, REPO, waitMirror, type Cluster } from './operator-kit.js';
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { kubeAvailable } from '../rig/kube.js';
-import { sleep, tail, waitFor } from '../rig/proc.js';
+import { sleep, tail, waitFor } from '../../tools/launch/proc.js';
 import { createMirror, createNamespace, get, patchMirror, startClusterWithCrd, startInProcessOperator, waitMirror, type Cluster } from './operator-kit.js';
 
 const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';

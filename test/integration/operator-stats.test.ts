@@ -7,9 +7,9 @@ import { createHash } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { INSTANCE_LABEL, commonLabels } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { waitFor } from '../rig/proc.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { waitFor } from '../../tools/launch/proc.js';
 import { pushRandomImage, type RandomImage } from './helpers.js';
 import {
   condition,

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parse } from 'yaml';
 import { ANNOTATION } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
-import { tail, waitFor } from '../rig/proc.js';
+import { tail, waitFor } from '../../tools/launch/proc.js';
 import {
   condition,
   createMirror,

@@ -10,12 +10,13 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushFixtures, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushFixtures } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { sleep, tempDir, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { sleep, tempDir, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { blobPath, getMetrics, getStats, manifestPath, metricValue, pullStored, pushRandomImage, type RandomImage } from './helpers.js';
 
 type PrefetchStatus = NonNullable<Awaited<ReturnType<typeof getStats>>['prefetch']>[number];

@@ -4,10 +4,11 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { cachedSoon, fetchHashed } from './helpers.js';
 
 describe('upstream redirects to blob storage', { timeout: 120_000 }, () => {

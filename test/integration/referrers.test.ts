@@ -13,13 +13,13 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { startHostileUpstream, type HostileUpstream } from '../rig/hostile-upstream.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MEDIA } from '../rig/oci-client.js';
-import { sleep } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MEDIA, type PushedImage } from '../../tools/oci/oci-client.js';
+import { sleep } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { getMetrics, getStats, metricValue, ociError } from './helpers.js';
 
 const tagTTLMs = 1000;

@@ -4,13 +4,13 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildFixtures, pushFixtures, pushImage, type FixtureSet, type PushedImage, type FixtureName } from '../fixtures/images.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { buildFixtures, pushFixtures, pushImage, type FixtureSet, type FixtureName } from '../fixtures/images.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { skopeoCopyToDir, skopeoInspectDigest } from '../rig/skopeo.js';
-import { freePort, startProcess, tempDir, waitFor, sleep } from '../rig/proc.js';
-import { getBlob, headManifest, MEDIA, sha256 } from '../rig/oci-client.js';
+import { skopeoCopyToDir, skopeoInspectDigest } from '../../tools/launch/skopeo.js';
+import { freePort, startProcess, tempDir, waitFor, sleep } from '../../tools/launch/proc.js';
+import { getBlob, headManifest, MEDIA, sha256, type PushedImage } from '../../tools/oci/oci-client.js';
 
 const BIG = 8 * 1024 * 1024;
 

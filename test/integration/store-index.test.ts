@@ -10,12 +10,12 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { MANIFEST_ACCEPT } from '../rig/oci-client.js';
-import { sleep, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { MANIFEST_ACCEPT, type PushedImage } from '../../tools/oci/oci-client.js';
+import { sleep, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { blobPath, downloadsSettled, fetchHashed, getManifestVia, getStats, manifestPath, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 /** Bytes of every blob and manifest file on disk (not the manifests' .type files). */

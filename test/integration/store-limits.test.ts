@@ -12,9 +12,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { sleep, waitFor } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { sleep, waitFor } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import {
   blobPath,
   cachedSoon,

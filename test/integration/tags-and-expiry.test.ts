@@ -5,12 +5,13 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage, type FixtureSet } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { sleep, tempDir } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopyToDir } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { sleep, tempDir } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopyToDir } from '../../tools/launch/skopeo.js';
 import { getManifestVia, getMetrics, getStats, metricValue, pullImage } from './helpers.js';
 
 const tagTTLMs = 1000;

@@ -10,11 +10,12 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { buildFixtures, pushImage, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
 import { startHostileUpstream, type HostileUpstream } from '../rig/hostile-upstream.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { run } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { run } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { ociError } from './helpers.js';
 
 const hostileHost = 'tags.hostile.test';

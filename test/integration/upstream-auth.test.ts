@@ -9,12 +9,13 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, describePushed, pushImage, type FixtureSet, type PushedImage } from '../fixtures/images.js';
+import { buildFixtures, pushImage, type FixtureSet } from '../fixtures/images.js';
+import { describePushed, type PushedImage } from '../../tools/oci/oci-client.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
-import { sleep, tempDir } from '../rig/proc.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { skopeoCopy, skopeoCopyToDir } from '../rig/skopeo.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
+import { sleep, tempDir } from '../../tools/launch/proc.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { skopeoCopy, skopeoCopyToDir } from '../../tools/launch/skopeo.js';
 import { startTokenServer, type TokenServerHandle } from '../rig/token-server.js';
 import { getManifestVia, getStats, ociError, pullImage } from './helpers.js';
 

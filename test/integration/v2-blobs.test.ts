@@ -4,11 +4,12 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { buildFixtures, pushFixtures, type PushedImage, type FixtureName } from '../fixtures/images.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
+import { buildFixtures, pushFixtures, type FixtureName } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { sleep, waitFor } from '../rig/proc.js';
+import { sleep, waitFor } from '../../tools/launch/proc.js';
 import { fetchHashed, isCached, cachedSoon, ociError, rawRequest, tempFiles } from './helpers.js';
 
 describe('blobs through the mirror', { timeout: 600_000 }, () => {

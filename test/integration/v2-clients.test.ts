@@ -6,12 +6,13 @@ import { after, before, describe, it } from 'node:test';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildFixtures, pushFixtures, FIXTURE_NAMES, type PushedImage, type FixtureName } from '../fixtures/images.js';
-import { startRegistry, type RegistryHandle } from '../rig/registry.js';
-import { startMirror, type MirrorHandle } from '../rig/mirror.js';
+import { buildFixtures, pushFixtures, FIXTURE_NAMES, type FixtureName } from '../fixtures/images.js';
+import type { PushedImage } from '../../tools/oci/oci-client.js';
+import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
-import { skopeoCopyToDir } from '../rig/skopeo.js';
-import { tempDir } from '../rig/proc.js';
+import { skopeoCopyToDir } from '../../tools/launch/skopeo.js';
+import { tempDir } from '../../tools/launch/proc.js';
 
 describe('real clients pull through the mirror', { timeout: 600_000 }, () => {
   let upstream: RegistryHandle;

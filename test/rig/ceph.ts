@@ -40,7 +40,7 @@
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, type ProcessHandle, type RunResult } from './proc.js';
+import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
 
 export type CephObjectStore = 'memstore' | 'bluestore';
 

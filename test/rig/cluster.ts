@@ -23,7 +23,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KUBE_BIN_DIR, startKube, type KubeCluster } from './kube.js';
-import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, waitFor, type ProcessHandle, type RunResult } from './proc.js';
+import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, waitFor, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
 
 export const NODE_IP = '10.77.0.1';
 export const BRIDGE = 'cni0';
@@ -527,7 +527,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
       20_000,
       'containerd',
     );
-    const { pauseImage } = await import('./image.js');
+    const { pauseImage } = await import('../../tools/oci/image.js');
     const pause = await pauseImage();
     await ctr(['images', 'import', '--snapshotter', 'native', pause.archive]);
 

@@ -18,7 +18,7 @@
 //  - hosts.toml `dial_timeout` is unknown to 1.6 (ignored without error).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { run, startProcess, tempDir, waitFor, tail, type ProcessHandle, type RunResult } from './proc.js';
+import { run, startProcess, tempDir, waitFor, tail, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
 
 export interface PullOptions {
   /** Directory holding <registry>/hosts.toml files. */

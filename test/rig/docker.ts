@@ -21,7 +21,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startContainerd, type ContainerdHandle } from './containerd.js';
-import { freePort, run, startProcess, tail, tempDir, waitFor, type ProcessHandle, type RunResult } from './proc.js';
+import { freePort, run, startProcess, tail, tempDir, waitFor, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
 
 /** Where dockerd may connect directly: loopback and the rig's own test addresses on lo. */
 export const localNetworks = '127.0.0.0/8,10.77.0.0/16,localhost';

@@ -8,7 +8,7 @@
 // status, response headers and a streamed body.
 import { createServer, request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { once } from 'node:events';
-import { freePort, sleep } from './proc.js';
+import { freePort, sleep } from '../../tools/launch/proc.js';
 
 export interface ProxyLogEntry {
   method: string;

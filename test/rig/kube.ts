@@ -9,7 +9,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Agent } from 'undici';
-import { freePort, startProcess, tempDir, removeTempDir, tail, type ProcessHandle } from './proc.js';
+import { freePort, startProcess, tempDir, removeTempDir, tail, type ProcessHandle } from '../../tools/launch/proc.js';
 
 export const KUBE_BIN_DIR = process.env.KUBE_BIN_DIR ?? '/var/cache/registry-mirror/kube/bin';
 

@@ -20,7 +20,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
-import { freePort, run, tempDir } from './proc.js';
+import { freePort, run, tempDir } from '../../tools/launch/proc.js';
 
 /** distribution's clock-skew allowance on exp and nbf (token.Leeway). */
 export const REGISTRY_LEEWAY_SECONDS = 60;

@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { freePort } from './proc.js';
+import { freePort } from '../../tools/launch/proc.js';
 
 export interface V1FixtureImage {
   id: string;

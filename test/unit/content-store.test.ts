@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parseDigest, type Digest } from '../../mirror/reference.js';
 import { ContentStore } from '../../mirror/store/content-store.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const ociManifest = 'application/vnd.oci.image.manifest.v1+json';

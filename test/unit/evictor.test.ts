@@ -9,7 +9,7 @@ import { parseDigest } from '../../mirror/reference.js';
 import { Evictor, evictionOrder } from '../../mirror/store/evictor.js';
 import { ContentStore, type ContentEntry } from '../../mirror/store/content-store.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const blob = (digest: string, lastAccess: number): ContentEntry => ({ digest, kind: 'blob', size: 1, lastAccess });

@@ -10,7 +10,7 @@ import { connect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FileBody } from '../../mirror/store/file-body.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 
 // Larger than what the kernel buffers of a loopback connection take from a stalled client.
 const size = 16 << 20;

@@ -9,7 +9,7 @@ import { createServer, request, type Server, type ServerResponse } from 'node:ht
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { FileBody } from '../../mirror/store/file-body.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 
 const size = 3 * (512 << 10) + 12345;
 let file: string;

@@ -17,7 +17,7 @@ import { ContentStore } from '../../mirror/store/content-store.js';
 import { Evictor } from '../../mirror/store/evictor.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { UpstreamClient } from '../../mirror/upstream/client.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const upstreams = { 'docker.io': { url: 'https://registry-1.docker.io' }, 'ghcr.io': { url: 'https://ghcr.io' } };

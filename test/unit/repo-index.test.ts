@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { parseDigest, type Digest } from '../../mirror/reference.js';
 import type { ContentKind } from '../../mirror/store/content-store.js';
 import { knownLinksMax, RepoIndex } from '../../mirror/store/repo-index.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const ociManifest = 'application/vnd.oci.image.manifest.v1+json';

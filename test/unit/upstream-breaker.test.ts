@@ -13,7 +13,7 @@ import { RegistryError } from '../../mirror/errors.js';
 import type { BreakerEvent } from '../../mirror/upstream/circuit-breaker.js';
 import { UpstreamClient } from '../../mirror/upstream/client.js';
 import { bearerChallenge, startHostileUpstream } from '../rig/hostile-upstream.js';
-import { freePort, sleep } from '../rig/proc.js';
+import { freePort, sleep } from '../../tools/launch/proc.js';
 
 const openForMs = 300;
 const dispatcher = new Agent({ connect: { timeout: 2000 } });

@@ -13,7 +13,7 @@ import { ContentStore } from '../../mirror/store/content-store.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { V1Index } from '../../mirror/store/v1-index.js';
 import { verifyStore } from '../../mirror/verify.js';
-import { tempDir } from '../rig/proc.js';
+import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
 const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;

@@ -50,7 +50,7 @@ export interface RegistryOptions {
   port?: number;
   /**
    * Address to listen on (default 127.0.0.1). Pods of the e2e cluster reach the host on the
-   * CNI bridge address (10.88.0.1, test/rig/cluster.ts), so an upstream for a mirror pod binds
+   * CNI bridge address (10.88.0.1, the cluster rig's cni0), so an upstream for a mirror pod binds
    * there; the node's containerd reaches it there too.
    */
   listenHost?: string;

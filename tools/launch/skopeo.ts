@@ -1,4 +1,5 @@
-// skopeo as a real registry client: pushes the fixtures, and pulls through the mirror.
+// skopeo as a real registry client: pushes the test fixtures and the bench's images, and pulls
+// through the mirror.
 //
 // Every call passes --insecure-policy (no dependency on /etc/containers/policy.json) and an
 // empty auth file via REGISTRY_AUTH_FILE, so credentials lying around on the machine never
@@ -6,7 +7,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, tempDir } from './proc.js';
-import { sha256 } from './oci-client.js';
+import { sha256 } from '../oci/oci-client.js';
 
 export interface SkopeoOptions {
   timeoutMs?: number;

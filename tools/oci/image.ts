@@ -1,6 +1,7 @@
 // Container images without a Docker engine: OCI image layouts and OCI archives assembled from
 // directories on this machine, for `ctr -n k8s.io images import` on the test cluster's node
-// and `skopeo copy oci:...` into a registry.
+// and `skopeo copy oci:...` into a registry. scripts/build-image.mjs (npm run image) is
+// projectImage() from the command line.
 //
 //   projectImage()   the registry-mirror image: the same content as the Dockerfile's final
 //                    stage (node + its shared libraries instead of the node:20 base image,
@@ -16,8 +17,8 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, writeFileSync, chmodSync, symlinkSync, cpSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { run } from './proc.js';
-import { repoRoot } from './mirror.js';
+import { run } from '../launch/proc.js';
+import { repoRoot } from '../launch/mirror.js';
 
 export const IMAGE_CACHE = process.env.IMAGE_CACHE_DIR ?? '/var/cache/registry-mirror/images';
 /** Reference the e2e cluster knows the project image by (imported, never pulled). */
@@ -96,7 +97,7 @@ export async function buildImage(opts: { ref: string; rootDirs: string[]; config
       config: opts.config,
       // Uncompressed layers: the diff id is the layer digest.
       rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
-      history: layers.map(() => ({ created: '2023-11-14T22:13:20Z', created_by: 'test/rig/image.ts' })),
+      history: layers.map(() => ({ created: '2023-11-14T22:13:20Z', created_by: 'tools/oci/image.ts' })),
     },
     'application/vnd.oci.image.config.v1+json',
   );

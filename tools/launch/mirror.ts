@@ -1,4 +1,4 @@
-// Runs the mirror under test as a real process, the way users run it:
+// Runs the mirror as a real process, the way users run it (for the tests and the bench):
 // `node dist/bin/registry-mirror.js serve --config FILE`, with a YAML config (DESIGN.md §3).
 // A separate process (not an in-process server) so tests can kill -9 it, restart it on the
 // same store, and read its log exactly as an operator would.

@@ -1,6 +1,7 @@
-// Just enough of a registry client for tests to ask a registry (or the mirror) what it holds:
-// manifests with the right Accept headers, blobs, digests. Real clients (skopeo, containerd)
-// do the pulling that matters; this is for assertions.
+// Just enough of a registry client for the tests and the bench to ask a registry (or the
+// mirror) what it holds: manifests with the right Accept headers, blobs, digests, and what an
+// image pushed under a tag consists of (describePushed). Real clients (skopeo, containerd) do
+// the pulling that matters; this is for assertions and bookkeeping.
 import { createHash } from 'node:crypto';
 
 export const MEDIA = {
@@ -109,4 +110,85 @@ export async function getBlob(baseUrl: string, repo: string, digest: string, opt
 
 export function isIndex(mediaType: string): boolean {
   return mediaType === MEDIA.ociIndex || mediaType === MEDIA.dockerList;
+}
+
+export interface PlatformManifest {
+  /** "linux/amd64" or "linux/arm64/v8". */
+  platform: string;
+  digest: string;
+  mediaType: string;
+  size: number;
+  config: Descriptor;
+  layers: Descriptor[];
+}
+
+export interface PushedImage {
+  /** A label for messages: the fixture's name, or the repository. */
+  name: string;
+  repository: string;
+  tag: string;
+  /** "HOST/REPO:TAG" for skopeo and ctr. */
+  ref: string;
+  /** The tag's manifest digest as the registry reports it (Docker-Content-Digest). */
+  digest: string;
+  /** Content-Type the registry serves the tag's manifest with. */
+  mediaType: string;
+  size: number;
+  /** One entry per platform; for a single image, the image itself (digest === this.digest). */
+  manifests: PlatformManifest[];
+  /** Every config and layer referenced, each digest once. */
+  blobs: Descriptor[];
+  /** The layer whose digest was given as bigLayerDigest, when the image has it. */
+  bigLayer?: Descriptor;
+}
+
+/** Reads an image's manifests back from the registry and lists everything it references. */
+export async function describePushed(
+  registryHost: string,
+  repository: string,
+  tag: string,
+  opts: { creds?: string; name?: string; bigLayerDigest?: string; headers?: Record<string, string> } = {},
+): Promise<PushedImage> {
+  const base = `http://${registryHost}`;
+  // headers: e.g. a Bearer token for a token-auth registry (creds only does Basic).
+  const client = { creds: opts.creds, headers: opts.headers };
+  const head = await headManifest(base, repository, tag, client);
+  if (head.status !== 200 || !head.digest || !head.mediaType) {
+    throw new Error(`HEAD ${base}/v2/${repository}/manifests/${tag} (Accept: ${MANIFEST_ACCEPT}) gave ${head.status}`);
+  }
+  const top = await getManifest(base, repository, tag, client);
+  if (top.digest !== head.digest) throw new Error(`registry HEAD digest ${head.digest} != sha256 of GET body ${top.digest}`);
+
+  const manifests: PlatformManifest[] = [];
+  const children = isIndex(top.mediaType)
+    ? (top.json.manifests ?? [])
+    : [{ digest: top.digest, mediaType: top.mediaType, size: top.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }];
+  for (const child of children) {
+    const m = child.digest === top.digest ? top : await getManifest(base, repository, child.digest, client);
+    const p = child.platform;
+    manifests.push({
+      platform: p ? [p.os, p.architecture, p.variant].filter(Boolean).join('/') : 'unknown',
+      digest: child.digest,
+      mediaType: m.mediaType,
+      size: m.bytes.length,
+      config: m.json.config!,
+      layers: m.json.layers ?? [],
+    });
+  }
+  const seen = new Map<string, Descriptor>();
+  for (const m of manifests) for (const d of [m.config, ...m.layers]) if (!seen.has(d.digest)) seen.set(d.digest, { mediaType: d.mediaType, digest: d.digest, size: d.size });
+  const blobs = [...seen.values()];
+  const bigLayer = opts.bigLayerDigest ? blobs.find((b) => b.digest === opts.bigLayerDigest) : undefined;
+  return {
+    name: opts.name ?? repository,
+    repository,
+    tag,
+    ref: `${registryHost}/${repository}:${tag}`,
+    digest: head.digest,
+    mediaType: head.mediaType,
+    size: top.bytes.length,
+    manifests,
+    blobs,
+    ...(bigLayer ? { bigLayer } : {}),
+  };
 }

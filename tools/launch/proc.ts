@@ -1,7 +1,8 @@
-// Process, port and temp-dir helpers every rig module builds on.
+// Process, port and temp-dir helpers every launcher builds on (tools/launch/, the bench and the
+// test rigs in test/rig/).
 //
-// The rules they enforce: a test only ever stops processes it started, by pid (SIGTERM, then
-// SIGKILL after a grace period); nothing outlives the test process, even when a test fails
+// The rules they enforce: a caller only ever stops processes it started, by pid (SIGTERM, then
+// SIGKILL after a grace period); nothing outlives the calling process, even when a test fails
 // or the runner kills the file; every temp dir is removed at exit.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync, existsSync } from 'node:fs';
