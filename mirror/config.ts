@@ -380,8 +380,9 @@ function parseS3(v: unknown): S3StorageConfig {
   if (o.endpoint !== undefined) c.endpoint = url(o.endpoint, `${key}.endpoint`);
   if (c.presignTTLMs < 1000 || c.presignTTLMs > presignTTLMaxMs) throw new ConfigError(`${key}.presignTTL`, 'must be from 1s to 168h (SigV4 presigned URLs live at most 7 days)');
   if (c.partSize < s3PartSizeBounds.min || c.partSize > s3PartSizeBounds.max) throw new ConfigError(`${key}.partSize`, 'must be from 5Mi to 5Gi (S3 multipart bounds)');
-  // Shorter than any download could take would abort uploads still running in other processes.
-  if (c.uploadExpiryMs < 60_000) throw new ConfigError(`${key}.uploadExpiry`, 'must be at least 1m');
+  // Keep it longer than any upload could take: a shorter one aborts uploads other processes
+  // on the bucket are still running (they then serve that blob uncached). 1s is for tests.
+  if (c.uploadExpiryMs < 1000) throw new ConfigError(`${key}.uploadExpiry`, 'must be at least 1s');
   for (const k of ['accessKeyId', 'secretAccessKey', 'accessKeyIdFile', 'secretAccessKeyFile'] as const) {
     if (o[k] !== undefined) c[k] = nonEmpty(o[k], `${key}.${k}`);
   }

@@ -21,6 +21,7 @@ import { classAccept, negotiate, servable, upstreamAccept } from '../manifest-cl
 import type { MirrorMetrics } from '../metrics.js';
 import { parseDigest, type Digest, type ManifestReference } from '../reference.js';
 import type { ContentStore, StoredManifest } from '../store/content-store.js';
+import { isStoreUnavailable } from '../store/driver.js';
 import { isNoRoom } from '../store/evictor.js';
 import { isNoSpace } from '../store/fsutil.js';
 import type { RepoIndex } from '../store/repo-index.js';
@@ -235,7 +236,13 @@ export class ManifestCache {
     } catch (err) {
       // Disk full, or no room under storage.maxBytes beside content in use: the verified
       // manifest is still the right answer for this client; it is just not cached (as blobs in
-      // the same situation). A full disk is counted like them; no room the evictor counted.
+      // the same situation). A full disk is counted like them; no room the evictor counted;
+      // a store that cannot be written (S3 down) too.
+      if (isStoreUnavailable(err)) {
+        this.metrics.storeError('write');
+        this.log.warn({ digest: digest.value, err: err.message }, 'manifest served without caching: the store cannot be written');
+        return { digest: digest.value, mediaType, bytes };
+      }
       if (!isNoSpace(err)) throw err;
       if (isNoRoom(err)) {
         this.log.info({ digest: digest.value }, 'manifest served without caching: no room under storage.maxBytes');

@@ -207,6 +207,7 @@ export class RepoIndex {
   /** Removes a tag's mapping for one format class (the record goes with its last), or all of them. */
   async removeTag(upstream: string, name: string, tag: string, cls?: FormatClass): Promise<void> {
     const key = this.tagKey(upstream, name, tag);
+    // A store that cannot be written keeps the record; the upstream is asked again after tagTTL.
     await this.withTagFile(key, async () => {
       const records = cls ? await this.getTagRecords(upstream, name, tag) : {};
       if (cls && !records[cls]) return;
@@ -219,6 +220,8 @@ export class RepoIndex {
           return this.driver.delete(key);
         });
       } else await this.driver.delete(key);
+    }).catch((err: unknown) => {
+      if (!isStoreUnavailable(err)) throw err;
     });
   }
 

@@ -9,6 +9,28 @@ import type { ObjectInfo, StoreDriver } from '../driver.js';
 import { FileBody } from '../file-body.js';
 import { removeQuietly, renameInto, writeFileAtomic } from '../fsutil.js';
 
+/**
+ * Throws unless `key` is a relative '/'-separated path without empty, "." or ".." segments.
+ * Callers validate keys before they get here; this is each driver's own guard against ever
+ * mapping a key outside its root or prefix.
+ */
+export function checkKey(key: string): void {
+  if (typeof key !== 'string' || key === '' || key.startsWith('/')) throw invalidKey(key);
+  for (const seg of key.split('/')) {
+    if (seg === '' || seg === '.' || seg === '..' || seg.includes('\0')) throw invalidKey(key);
+  }
+}
+
+/** A list/children prefix: '' (everything) or a valid key, optionally ending in '/'. */
+export function checkPrefix(prefix: string): void {
+  if (prefix === '') return;
+  checkKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
+}
+
+function invalidKey(key: string): Error {
+  return Object.assign(new Error(`invalid store key ${JSON.stringify(key)}`), { code: 'EINVAL' });
+}
+
 export class FsDriver implements StoreDriver {
   readonly kind = 'filesystem' as const;
   readonly shared = false;
@@ -33,9 +55,8 @@ export class FsDriver implements StoreDriver {
 
   /** The file of a key; throws on a key that could leave the root (callers validate first). */
   pathOf(key: string): string {
-    const segments = key.split('/');
-    if (segments.some((s) => s === '' || s === '.' || s === '..')) throw new Error(`invalid store key "${key}"`);
-    return join(this.root, ...segments);
+    checkKey(key);
+    return join(this.root, ...key.split('/'));
   }
 
   async get(key: string): Promise<Buffer | undefined> {
