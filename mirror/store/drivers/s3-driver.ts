@@ -6,11 +6,13 @@
 // reads and "served uncached" on writes. Large content is never held in memory: commitFile
 // streams the verified temp file, one PutObject when small, else one multipart upload to the
 // final key, completed last and aborted on any failure, so nothing is ever visible at a key
-// that did not upload whole. Each byte of it is sent once.
+// that did not upload whole. Each byte of it is sent once (a part whose connection was reset
+// is sent a second time: the one retry of a streamed body, which the SDK never retries itself).
 //
 // Bounds (all per process):
-//  - sockets: one keep-alive agent per client pair, at most MAX_SOCKETS (64) connections to
-//    the endpoint, MAX_FREE_SOCKETS (16) of them kept idle;
+//  - sockets: per driver one keep-alive agent (for the endpoint's scheme), at most
+//    MAX_SOCKETS (64) connections to the endpoint, MAX_FREE_SOCKETS (16) of them kept idle;
+//    requests beyond that queue in the agent;
 //  - parts in flight: at most PARTS_PER_COMMIT (4) of one blob, and PARTS_IN_FLIGHT (8) over
 //    all commits at once; a part is streamed from the file (READ_CHUNK at a time), never
 //    buffered whole, so uploads hold about PARTS_IN_FLIGHT x (READ_CHUNK + socket buffers);
@@ -23,17 +25,20 @@
 //    deadline (S3 may take minutes over it, answering at once and keeping the body alive):
 //    its headers must come within requestTimeoutMs per attempt.
 //
-// RGW 16 (Ceph Pacific) and SDK v3: the SDK's default flexible checksums (CRC32 trailers in
-// aws-chunked bodies) are not understood by RGW 16, so checksums are computed only where an
-// operation requires them (requestChecksumCalculation / responseChecksumValidation
-// WHEN_REQUIRED); bodies then go as plain Content-Length bodies of exactly their bytes.
+// RGW 16 (Ceph Pacific) and SDK v3: with the SDK's default flexible checksums a streamed
+// PutObject or UploadPart goes as an aws-chunked body with a CRC32 trailer, which RGW 16.2.15
+// refuses (411 MissingContentLength; a Buffer body happens to pass). Checksums are therefore
+// computed only where an operation requires them (requestChecksumCalculation /
+// responseChecksumValidation WHEN_REQUIRED): bodies go as plain Content-Length bodies of
+// exactly their bytes. RGW answers errors without a <Message>: messages carry the code and
+// the HTTP status.
 
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpAgent, STATUS_CODES } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { resolve } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -123,6 +128,8 @@ class Slots {
 
 const partSlots = new Slots(PARTS_IN_FLIGHT);
 
+const silent = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+
 interface ErrorLike {
   name?: string;
   message?: string;
@@ -136,8 +143,11 @@ export function describeS3Error(err: unknown): string {
   const e = (err ?? {}) as ErrorLike;
   if (err instanceof S3ServiceException) {
     const status = e.$metadata?.httpStatusCode;
+    const http = status ? `HTTP ${status}${STATUS_CODES[status] ? ` ${STATUS_CODES[status]}` : ''}` : 'HTTP ?';
+    // A HEAD answer has no body, so no error code: the SDK calls it "Unknown".
+    if (e.name === 'Unknown' || !e.name) return http;
     const msg = e.message && e.message !== e.name && e.message !== 'UnknownError' ? e.message : '';
-    return `${e.name}: ${msg || `HTTP ${status ?? '?'}`}${msg && status ? ` (HTTP ${status})` : ''}`;
+    return `${e.name}: ${msg ? `${msg} (${http})` : http}`;
   }
   const code = e.code ?? e.errors?.find((x) => x.code)?.code ?? e.name ?? 'Error';
   const msg = e.message || e.errors?.map((x) => x.message).filter(Boolean).join('; ') || String(err);
@@ -216,10 +226,11 @@ export class S3Driver implements StoreDriver {
   readonly scratchDir: string;
 
   private readonly opts: S3DriverOptions;
-  /** Bodyless requests and Buffer bodies: two attempts. */
+  /**
+   * Two attempts per request, except for a body streamed from a file, which the SDK never sends
+   * twice (sendBody() retries those itself, with a fresh stream).
+   */
   private readonly client: S3Client;
-  /** Requests whose body is a file stream: one attempt (a stream cannot be sent twice); retried here with a fresh stream. */
-  private readonly uploadClient: S3Client;
   private readonly partSize: number;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<unknown> | undefined;
@@ -238,7 +249,7 @@ export class S3Driver implements StoreDriver {
     this.opts = opts;
     this.scratchDir = opts.scratchDir;
     this.partSize = opts.partSize;
-    this.location = `s3://${opts.bucket}/${opts.prefix}${opts.endpoint ? ` (${opts.endpoint})` : ''}`;
+    this.location = `s3://${opts.bucket}/${opts.prefix}${opts.endpoint ? ` (${withoutUserinfo(opts.endpoint)})` : ''}`;
 
     const agentOptions = { keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS };
     const requestHandler = new NodeHttpHandler({
@@ -252,6 +263,7 @@ export class S3Driver implements StoreDriver {
       // too, instead of a fresh unbounded agent per request.
       httpAgent: new HttpAgent(agentOptions),
       httpsAgent: new HttpsAgent(agentOptions),
+      logger: silent,
     });
     const config: S3ClientConfig = {
       region: opts.region,
@@ -262,11 +274,13 @@ export class S3Driver implements StoreDriver {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 2,
+      // The SDK writes warnings to the console when it has no logger; a store failure reaches
+      // the caller as an error instead, and nothing of a request is ever logged here.
+      logger: silent,
       ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
     };
     this.client = new S3Client(config);
-    this.uploadClient = new S3Client({ ...config, maxAttempts: 1 });
   }
 
   private full(key: string): string {
@@ -385,7 +399,6 @@ export class S3Driver implements StoreDriver {
     this.sweepTimer = undefined;
     await this.sweeping;
     this.client.destroy();
-    this.uploadClient.destroy();
   }
 
   async get(key: string): Promise<Buffer | undefined> {
@@ -591,7 +604,7 @@ export class S3Driver implements StoreDriver {
       await this.sendBody(
         () => new RangeBody(fh, 0, size, path),
         (Body, abortSignal) =>
-          this.uploadClient.send(
+          this.client.send(
             new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.full(key), Body, ContentLength: size }),
             { abortSignal, requestTimeout: 0 },
           ),
@@ -633,7 +646,7 @@ export class S3Driver implements StoreDriver {
           const out = await this.sendBody(
             () => new RangeBody(fh, start, end, path),
             (Body, abortSignal) =>
-              this.uploadClient.send(
+              this.client.send(
                 new UploadPartCommand({ Bucket, Key, UploadId, PartNumber: i + 1, Body, ContentLength: end - start }),
                 { abortSignal, requestTimeout: 0 },
               ),
@@ -696,7 +709,7 @@ export class S3Driver implements StoreDriver {
     }
     const want = ranged ? end - start + 1 : 0;
     if (!body) {
-      if (want === 0) return Readable.from(Buffer.alloc(0));
+      if (want === 0) return new PassThrough().end();
       throw new StoreUnavailableError(`S3 GetObject ${key}: no body`);
     }
     if (length !== undefined && length !== want) {
@@ -713,6 +726,19 @@ export class S3Driver implements StoreDriver {
     checkKey(key);
     const expiresIn = Math.min(MAX_PRESIGN_S, Math.max(1, Math.round(this.opts.presignTTLMs / 1000)));
     return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.full(key) }), { expiresIn });
+  }
+}
+
+/** An endpoint for messages: never a user or password written into its URL. */
+function withoutUserinfo(endpoint: string): string {
+  try {
+    const u = new URL(endpoint);
+    if (!u.username && !u.password) return endpoint;
+    u.username = '';
+    u.password = '';
+    return u.toString();
+  } catch {
+    return '(an endpoint that is not a URL)';
   }
 }
 
