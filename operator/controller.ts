@@ -102,7 +102,11 @@ export class Controller {
     }
     const toReferrers = (s: SecretSummary) => {
       for (const cr of this.crs.list(s.metadata.namespace)) {
-        if (cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name || cr.spec?.auth?.secret?.name === s.metadata.name) {
+        if (
+          cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name ||
+          cr.spec?.auth?.secret?.name === s.metadata.name ||
+          cr.spec?.storage?.s3?.credentialsSecret?.name === s.metadata.name
+        ) {
           this.queue.add(keyOf(cr));
         }
       }

@@ -1,4 +1,4 @@
-// One reconcile of one RegistryMirror: validate, look up the credentials Secret, render,
+// One reconcile of one RegistryMirror: validate, look up the referenced Secrets, render,
 // server-side apply what changed, then write the status if it differs. Reads come from the
 // informer caches; the only API calls are applies, a GET for objects we are about to create
 // (to refuse taking over a foreign object of the same name), and the status write.
@@ -11,11 +11,11 @@ import { CONFIG_KEY } from './render/config-map.js';
 import { mirrorConfigProblem } from './render/mirror-config.js';
 import { ANNOTATION, endpointOf, INSTANCE_LABEL, MANAGED_BY } from './render/names.js';
 import { pvcChange } from './render/pvc.js';
-import { authForm, credentialsForm, type SecretSummary } from './secrets.js';
+import { authForm, credentialsForm, s3CredentialsForm, type SecretSummary } from './secrets.js';
 import { DEFAULT_POLICY, nodeConfigRefusal, POLICY_REASONS, upstreamRefusal, type NodePolicy } from './node-policy.js';
 import { resolveSpec, type ResolvedSpec } from './spec.js';
 import { computeStatus, NODE_CONFIG, statusEqual, type DeploymentLike, type NodeConfigUpdate, type Outcome } from './status.js';
-import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror } from './types.js';
+import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from './types.js';
 import { splitKey } from './types.js';
 
 export interface ReconcileCaches {
@@ -60,6 +60,7 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
     const spec = resolved.spec;
     let credentials: CredentialsForm | undefined;
     let auth: AuthForm | undefined;
+    let s3Credentials: S3CredentialsForm | undefined;
     let blocked: Outcome | undefined;
     if (spec.credentialsSecret) {
       const r = secretForm(d, namespace, spec.credentialsSecret, 'spec.upstream.credentialsSecret', 'CredentialsSecret', credentialsForm);
@@ -71,7 +72,12 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
       if ('blocked' in r) blocked = r.blocked;
       else auth = r.form;
     }
-    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth });
+    if (!blocked && spec.s3?.credentialsSecret) {
+      const r = secretForm(d, namespace, spec.s3.credentialsSecret, 'spec.storage.s3.credentialsSecret', 'S3CredentialsSecret', s3CredentialsForm);
+      if ('blocked' in r) blocked = r.blocked;
+      else s3Credentials = r.form;
+    }
+    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth, s3Credentials });
     const configProblem = rendered && mirrorConfigProblem((rendered.configMap.data as Record<string, string>)[CONFIG_KEY] ?? '');
     if (configProblem) {
       blocked = { kind: 'blocked', reason: 'InvalidSpec', message: `the mirror would refuse the rendered configuration (${configProblem}); nothing was applied` };
@@ -120,7 +126,7 @@ function secretForm<F extends object>(
   namespace: string,
   name: string,
   field: string,
-  reasonPrefix: 'CredentialsSecret' | 'AuthSecret',
+  reasonPrefix: 'CredentialsSecret' | 'AuthSecret' | 'S3CredentialsSecret',
   parse: (s: SecretSummary) => F | { problem: string },
 ): { form: F } | { blocked: Outcome } {
   const secret = d.caches.secret(namespace, name);

@@ -15,14 +15,16 @@
 import { createHmac } from 'node:crypto';
 import { parseHtpasswd, parseTokens } from '../mirror/access/credential-files.js';
 import { stableStringify } from './hash.js';
-import type { AuthForm, CredentialsForm } from './types.js';
+import type { AuthForm, CredentialsForm, S3CredentialsForm } from './types.js';
 
 /** Problems kept per client-auth key (the first ones, in file order). */
 export const MAX_PROBLEMS_KEPT = 3;
 /** Key names kept besides the ones the operator reads (the first ones, sorted). */
 export const MAX_KEY_NAMES_KEPT = 10;
 /** The keys the operator reads; always kept when present. */
-const KNOWN_KEYS = ['.dockerconfigjson', 'htpasswd', 'password', 'tokens', 'username'];
+const KNOWN_KEYS = ['.dockerconfigjson', 'accessKeyId', 'htpasswd', 'password', 'secretAccessKey', 'tokens', 'username'];
+/** The keys of an S3 credentials Secret (spec.storage.s3.credentialsSecret), as the mirror reads them. */
+export const S3_CREDENTIAL_KEYS = ['accessKeyId', 'secretAccessKey'] as const;
 
 /** The verdict on one client-auth key of a Secret. */
 export interface AuthKeySummary {
@@ -189,5 +191,16 @@ export function credentialsForm(s: SecretSummary): CredentialsForm | { problem: 
     problem:
       `Secret "${s.metadata.name}" has neither a .dockerconfigjson key nor both username and password keys ` +
       `(it has: ${keyNames(s)})`,
+  };
+}
+
+/** The S3 credentials Secret holds both keys, or a message naming the missing ones (never values). */
+export function s3CredentialsForm(s: SecretSummary): S3CredentialsForm | { problem: string } {
+  const missing = S3_CREDENTIAL_KEYS.filter((k) => !s.keys.includes(k));
+  if (missing.length === 0) return { hash: s.dataHash };
+  return {
+    problem:
+      `Secret "${s.metadata.name}" named by spec.storage.s3.credentialsSecret lacks the ${missing.join(' and ')} ` +
+      `key${missing.length > 1 ? 's' : ''} (it has: ${keyNames(s)})`,
   };
 }

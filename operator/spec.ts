@@ -12,7 +12,7 @@
 import { patternListProblems } from '../mirror/access/patterns.js';
 import { ConfigError, parsePrefetch } from '../mirror/config.js';
 import { STORAGE_FILL_RATIO } from './render/mirror-config.js';
-import { isDuration } from '../mirror/duration.js';
+import { isDuration, parseDuration } from '../mirror/duration.js';
 import { parseQuantity } from './quantity.js';
 import type { RegistryMirror } from './types.js';
 import { defaultUpstreamUrl, defaultV1Source } from './well-known-registries.js';
@@ -29,8 +29,10 @@ export interface ResolvedSpec {
   auth?: { secret: string; protectMetrics: boolean };
   ttl: string;
   tagTTL: string;
-  /** PVC size in bytes and its original quantity, or undefined for an emptyDir. */
+  /** PVC size in bytes and its original quantity, or undefined for an emptyDir (or S3). */
   storage?: { quantity: string; bytes: number; storageClassName?: string; retain: boolean };
+  /** spec.storage.s3: the cache lives in a bucket; storage (the PVC) is then undefined. */
+  s3?: ResolvedS3;
   replicas: number;
   nodeConfig: boolean;
   v1: { enabled: boolean; source: string; tagsCacheTTL: string };
@@ -39,6 +41,25 @@ export interface ResolvedSpec {
   resources: { requests: Record<string, string>; limits: Record<string, string> };
   /** spec.prefetch as the mirror config takes it (empty = none). */
   prefetch: Array<{ image: string; platforms: string[]; pin: boolean }>;
+}
+
+/** spec.storage.s3, checked; absent optional fields stay absent (the mirror's defaults apply). */
+export interface ResolvedS3 {
+  bucket: string;
+  endpoint?: string;
+  region?: string;
+  prefix?: string;
+  forcePathStyle?: boolean;
+  redirect?: boolean;
+  presignTTL?: string;
+  /** Part size in bytes. */
+  partSize?: number;
+  /** Name of the Secret with accessKeyId and secretAccessKey keys. */
+  credentialsSecret?: string;
+  /** The mirror pods' ServiceAccount (workload identity). */
+  serviceAccountName?: string;
+  /** spec.storage.size in bytes: the most the mirror keeps in the bucket; 0 = no bound. */
+  maxBytes: number;
 }
 
 export type SpecResult = { ok: true; spec: ResolvedSpec } | { ok: false; problems: string[] };
@@ -62,6 +83,20 @@ export const MAX_IMAGE = 512;
 export const MAX_REPLICAS = 100;
 /** Bytes a storage.size may ask for: beyond 2^53 byte counts stop being exact numbers. */
 export const MAX_STORAGE_BYTES = Number.MAX_SAFE_INTEGER;
+/** S3 multipart limits: every part but the last is at least 5 MiB, none more than 5 GiB. */
+export const S3_MIN_PART_SIZE = 5 * 2 ** 20;
+export const S3_MAX_PART_SIZE = 5 * 2 ** 30;
+/** A SigV4 presigned URL is valid for at most 7 days; below a second it is useless. */
+export const S3_MAX_PRESIGN_TTL_MS = 7 * 24 * 3_600_000;
+export const S3_MIN_PRESIGN_TTL_MS = 1000;
+/** Bucket names as AWS accepts them today (3-63 characters; the pattern in the CRD). */
+export const S3_BUCKET_PATTERN = '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$';
+const S3_BUCKET_RE = new RegExp(S3_BUCKET_PATTERN);
+/** '/'-separated segments of safe key characters, no leading or trailing '/' (the CRD's pattern). */
+export const S3_PREFIX_PATTERN = '^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$';
+const S3_PREFIX_RE = new RegExp(S3_PREFIX_PATTERN);
+export const S3_REGION_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]*$';
+const S3_REGION_RE = new RegExp(S3_REGION_PATTERN);
 /** At most this many problems are listed; the status message stays readable. */
 const MAX_PROBLEMS = 10;
 
@@ -81,8 +116,8 @@ export function show(v: unknown): string {
   return JSON.stringify(s).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-/** Checks an upstream URL; returns a problem message or undefined. */
-export function checkUrl(field: string, raw: string): string | undefined {
+/** Checks a URL of the spec (upstream, v1 source, S3 endpoint); returns a problem message or undefined. */
+export function checkUrl(field: string, raw: string, credentialsHint = 'spec.upstream.credentialsSecret'): string | undefined {
   if (CONTROL_RE.test(raw) || /\s/.test(raw)) return `${field} ${show(raw)} is not a valid URL: it contains spaces or control characters`;
   let u: URL;
   try {
@@ -92,7 +127,7 @@ export function checkUrl(field: string, raw: string): string | undefined {
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') return `${field} ${show(raw)} must use http or https`;
   if (u.username || u.password || /^[a-z]+:\/\/[^/?#]*@/i.test(raw)) {
-    return `${field} must not contain credentials; put them in a Secret named by spec.upstream.credentialsSecret`;
+    return `${field} must not contain credentials; put them in a Secret named by ${credentialsHint}`;
   }
   if (u.search || u.hash || raw.includes('?') || raw.includes('#')) return `${field} ${show(raw)} must not have a query or fragment`;
   if (!u.hostname) return `${field} ${show(raw)} has no host`;
@@ -210,7 +245,10 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
   else if (replicas > MAX_REPLICAS) problems.push(`spec.replicas is ${replicas}; at most ${MAX_REPLICAS} are supported`);
 
   let storage: ResolvedSpec['storage'];
+  let s3: ResolvedSpec['s3'];
   const size = s.storage?.size;
+  const rawS3 = s.storage?.s3;
+  let sizeBytes: number | undefined;
   if (size !== undefined && size !== null && size !== '') {
     const bytes = typeof size === 'string' || typeof size === 'number' ? parseQuantity(size) : undefined;
     if (bytes === undefined || bytes <= 0) {
@@ -218,17 +256,29 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
     } else if (bytes > MAX_STORAGE_BYTES) {
       problems.push(`spec.storage.size ${show(size)} is larger than 8Pi`);
     } else {
-      const storageClassName = text(s.storage?.storageClassName, 'spec.storage.storageClassName', problems) || undefined;
-      if (storageClassName && (!DNS_SUBDOMAIN_RE.test(storageClassName) || storageClassName.length > 253)) {
-        problems.push(`spec.storage.storageClassName ${show(storageClassName)} is not a valid StorageClass name`);
-      }
-      storage = { quantity: String(size), bytes, storageClassName, retain: s.storage?.retain === true };
-      if (Number.isInteger(replicas) && replicas > 1) {
-        problems.push(
-          `spec.replicas is ${replicas} but spec.storage.size puts the cache on one ReadWriteOnce volume, which only one mirror pod can own; ` +
-            'use replicas: 1, or drop storage.size so each replica caches on its own emptyDir',
-        );
-      }
+      sizeBytes = bytes;
+    }
+  }
+  if (rawS3 !== undefined && rawS3 !== null) {
+    // The bucket holds the cache: no PVC, so what only a PVC uses is a mistake worth naming.
+    s3 = resolveS3(rawS3, problems, sizeBytes ?? 0);
+    if (text(s.storage?.storageClassName, 'spec.storage.storageClassName', problems)) {
+      problems.push('spec.storage.storageClassName does not apply with spec.storage.s3 (no PVC is made); remove it');
+    }
+    if (s.storage?.retain === true) {
+      problems.push('spec.storage.retain does not apply with spec.storage.s3 (no PVC is made; the bucket outlives the mirror anyway); remove it');
+    }
+  } else if (sizeBytes !== undefined) {
+    const storageClassName = text(s.storage?.storageClassName, 'spec.storage.storageClassName', problems) || undefined;
+    if (storageClassName && (!DNS_SUBDOMAIN_RE.test(storageClassName) || storageClassName.length > 253)) {
+      problems.push(`spec.storage.storageClassName ${show(storageClassName)} is not a valid StorageClass name`);
+    }
+    storage = { quantity: String(size), bytes: sizeBytes, storageClassName, retain: s.storage?.retain === true };
+    if (Number.isInteger(replicas) && replicas > 1) {
+      problems.push(
+        `spec.replicas is ${replicas} but spec.storage.size puts the cache on one ReadWriteOnce volume, which only one mirror pod can own; ` +
+          'use replicas: 1, or drop storage.size so each replica caches on its own emptyDir',
+      );
     }
   }
 
@@ -267,7 +317,7 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
   let prefetch: ResolvedSpec['prefetch'] = [];
   if (s.prefetch !== undefined && s.prefetch !== null && registry) {
     try {
-      const maxBytes = storage ? Math.floor(storage.bytes * STORAGE_FILL_RATIO) : 0;
+      const maxBytes = s3 ? s3.maxBytes : storage ? Math.floor(storage.bytes * STORAGE_FILL_RATIO) : 0;
       prefetch = parsePrefetch(s.prefetch, { [registry]: { name: registry, url: url || 'https://invalid' } }, maxBytes).map((p) => ({
         image: p.image,
         platforms: p.platforms,
@@ -293,6 +343,7 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
       ttl,
       tagTTL,
       storage,
+      ...(s3 ? { s3 } : {}),
       replicas,
       nodeConfig: s.nodeConfig?.enabled !== false,
       v1: { enabled: v1Enabled === true, source: v1Source || 'https://index.docker.io', tagsCacheTTL },
@@ -301,6 +352,111 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
       resources,
       prefetch,
     },
+  };
+}
+
+/**
+ * spec.storage.s3 beyond what the schema says: the same patterns again (an older or hand-made
+ * CRD may not have them), and what a schema cannot: the endpoint as a URL, duration and part
+ * size bounds, and the credentials given one way only. Secret values never appear here: the
+ * spec names a Secret, and inline keys are refused without being quoted.
+ */
+function resolveS3(raw: unknown, problems: string[], maxBytes: number): ResolvedS3 | undefined {
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    problems.push('spec.storage.s3 must be an object');
+    return undefined;
+  }
+  const o = raw as Record<string, unknown>;
+  const before = problems.length;
+  for (const k of ['accessKeyId', 'secretAccessKey', 'sessionToken']) {
+    if (o[k] !== undefined) {
+      problems.push(`spec.storage.s3.${k} is not supported: put the keys in a Secret named by spec.storage.s3.credentialsSecret`);
+    }
+  }
+
+  const bucket = text(o.bucket, 'spec.storage.s3.bucket', problems)?.trim() ?? '';
+  if (!bucket) problems.push('spec.storage.s3.bucket is required');
+  else if (!S3_BUCKET_RE.test(bucket) || bucket.includes('..') || /^\d+\.\d+\.\d+\.\d+$/.test(bucket)) {
+    problems.push(
+      `spec.storage.s3.bucket ${show(bucket)} is not a bucket name (3-63 lower-case letters, digits, "." and "-", starting and ending with a letter or digit, not an IP address)`,
+    );
+  }
+
+  let endpoint = text(o.endpoint, 'spec.storage.s3.endpoint', problems)?.trim() || undefined;
+  if (endpoint) {
+    const p = checkUrl('spec.storage.s3.endpoint', endpoint, 'spec.storage.s3.credentialsSecret');
+    if (p) problems.push(p);
+    endpoint = endpoint.replace(/\/+$/, '');
+  }
+
+  const region = text(o.region, 'spec.storage.s3.region', problems)?.trim() || undefined;
+  if (region && (region.length > 64 || !S3_REGION_RE.test(region))) {
+    problems.push(`spec.storage.s3.region ${show(region)} is not a region name (e.g. us-east-1)`);
+  }
+
+  const prefix = text(o.prefix, 'spec.storage.s3.prefix', problems) || undefined;
+  if (prefix !== undefined) {
+    if (prefix.length > 256 || !S3_PREFIX_RE.test(prefix) || prefix.split('/').some((seg) => seg === '.' || seg === '..')) {
+      problems.push(
+        `spec.storage.s3.prefix ${show(prefix)} must be "/"-separated segments of letters, digits, ".", "_" and "-" (no leading or trailing "/", no "." or ".." segment, at most 256 characters)`,
+      );
+    }
+  }
+
+  const flag = (k: 'forcePathStyle' | 'redirect'): boolean | undefined => {
+    if (o[k] === undefined || o[k] === null) return undefined;
+    if (typeof o[k] !== 'boolean') {
+      problems.push(`spec.storage.s3.${k} must be true or false`);
+      return undefined;
+    }
+    return o[k] as boolean;
+  };
+  const forcePathStyle = flag('forcePathStyle');
+  const redirect = flag('redirect');
+
+  const presignTTL = text(o.presignTTL, 'spec.storage.s3.presignTTL', problems) || undefined;
+  if (presignTTL !== undefined) {
+    const ms = parseDuration(presignTTL);
+    if (ms === undefined) problems.push(`spec.storage.s3.presignTTL ${show(presignTTL)} is not a duration (e.g. 20m)`);
+    else if (ms < S3_MIN_PRESIGN_TTL_MS || ms > S3_MAX_PRESIGN_TTL_MS) {
+      problems.push(`spec.storage.s3.presignTTL ${show(presignTTL)} must be from 1s to 168h (a presigned URL is valid for at most 7 days)`);
+    }
+  }
+
+  let partSize: number | undefined;
+  if (o.partSize !== undefined && o.partSize !== null && o.partSize !== '') {
+    const bytes = typeof o.partSize === 'string' || typeof o.partSize === 'number' ? parseQuantity(o.partSize) : undefined;
+    if (bytes === undefined) problems.push(`spec.storage.s3.partSize ${show(o.partSize)} is not a quantity (e.g. 16Mi)`);
+    else if (bytes < S3_MIN_PART_SIZE || bytes > S3_MAX_PART_SIZE) {
+      problems.push(`spec.storage.s3.partSize ${show(o.partSize)} must be from 5Mi to 5Gi (the S3 multipart upload limits)`);
+    } else partSize = bytes;
+  }
+
+  const credentialsSecret = secretName(o.credentialsSecret, 'spec.storage.s3.credentialsSecret', problems);
+  const serviceAccountName = text(o.serviceAccountName, 'spec.storage.s3.serviceAccountName', problems) || undefined;
+  if (serviceAccountName !== undefined && (serviceAccountName.length > 253 || !DNS_SUBDOMAIN_RE.test(serviceAccountName))) {
+    problems.push(`spec.storage.s3.serviceAccountName ${show(serviceAccountName)} is not a valid ServiceAccount name`);
+  }
+  if (o.credentialsSecret !== undefined && o.credentialsSecret !== null && serviceAccountName !== undefined) {
+    problems.push(
+      'spec.storage.s3.credentialsSecret and spec.storage.s3.serviceAccountName are mutually exclusive: ' +
+        'give keys in a Secret, or let the pods take the identity of a ServiceAccount (IRSA, EKS Pod Identity), not both',
+    );
+  }
+
+  if (problems.length > before) return undefined;
+  return {
+    bucket,
+    ...(endpoint ? { endpoint } : {}),
+    ...(region ? { region } : {}),
+    ...(prefix ? { prefix } : {}),
+    ...(forcePathStyle !== undefined ? { forcePathStyle } : {}),
+    ...(redirect !== undefined ? { redirect } : {}),
+    ...(presignTTL ? { presignTTL } : {}),
+    ...(partSize !== undefined ? { partSize } : {}),
+    ...(credentialsSecret ? { credentialsSecret } : {}),
+    ...(serviceAccountName ? { serviceAccountName } : {}),
+    maxBytes,
   };
 }
 

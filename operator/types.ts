@@ -38,6 +38,8 @@ export interface RegistryMirrorSpec {
     storageClassName?: string;
     /** Keep the PVC when the RegistryMirror is deleted (no ownerReference on it). */
     retain?: boolean;
+    /** The cache in an S3 (or S3-compatible) bucket: no PVC; size then bounds the bucket's content. */
+    s3?: S3Spec;
   };
   replicas?: number;
   nodeConfig?: { enabled?: boolean };
@@ -50,6 +52,27 @@ export interface RegistryMirrorSpec {
   };
   /** Images the mirror pulls at start and again when their tag moves (README "Prefetch and pin"). */
   prefetch?: Array<{ image?: string; platforms?: string[]; pin?: boolean }>;
+}
+
+/** spec.storage.s3. Credentials only by reference: a Secret, or the pods' ServiceAccount. */
+export interface S3Spec {
+  bucket: string;
+  /** http(s) URL of an S3-compatible service; absent = AWS. */
+  endpoint?: string;
+  region?: string;
+  /** Key prefix inside the bucket, without leading or trailing "/". */
+  prefix?: string;
+  forcePathStyle?: boolean;
+  /** Warm blob GETs answer 307 to a presigned URL. */
+  redirect?: boolean;
+  /** Go duration: how long a presigned URL is valid. */
+  presignTTL?: string;
+  /** Multipart upload part size (a Kubernetes quantity, at least 5Mi). */
+  partSize?: string | number;
+  /** Secret in the same namespace with accessKeyId and secretAccessKey keys. */
+  credentialsSecret?: SecretReference;
+  /** ServiceAccount the mirror pods run as (workload identity), when there is no credentialsSecret. */
+  serviceAccountName?: string;
 }
 
 export type ConditionType = 'Ready' | 'Progressing' | 'Degraded';
@@ -155,6 +178,11 @@ export interface OwnerReference {
 export type CredentialsForm =
   | { form: 'dockerconfigjson'; hash: string }
   | { form: 'basic'; hash: string };
+
+/** The S3 credentials Secret holds both keys the mirror reads; its data hash. Never the values. */
+export interface S3CredentialsForm {
+  hash: string;
+}
 
 /** Which client-auth keys the auth Secret holds (checked, never the values) and its data hash. */
 export interface AuthForm {

@@ -2,11 +2,12 @@
 // input (spec, config, credentials) shows up as a change in the output, and the hash
 // annotations on the pod template make such a change roll the pods.
 import type { ResolvedSpec } from '../spec.js';
-import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import type { AuthForm, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from '../types.js';
 import { MIRROR_PORT } from '../types.js';
 import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
 import { ownedMetadata } from './owner.js';
 import { CONFIG_KEY } from './config-map.js';
+import { S3_CREDENTIAL_KEYS } from '../secrets.js';
 
 /** The uid/gid the mirror runs as (the image's non-root user; fsGroup makes volumes writable). */
 export const MIRROR_UID = 65532;
@@ -19,10 +20,13 @@ export interface DeploymentInputs {
   credentials?: CredentialsForm;
   /** The client-auth Secret's keys and hash (spec.auth). */
   auth?: AuthForm;
+  /** The S3 credentials Secret's hash (spec.storage.s3.credentialsSecret). */
+  s3Credentials?: S3CredentialsForm;
 }
 
+/** A different name per source: see the volumes below. */
 function dataVolumeName(spec: ResolvedSpec): string {
-  return spec.storage ? 'cache-pvc' : 'cache-tmp';
+  return spec.s3 ? 's3-scratch' : spec.storage ? 'cache-pvc' : 'cache-tmp';
 }
 
 export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs: DeploymentInputs): Manifest {
@@ -30,12 +34,14 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
   const podAnnotations: Record<string, string> = { [ANNOTATION.configHash]: inputs.configHash };
   if (inputs.credentials) podAnnotations[ANNOTATION.credentialsHash] = inputs.credentials.hash;
   if (inputs.auth && spec.auth) podAnnotations[ANNOTATION.authHash] = inputs.auth.hash;
+  if (inputs.s3Credentials && spec.s3?.credentialsSecret) podAnnotations[ANNOTATION.s3CredentialsHash] = inputs.s3Credentials.hash;
 
   const dataVolume = (source: Record<string, unknown>) => ({ name: dataVolumeName(spec), ...source });
   const volumes: unknown[] = [
     { name: 'config', configMap: { name: names.configMap, items: [{ key: CONFIG_KEY, path: 'config.yaml' }] } },
-    // Different names for the two sources: server-side apply then drops the old volume
-    // entry whole, rather than merging emptyDir and persistentVolumeClaim into one volume.
+    // Different names for the sources: server-side apply then drops the old volume entry
+    // whole, rather than merging emptyDir and persistentVolumeClaim into one volume. With S3
+    // the cache is the bucket and this emptyDir only holds downloads in flight.
     dataVolume(spec.storage ? { persistentVolumeClaim: { claimName: names.pvc } } : { emptyDir: {} }),
     { name: 'tmp', emptyDir: {} },
   ];
@@ -51,6 +57,18 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
       secret: { secretName: spec.credentialsSecret, defaultMode: 0o440, items: keys.map((k) => ({ key: k, path: k })) },
     });
     mounts.push({ name: 'credentials', mountPath: MOUNT.credentials, readOnly: true });
+  }
+  if (spec.s3?.credentialsSecret) {
+    // The two keys the config names (mirror-config.ts), whatever else the Secret holds.
+    volumes.push({
+      name: 's3-credentials',
+      secret: {
+        secretName: spec.s3.credentialsSecret,
+        defaultMode: 0o440,
+        items: S3_CREDENTIAL_KEYS.map((k) => ({ key: k, path: k })),
+      },
+    });
+    mounts.push({ name: 's3-credentials', mountPath: MOUNT.s3Credentials, readOnly: true });
   }
   if (inputs.auth && spec.auth) {
     // Only the keys the config names; group-readable for the pod's fsGroup, nobody else.
@@ -76,10 +94,17 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
       replicas: spec.replicas,
       selector: { matchLabels: selectorLabels(cr) },
       // One ReadWriteOnce volume cannot be mounted by an old and a new pod on different nodes.
+      // A bucket (spec.storage.s3) is no such volume: it rolls like an emptyDir.
       strategy: spec.storage ? { type: 'Recreate' } : { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
       template: {
         metadata: { labels: commonLabels(cr), annotations: podAnnotations },
         spec: {
+          // Workload identity for S3 (IRSA, EKS Pod Identity): the pods run as that
+          // ServiceAccount. Its webhooks project their own token; the Kubernetes API token
+          // stays unmounted. serviceAccount is the deprecated alias the apiserver fills in
+          // from serviceAccountName: applying both makes both ours, so dropping the field
+          // later removes both (left alone, the alias would bring the name back).
+          ...(spec.s3?.serviceAccountName ? { serviceAccountName: spec.s3.serviceAccountName, serviceAccount: spec.s3.serviceAccountName } : {}),
           automountServiceAccountToken: false,
           enableServiceLinks: false,
           securityContext: {

@@ -1,8 +1,9 @@
 // render(cr): every object a RegistryMirror owns, from its resolved spec and the few facts
-// about the outside world it depends on (credentials form + hash, default image). Pure.
+// about the outside world it depends on (Secret forms + hashes, default image). Pure. With
+// spec.storage.s3 there is no PVC.
 import { hashOf } from '../hash.js';
 import type { ResolvedSpec } from '../spec.js';
-import type { AuthForm, CredentialsForm, Manifest, RegistryMirror } from '../types.js';
+import type { AuthForm, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from '../types.js';
 import { renderConfigMap } from './config-map.js';
 import { renderDeployment } from './deployment.js';
 import { ANNOTATION } from './names.js';
@@ -13,6 +14,7 @@ export interface RenderInputs {
   defaultImage: string;
   credentials?: CredentialsForm;
   auth?: AuthForm;
+  s3Credentials?: S3CredentialsForm;
 }
 
 export interface Rendered {
@@ -28,7 +30,13 @@ export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInp
   const out: Rendered = {
     configMap,
     pvc: renderPvc(cr, spec),
-    deployment: renderDeployment(cr, spec, { defaultImage: inputs.defaultImage, configHash, credentials: inputs.credentials, auth: inputs.auth }),
+    deployment: renderDeployment(cr, spec, {
+      defaultImage: inputs.defaultImage,
+      configHash,
+      credentials: inputs.credentials,
+      auth: inputs.auth,
+      s3Credentials: inputs.s3Credentials,
+    }),
     service: renderService(cr),
   };
   for (const m of Object.values(out)) if (m) stampAppliedHash(m as Manifest);

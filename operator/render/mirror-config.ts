@@ -11,7 +11,7 @@ export const STORAGE_FILL_RATIO = 0.9;
 export interface MirrorConfig {
   listen: string;
   logLevel: string;
-  storage: { path: string; maxBytes: number };
+  storage: { path: string; maxBytes: number; s3?: MirrorS3Config };
   cache: { ttl: string; tagTTL: string };
   defaultUpstream: string;
   upstreams: Record<
@@ -23,8 +23,50 @@ export interface MirrorConfig {
   prefetch?: Array<{ image: string; platforms?: string[]; pin: boolean }>;
 }
 
+/**
+ * storage.s3 of the mirror config. Credentials only as files from the mounted Secret, never
+ * inline; with neither file the mirror uses the AWS SDK's default chain (the pod's identity).
+ */
+export interface MirrorS3Config {
+  bucket: string;
+  endpoint?: string;
+  region?: string;
+  prefix?: string;
+  forcePathStyle?: boolean;
+  accessKeyIdFile?: string;
+  secretAccessKeyFile?: string;
+  redirect?: boolean;
+  presignTTL?: string;
+  /** Bytes. */
+  partSize?: number;
+}
+
+/**
+ * The mirror's storage bound: 90% of a PVC (the rest is headroom for temp files and the
+ * filesystem), all of spec.storage.size in a bucket (its scratch space is an emptyDir of its
+ * own), 0 (no bound) on an emptyDir or a bucket without a size.
+ */
 export function maxBytesFor(spec: ResolvedSpec): number {
+  if (spec.s3) return spec.s3.maxBytes;
   return spec.storage ? Math.floor(spec.storage.bytes * STORAGE_FILL_RATIO) : 0;
+}
+
+function renderS3(s3: NonNullable<ResolvedSpec['s3']>): MirrorS3Config {
+  return {
+    bucket: s3.bucket,
+    ...(s3.endpoint !== undefined ? { endpoint: s3.endpoint } : {}),
+    ...(s3.region !== undefined ? { region: s3.region } : {}),
+    ...(s3.prefix !== undefined ? { prefix: s3.prefix } : {}),
+    ...(s3.forcePathStyle !== undefined ? { forcePathStyle: s3.forcePathStyle } : {}),
+    // The files follow the spec alone (the Deployment mounts the Secret whenever it is named),
+    // so a config never silently falls back to the pod's identity.
+    ...(s3.credentialsSecret
+      ? { accessKeyIdFile: `${MOUNT.s3Credentials}/accessKeyId`, secretAccessKeyFile: `${MOUNT.s3Credentials}/secretAccessKey` }
+      : {}),
+    ...(s3.redirect !== undefined ? { redirect: s3.redirect } : {}),
+    ...(s3.presignTTL !== undefined ? { presignTTL: s3.presignTTL } : {}),
+    ...(s3.partSize !== undefined ? { partSize: s3.partSize } : {}),
+  };
 }
 
 export function renderMirrorConfig(spec: ResolvedSpec, credentials?: CredentialsForm, auth?: AuthForm): MirrorConfig {
@@ -41,7 +83,7 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
   return {
     listen: `0.0.0.0:${MIRROR_PORT}`,
     logLevel: spec.logLevel,
-    storage: { path: MOUNT.data, maxBytes: maxBytesFor(spec) },
+    storage: { path: MOUNT.data, maxBytes: maxBytesFor(spec), ...(spec.s3 ? { s3: renderS3(spec.s3) } : {}) },
     cache: { ttl: spec.ttl, tagTTL: spec.tagTTL },
     defaultUpstream: spec.registry,
     upstreams: { [spec.registry]: upstream },

@@ -13,6 +13,8 @@ export const ANNOTATION = {
   credentialsHash: 'registry-mirror.io/credentials-hash',
   /** HMAC of the client-auth Secret's data: rotating htpasswd or tokens rolls the pods. */
   authHash: 'registry-mirror.io/auth-hash',
+  /** HMAC of the S3 credentials Secret's data (spec.storage.s3.credentialsSecret): rotating the keys rolls the pods. */
+  s3CredentialsHash: 'registry-mirror.io/s3-credentials-hash',
   /** Hash of the rendered object itself: apply is skipped while it is unchanged. */
   appliedHash: 'registry-mirror.io/applied-hash',
 } as const;
@@ -22,6 +24,9 @@ export const MOUNT = {
   configFile: '/etc/registry-mirror/config.yaml',
   credentials: '/etc/registry-mirror/credentials',
   auth: '/etc/registry-mirror/auth',
+  /** The S3 credentials Secret's accessKeyId and secretAccessKey. */
+  s3Credentials: '/etc/registry-mirror/s3',
+  /** The cache (PVC or emptyDir), or with S3 only the scratch space for downloads in flight. */
   data: '/var/lib/registry-mirror',
   tmp: '/tmp',
 } as const;

@@ -1,4 +1,4 @@
-// The cache PVC, rendered only when spec.storage.size is set. Reconcile applies it only when
+// The cache PVC, rendered only when spec.storage.size is set without spec.storage.s3. Reconcile applies it only when
 // it does not exist yet or would grow: a PVC is never deleted or shrunk by the operator
 // (see shouldApplyPvc). With storage.retain it has no ownerReference and outlives the mirror.
 import type { ResolvedSpec } from '../spec.js';

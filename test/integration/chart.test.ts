@@ -30,6 +30,18 @@ const VALUE_SETS: Record<string, string[]> = {
     '--set', 'mirrors[1].namespace=apps',
     '--set', 'mirrors[1].spec.upstream.registry=ghcr.io',
     '--set', 'mirrors[1].spec.nodeConfig.enabled=false',
+    '--set', 'mirrors[2].name=quay-s3',
+    '--set', 'mirrors[2].spec.upstream.registry=quay.io',
+    '--set', 'mirrors[2].spec.storage.size=200Gi',
+    '--set', 'mirrors[2].spec.storage.s3.bucket=my-bucket',
+    '--set', 'mirrors[2].spec.storage.s3.endpoint=https://rgw.example:443',
+    '--set', 'mirrors[2].spec.storage.s3.region=us-east-1',
+    '--set', 'mirrors[2].spec.storage.s3.prefix=registry-mirror/quay',
+    '--set', 'mirrors[2].spec.storage.s3.forcePathStyle=true',
+    '--set', 'mirrors[2].spec.storage.s3.redirect=true',
+    '--set', 'mirrors[2].spec.storage.s3.presignTTL=20m',
+    '--set', 'mirrors[2].spec.storage.s3.partSize=16Mi',
+    '--set', 'mirrors[2].spec.storage.s3.credentialsSecret.name=s3-creds',
     '--set', 'nodeConfig.allowedNamespaces={apps,team-a}',
     '--set', 'nodeConfig.allowedRegistries={ghcr.io,quay.io}',
     '--set', 'nodeConfig.allowedUpstreams.*={https://ghcr.io,https://quay.io}',
@@ -73,7 +85,7 @@ describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (te
       const kinds = [...r.stdout.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]);
       assert.ok(kinds.includes('Deployment'), 'operator Deployment rendered');
       assert.equal(kinds.includes('DaemonSet'), name !== 'no node agent');
-      if (name === 'everything') assert.equal(kinds.filter((k) => k === 'RegistryMirror').length, 2);
+      if (name === 'everything') assert.equal(kinds.filter((k) => k === 'RegistryMirror').length, 3);
       const dry = await kubectl(['apply', '--server-side', '--dry-run=server', '--field-manager=helm-test', '-f', file]);
       assert.equal(dry.code, 0, `server-side dry run refused:\n${dry.stdout}${dry.stderr}`);
       assert.equal(dry.stdout.trim().split('\n').length, kinds.length, dry.stdout);
@@ -84,6 +96,12 @@ describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (te
     const dry = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', join(REPO, 'examples/mirror.yaml')]);
     assert.equal(dry.code, 0, `${dry.stdout}${dry.stderr}`);
     assert.match(dry.stdout, /registrymirror.registry-mirror.io\/docker-hub serverside-applied \(server dry run\)/);
+  });
+
+  it('accepts examples/mirror-s3.yaml (server-side dry run)', async () => {
+    const dry = await kubectl(['apply', '--server-side', '--dry-run=server', '-f', join(REPO, 'examples/mirror-s3.yaml')]);
+    assert.equal(dry.code, 0, `${dry.stdout}${dry.stderr}`);
+    assert.match(dry.stdout, /registrymirror.registry-mirror.io\/docker-hub-s3 serverside-applied \(server dry run\)/);
   });
 });
 

@@ -5,7 +5,7 @@ import { backoffDelay, jitter } from '../../operator/backoff.js';
 import { parseFlags } from '../../operator/flags.js';
 import { microTime } from '../../operator/leader.js';
 import { WorkQueue } from '../../operator/queue.js';
-import { credentialsForm, summarizeSecret } from '../../operator/secrets.js';
+import { credentialsForm, MAX_KEY_NAMES_KEPT, s3CredentialsForm, summarizeSecret } from '../../operator/secrets.js';
 import { isPodReady, statsUrl } from '../../operator/stats-scraper.js';
 
 test('backoff doubles up to the cap, with jitter in [0.5, 1)', () => {
@@ -91,6 +91,25 @@ test('Secret summaries keep key names and a keyed hash, never values', () => {
   assert.equal((credentialsForm(dcj) as { form: string }).form, 'dockerconfigjson');
   const bad = credentialsForm(summarizeSecret({ metadata: { name: 'b', namespace: 'n', uid: 'u' }, data: { token: 'eA==' } }));
   assert.match((bad as { problem: string }).problem, /neither a \.dockerconfigjson key nor both username and password keys \(it has: token\)/);
+});
+
+test('S3 credentials Secret: both keys give the hash; a missing key is named, values never', () => {
+  const meta = { name: 's3', namespace: 'n', uid: 'u1' };
+  const both = summarizeSecret({ metadata: meta, data: { accessKeyId: 'QUtJQUVYQU1QTEU=', secretAccessKey: 'c2VjcmV0LXZhbHVl' } });
+  assert.deepEqual(s3CredentialsForm(both), { hash: both.dataHash });
+  assert.ok(!JSON.stringify(both).includes('c2VjcmV0LXZhbHVl'));
+  const rotated = summarizeSecret({ metadata: meta, data: { accessKeyId: 'QUtJQUVYQU1QTEU=', secretAccessKey: 'bmV3' } });
+  assert.notEqual((s3CredentialsForm(rotated) as { hash: string }).hash, both.dataHash);
+  const one = s3CredentialsForm(summarizeSecret({ metadata: meta, data: { accessKeyId: 'QUtJQUVYQU1QTEU=' } })) as { problem: string };
+  assert.equal(one.problem, 'Secret "s3" named by spec.storage.s3.credentialsSecret lacks the secretAccessKey key (it has: accessKeyId)');
+  const none = s3CredentialsForm(summarizeSecret({ metadata: meta, data: { AWS_ACCESS_KEY_ID: 'eA==' } })) as { problem: string };
+  assert.match(none.problem, /lacks the accessKeyId and secretAccessKey keys \(it has: AWS_ACCESS_KEY_ID\)$/);
+  // Both keys are always kept, however many other keys the Secret has.
+  const data: Record<string, string> = { accessKeyId: 'eA==', secretAccessKey: 'eQ==' };
+  for (let i = 0; i < 50; i++) data[`a${i}`] = 'eA==';
+  const many = summarizeSecret({ metadata: meta, data });
+  assert.equal(many.keys.length, MAX_KEY_NAMES_KEPT + 2);
+  assert.deepEqual(s3CredentialsForm(many), { hash: many.dataHash });
 });
 
 test('Lease MicroTime has microseconds; pod readiness and stats URLs', () => {

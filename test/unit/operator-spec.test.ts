@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { formatBytes, parseQuantity } from '../../operator/quantity.js';
-import { resolveSpec } from '../../operator/spec.js';
+import { readFileSync } from 'node:fs';
+import { describe, test } from 'node:test';
+import { parse } from 'yaml';
+import { DURATION_PATTERN } from '../../mirror/duration.js';
+import { formatBytes, parseQuantity, QUANTITY_PATTERN } from '../../operator/quantity.js';
+import { resolveSpec, S3_BUCKET_PATTERN, S3_PREFIX_PATTERN, S3_REGION_PATTERN } from '../../operator/spec.js';
 import type { RegistryMirror } from '../../operator/types.js';
 
 const mk = (spec: any): RegistryMirror => ({
@@ -70,4 +73,117 @@ test('quantities', () => {
   assert.equal(formatBytes(0), '0');
   assert.equal(formatBytes(1536), '1.5Ki');
   assert.equal(formatBytes(3 * 2 ** 30), '3Gi');
+});
+
+
+describe('spec.storage.s3', () => {
+  const hub = { registry: 'docker.io' };
+  const full = {
+    bucket: 'my-bucket',
+    endpoint: 'https://rgw.example:443/',
+    region: 'us-east-1',
+    prefix: 'registry-mirror/hub',
+    forcePathStyle: true,
+    redirect: true,
+    presignTTL: '20m',
+    partSize: '16Mi',
+    credentialsSecret: { name: 's3-creds' },
+  };
+
+  test('resolves: no PVC, endpoint without trailing slash, partSize in bytes, size bounds the bucket', () => {
+    const r = resolveSpec(mk({ upstream: hub, storage: { size: '100Gi', retain: false, s3: full } }));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(r.spec.storage, undefined, 'no PVC');
+    assert.deepEqual(r.spec.s3, {
+      bucket: 'my-bucket',
+      endpoint: 'https://rgw.example:443',
+      region: 'us-east-1',
+      prefix: 'registry-mirror/hub',
+      forcePathStyle: true,
+      redirect: true,
+      presignTTL: '20m',
+      partSize: 16 * 2 ** 20,
+      credentialsSecret: 's3-creds',
+      maxBytes: 100 * 2 ** 30,
+    });
+  });
+
+  test('only the bucket: every optional field stays absent; no size, no bound', () => {
+    const r = resolveSpec(mk({ upstream: hub, storage: { s3: { bucket: 'b12' } } }));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.spec.s3, { bucket: 'b12', maxBytes: 0 });
+  });
+
+  test('serviceAccountName (workload identity); several replicas are allowed (no ReadWriteOnce volume)', () => {
+    const r = resolveSpec(mk({ upstream: hub, replicas: 3, storage: { size: '10Gi', s3: { bucket: 'bkt', serviceAccountName: 'mirror-irsa' } } }));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(r.spec.s3?.serviceAccountName, 'mirror-irsa');
+    assert.equal(r.spec.replicas, 3);
+  });
+
+  test('what the schema cannot say is reported, naming the field', () => {
+    const s3 = (extra: object, storage: object = {}) => problems({ upstream: hub, storage: { ...storage, s3: { bucket: 'bkt', ...extra } } });
+    assert.match(
+      s3({ credentialsSecret: { name: 'k' }, serviceAccountName: 'sa' }),
+      /spec\.storage\.s3\.credentialsSecret and spec\.storage\.s3\.serviceAccountName are mutually exclusive/,
+    );
+    assert.match(s3({ partSize: '1Mi' }), /spec\.storage\.s3\.partSize "1Mi" must be from 5Mi to 5Gi/);
+    assert.match(s3({ partSize: 5 * 2 ** 20 - 1 }), /must be from 5Mi to 5Gi/);
+    assert.match(s3({ partSize: '6Gi' }), /must be from 5Mi to 5Gi/);
+    assert.match(s3({ partSize: 'big' }), /spec\.storage\.s3\.partSize "big" is not a quantity/);
+    assert.match(s3({ presignTTL: '8d' }), /spec\.storage\.s3\.presignTTL "8d" is not a duration/);
+    assert.match(s3({ presignTTL: '169h' }), /presignTTL "169h" must be from 1s to 168h/);
+    assert.match(s3({ presignTTL: '0' }), /presignTTL "0" must be from 1s to 168h/);
+    assert.match(s3({ endpoint: 'ftp://rgw.example' }), /spec\.storage\.s3\.endpoint "ftp:\/\/rgw\.example" must use http or https/);
+    const creds = s3({ endpoint: 'https://AKIAXXXX:hunter2@rgw.example' });
+    assert.match(creds, /spec\.storage\.s3\.endpoint must not contain credentials; put them in a Secret named by spec\.storage\.s3\.credentialsSecret/);
+    assert.ok(!creds.includes('hunter2'), 'the message does not echo credentials');
+    assert.match(s3({ bucket: '192.168.1.10' }), /spec\.storage\.s3\.bucket "192\.168\.1\.10" is not a bucket name/);
+    assert.match(s3({ bucket: 'a..b' }), /is not a bucket name/);
+    assert.match(s3({ bucket: 'Upper' }), /is not a bucket name/);
+    assert.match(s3({ prefix: '/lead' }), /spec\.storage\.s3\.prefix "\/lead" must be/);
+    assert.match(s3({ prefix: 'a/../b' }), /spec\.storage\.s3\.prefix .* no "\." or "\.\." segment/);
+    assert.match(s3({ region: 'us east' }), /spec\.storage\.s3\.region "us east" is not a region name/);
+    assert.match(s3({ serviceAccountName: 'Bad_SA' }), /spec\.storage\.s3\.serviceAccountName "Bad_SA" is not a valid ServiceAccount name/);
+    assert.match(s3({ credentialsSecret: { name: 'Bad_Name' } }), /spec\.storage\.s3\.credentialsSecret\.name "Bad_Name" is not a valid Secret name/);
+    assert.match(s3({ forcePathStyle: 'yes' }), /spec\.storage\.s3\.forcePathStyle must be true or false/);
+    assert.match(problems({ upstream: hub, storage: { s3: {} } }), /spec\.storage\.s3\.bucket is required/);
+    assert.match(s3({}, { storageClassName: 'fast' }), /spec\.storage\.storageClassName does not apply with spec\.storage\.s3/);
+    assert.match(s3({}, { retain: true }), /spec\.storage\.retain does not apply with spec\.storage\.s3/);
+    assert.match(s3({}, { size: 'lots' }), /spec\.storage\.size "lots" is not a positive quantity/);
+  });
+
+  test('inline keys (an older or hand-made CRD keeps them) are refused without quoting them', () => {
+    const p = problems({ upstream: hub, storage: { s3: { bucket: 'bkt', accessKeyId: 'AKIAEXAMPLEKEY', secretAccessKey: 'wJalrXUtnFEMI-secret' } } });
+    assert.match(p, /spec\.storage\.s3\.accessKeyId is not supported: put the keys in a Secret named by spec\.storage\.s3\.credentialsSecret/);
+    assert.match(p, /spec\.storage\.s3\.secretAccessKey is not supported/);
+    assert.ok(!p.includes('AKIAEXAMPLEKEY') && !p.includes('wJalrXUtnFEMI-secret'), 'no key material in the message');
+  });
+
+  test('a pin is checked against the bucket bound (all of storage.size)', () => {
+    assert.ok(resolveSpec(mk({ upstream: hub, storage: { size: '1Mi', s3: { bucket: 'bkt' } }, prefetch: [{ image: 'docker.io/library/a:1', pin: true }] })).ok);
+    assert.match(
+      problems({ upstream: hub, storage: { size: '1Ki', s3: { bucket: 'bkt' } }, prefetch: [{ image: 'docker.io/library/a:1', pin: true }] }),
+      /spec\.prefetch\[0\]\.pin .*cannot fit in storage\.maxBytes 1024/,
+    );
+  });
+
+  test('the CRD schema uses the patterns the operator checks', () => {
+    const crd = parse(readFileSync(new URL('../../../crds/registrymirrors.yaml', import.meta.url), 'utf8'));
+    const spec = crd.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties;
+    const s3 = spec.storage.properties.s3;
+    assert.deepEqual(s3.required, ['bucket']);
+    assert.equal(s3.properties.bucket.pattern, S3_BUCKET_PATTERN);
+    assert.equal(s3.properties.prefix.pattern, S3_PREFIX_PATTERN);
+    assert.equal(s3.properties.region.pattern, S3_REGION_PATTERN);
+    assert.equal(s3.properties.presignTTL.pattern, DURATION_PATTERN);
+    assert.equal(s3.properties.presignTTL.pattern, spec.cache.properties.ttl.pattern, 'the duration pattern the CRD already uses');
+    assert.equal(s3.properties.partSize.pattern, QUANTITY_PATTERN);
+    assert.equal(s3.properties.endpoint.pattern, spec.upstream.properties.url.pattern);
+    assert.deepEqual(Object.keys(s3.properties).sort(), [
+      'bucket', 'credentialsSecret', 'endpoint', 'forcePathStyle', 'partSize', 'prefix', 'presignTTL', 'redirect', 'region', 'serviceAccountName',
+    ]);
+    // Every one of these is checked again by resolveSpec; none inlines a secret.
+    for (const k of ['accessKeyId', 'secretAccessKey']) assert.equal(s3.properties[k], undefined);
+  });
 });
