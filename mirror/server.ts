@@ -59,7 +59,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   // Unreadable or invalid htpasswd/tokens files stop start-up (ConfigError) before the store opens.
   const authenticator = config.auth ? loadAuthenticator(config.auth) : undefined;
   const driver = createDriver(config);
-  const store = new ContentStore(driver);
+  const store = new ContentStore(driver, { accessMaxAgeMs: config.cache.ttlMs });
   let swept: { sweptTemp: number; sweptUploads: number };
   try {
     swept = await store.open();

@@ -75,7 +75,15 @@ export class ContentStore {
   /** This process's access-time object: one shared file, or one per process on a shared store. */
   private readonly accessKey: string;
 
-  constructor(readonly driver: StoreDriver) {
+  /**
+   * accessMaxAgeMs (cache.ttl): on a shared store, another process's access file not written
+   * for this long only holds times of content expired by now, and is deleted at start, so the
+   * files of pods long gone do not pile up. 0 = kept.
+   */
+  constructor(
+    readonly driver: StoreDriver,
+    private readonly options: { accessMaxAgeMs?: number } = {},
+  ) {
     this.tmpDir = driver.scratchDir;
     this.accessKey = driver.shared ? `${accessDir}${instanceName()}.json` : 'state/access.json';
   }
@@ -121,9 +129,14 @@ export class ContentStore {
   private async savedAccess(): Promise<SavedAccess> {
     if (!this.driver.shared) return savedAccess(parseJson(await this.driver.get(this.accessKey)));
     const all: SavedAccess[] = [];
+    const maxAge = this.options.accessMaxAgeMs ?? 0;
+    const stale: string[] = [];
     for await (const o of this.driver.list(accessDir)) {
-      if (o.key.endsWith('.json')) all.push(savedAccess(parseJson(await this.driver.get(o.key))));
+      if (!o.key.endsWith('.json')) continue;
+      if (maxAge > 0 && o.modifiedMs < Date.now() - maxAge && o.key !== this.accessKey) stale.push(o.key);
+      else all.push(savedAccess(parseJson(await this.driver.get(o.key))));
     }
+    for (const key of stale) await this.driver.delete(key);
     return (kind, digest) => {
       let t: number | undefined;
       for (const s of all) {

@@ -215,3 +215,34 @@ describe('content store: pins and referrers', () => {
 function pathOf(s: ContentStore, kind: 'blob' | 'manifest', d: Digest): string {
   return (s.driver as FsDriver).pathOf(s.keyOf(kind, d));
 }
+
+/** The directory driver playing a store several processes share (as S3 is). */
+class SharedDirectory extends FsDriver {
+  override readonly shared = true;
+}
+
+describe('content store: access times on a shared store', () => {
+  it('each process writes its own state/access/<instance>.json; start takes the latest per digest; files older than cache.ttl are deleted', async () => {
+    const root = join(tempDir('content-store-shared'), 'store');
+    const first = new ContentStore(new SharedDirectory(root), { accessMaxAgeMs: 3_600_000 });
+    await first.open();
+    const d = await putBlob(first, Buffer.from('shared layer'));
+    first.touch('blob', d.value, 1_000);
+    await first.flushAccess();
+    const dir = join(root, 'state', 'access');
+    const own = (await import('node:fs')).readdirSync(dir);
+    assert.equal(own.length, 1, 'one file for this process');
+    assert.ok(!existsSync(join(root, 'state', 'access.json')), 'no file shared by every process');
+    // Another process saw it later; a third, long gone, earlier still and not since cache.ttl.
+    writeFileSync(join(dir, 'other-7.json'), JSON.stringify({ version: 2, access: { blob: { [d.value]: 5_000 }, manifest: {} } }));
+    const gone = join(dir, 'gone-9.json');
+    writeFileSync(gone, JSON.stringify({ version: 2, access: { blob: { [d.value]: 9_000 }, manifest: {} } }));
+    const old = new Date(Date.now() - 2 * 3_600_000);
+    (await import('node:fs')).utimesSync(gone, old, old);
+    const again = new ContentStore(new SharedDirectory(root), { accessMaxAgeMs: 3_600_000 });
+    await again.open();
+    assert.equal(again.get('blob', d.value)?.lastAccess, 5_000, 'the latest time of the files kept');
+    assert.ok(!existsSync(gone), 'an access file not written for cache.ttl is deleted');
+    assert.ok(existsSync(join(dir, 'other-7.json')));
+  });
+});

@@ -55,7 +55,7 @@ function isAbsent(err: unknown): boolean {
 export class FsDriver implements StoreDriver {
   readonly kind = 'filesystem' as const;
   readonly location: string;
-  readonly shared = false;
+  readonly shared: boolean = false;
   readonly scratchDir: string;
   readonly syncBeforeCommit = true;
 
