@@ -56,6 +56,17 @@ export interface MirrorConfig {
   limits: { maxConnections: number };
   /** Images pulled at start and again when their tag moves (prefetch.ts); empty = none. */
   prefetch: PrefetchConfig[];
+  /** Replicas on one shared store (storage.s3): who the peers are (cluster/peers.ts). */
+  cluster?: ClusterConfig;
+}
+
+export interface ClusterConfig {
+  /** A DNS name whose A/AAAA records are the peers (a headless Service), or a fixed list. */
+  peers: { dns: string; port: number } | { static: string[] };
+  /** This process as its peers reach it, host:port (env MIRROR_CLUSTER_SELF, from the pod IP). */
+  self: string;
+  /** How often the DNS name is resolved again. */
+  refreshMs: number;
 }
 
 /** One `prefetch` entry, parsed: the image split into upstream, repository and reference. */
@@ -150,7 +161,7 @@ export const embeddedDefault = {
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch', 'cluster'];
 /** upstreamBreaker.failures: at most this many failed requests in a row. */
 const breakerFailuresBound = 100;
 /** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
@@ -268,6 +279,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       maxConnections: connections(limits.maxConnections ?? embeddedDefault.limits.maxConnections, 'limits.maxConnections'),
     },
     prefetch,
+    ...(user.cluster !== undefined || env.MIRROR_CLUSTER_SELF !== undefined ? { cluster: parseCluster(user.cluster ?? {}, env, storage.s3 !== undefined) } : {}),
   };
 }
 
@@ -390,6 +402,44 @@ function parseS3(v: unknown): S3StorageConfig {
   if ((c.accessKeyIdFile === undefined) !== (c.secretAccessKeyFile === undefined)) throw new ConfigError(`${key}.accessKeyIdFile`, 'accessKeyIdFile and secretAccessKeyFile go together');
   if (c.accessKeyId !== undefined && c.accessKeyIdFile !== undefined) throw new ConfigError(`${key}.accessKeyId`, 'inline keys and key files exclude each other');
   return c;
+}
+
+/** A fleet of at most this many peers: each request hashes over all of them. */
+export const clusterPeersBound = 64;
+
+function parseCluster(v: unknown, env: Env, shared: boolean): ClusterConfig {
+  const key = 'cluster';
+  const o = object(v, key);
+  unknownKeys(o, ['peers', 'self', 'refresh'], `${key}.`);
+  // Replicas share what they cache through the bucket; a directory store is one process's.
+  if (!shared) throw new ConfigError(key, 'needs storage.s3: replicas share one bucket (a directory store serves one process)');
+  const peers = object(o.peers ?? {}, `${key}.peers`);
+  unknownKeys(peers, ['dns', 'port', 'static'], `${key}.peers.`);
+  const self = hostPort(env.MIRROR_CLUSTER_SELF ?? o.self, `${key}.self`);
+  let source: ClusterConfig['peers'];
+  if (peers.static !== undefined) {
+    if (peers.dns !== undefined) throw new ConfigError(`${key}.peers`, 'dns and static exclude each other');
+    if (!Array.isArray(peers.static) || peers.static.length === 0) throw new ConfigError(`${key}.peers.static`, 'must be a non-empty list of host:port');
+    if (peers.static.length > clusterPeersBound) throw new ConfigError(`${key}.peers.static`, `at most ${clusterPeersBound} peers`);
+    source = { static: peers.static.map((p, i) => hostPort(p, `${key}.peers.static[${i}]`)) };
+  } else {
+    const dns = nonEmpty(peers.dns, `${key}.peers.dns`);
+    if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$/i.test(dns) || dns.length > 253) throw new ConfigError(`${key}.peers.dns`, `"${dns}" is not a DNS name`);
+    const port = Number(peers.port ?? 5000);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`${key}.peers.port`, 'must be a port number');
+    source = { dns, port };
+  }
+  const refreshMs = duration(o.refresh ?? '5s', `${key}.refresh`);
+  if (refreshMs < 100 || refreshMs > 3_600_000) throw new ConfigError(`${key}.refresh`, 'must be from 100ms to 1h');
+  return { peers: source, self, refreshMs };
+}
+
+/** host:port with an IPv4, a [IPv6] or a DNS host, as peers dial it. */
+function hostPort(v: unknown, key: string): string {
+  const s = nonEmpty(v, key);
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new ConfigError(key, `"${s}" is not host:port`);
+  return s;
 }
 
 function object(v: unknown, key: string): Obj {

@@ -8,7 +8,8 @@ import type { BreakerSnapshot, BreakerState } from './upstream/circuit-breaker.j
 export type Api = 'v2' | 'v1';
 export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image' | 'referrers';
 /** negative: a 404 answered from a remembered upstream 404 (cache.notFoundTTL), no upstream asked. */
-export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass' | 'negative';
+/** forwarded: answered by the replica that owns the key (cluster/forward.ts). */
+export type CacheResult = 'hit' | 'miss' | 'stale' | 'error' | 'pass' | 'negative' | 'forwarded';
 
 export interface Stats {
   hits: number;
@@ -79,6 +80,7 @@ export class MirrorMetrics {
   private readonly evictions: Counter<'reason'>;
   private readonly noRoomCounter: Counter;
   private readonly storeErrors: Counter<'op'>;
+  private readonly clusterForwards: Counter<'result'>;
   readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
   private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
@@ -145,6 +147,12 @@ export class MirrorMetrics {
       name: 'registry_mirror_store_errors_total',
       help: 'Store requests that failed (an S3 store unreachable or refusing): read = warm content answered 503, write = content served without caching',
       labelNames: ['op'],
+      registers: [r],
+    });
+    this.clusterForwards = new Counter({
+      name: 'registry_mirror_cluster_forwards_total',
+      help: 'Misses sent to the replica owning them: forwarded, or owner_unreachable (served here instead)',
+      labelNames: ['result'],
       registers: [r],
     });
     this.inflightDownloads = new Gauge({
@@ -264,7 +272,7 @@ export class MirrorMetrics {
     else if (result === 'stale') this.counts.staleServed++;
   }
 
-  served(source: 'cache' | 'upstream', bytes: number): void {
+  served(source: 'cache' | 'upstream' | 'peer', bytes: number): void {
     if (bytes <= 0) return;
     this.bytesServedCounter.inc({ source }, bytes);
     this.counts.bytesServed += bytes;
@@ -294,6 +302,23 @@ export class MirrorMetrics {
   /** A size eviction could not make room: the incoming content is not cached. */
   noRoom(): void {
     this.noRoomCounter.inc();
+  }
+
+  /** A miss went to its owner replica, or could not (then served here). */
+  clusterForward(result: 'forwarded' | 'owner_unreachable'): void {
+    this.clusterForwards.inc({ result });
+  }
+
+  /** With a cluster: registry_mirror_cluster_peers, the live replicas misses are routed over (self included). */
+  watchClusterPeers(count: () => number): void {
+    new Gauge({
+      name: 'registry_mirror_cluster_peers',
+      help: 'Live replicas this one routes misses over, itself included',
+      registers: [this.registry],
+      collect() {
+        this.set(count());
+      },
+    });
   }
 
   /** The store failed a read (answered 503) or a write (served uncached). */

@@ -17,6 +17,8 @@ import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.
 import { UpstreamRouter } from './routing.js';
 import { ContentStore } from './store/content-store.js';
 import { createDriver } from './store/drivers/create.js';
+import { Cluster } from './cluster/forward.js';
+import { Peers } from './cluster/peers.js';
 import { Evictor } from './store/evictor.js';
 import { Prefetcher } from './prefetch.js';
 import { RepoIndex } from './store/repo-index.js';
@@ -28,7 +30,7 @@ import { registerV2 } from './v2/routes.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    mirror?: { api: Api; kind: Kind; upstream?: string; result?: CacheResult; source?: 'cache' | 'upstream' };
+    mirror?: { api: Api; kind: Kind; upstream?: string; result?: CacheResult; source?: 'cache' | 'upstream' | 'peer' };
   }
 }
 
@@ -187,13 +189,24 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     reply.code(404).header('Content-Type', 'application/json').send(new RegistryError('NAME_UNKNOWN', 'no such route').body());
   });
 
+  // Replicas on one bucket: peers from DNS (or a list), misses routed to their owner.
+  const cluster = config.cluster
+    ? new Cluster(
+        new Peers(config.cluster, undefined, (members) => logger.info({ members }, 'cluster members changed')),
+        metrics,
+        logger,
+        { connectMs: Math.min(config.upstreamTimeouts.connectMs, 2000), headersMs: config.upstreamTimeouts.headersMs + 5000, idleMs: config.upstreamTimeouts.idleMs },
+      )
+    : undefined;
+  if (cluster) metrics.watchClusterPeers(() => cluster.peers.members().length);
+
   let ready = false;
   let closing = false;
   app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async (_req, reply) => (ready && !closing ? { status: 'ready' } : reply.code(503).send({ status: 'not ready' })));
+  app.get('/readyz', async (_req, reply) => (ready && !closing && (cluster?.peers.ready ?? true) ? { status: 'ready' } : reply.code(503).send({ status: 'not ready' })));
   app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
-  app.get('/stats', async () => metrics.stats());
-  registerV2(app, { router, blobs, manifests, repos, metrics, referrers: new ReferrersCache(manifests, metrics, logger, config.cache.tagTTLMs) });
+  app.get('/stats', async () => ({ ...metrics.stats(), ...(cluster ? { cluster: cluster.peers.snapshot() } : {}) }));
+  registerV2(app, { router, blobs, manifests, repos, metrics, referrers: new ReferrersCache(manifests, metrics, logger, config.cache.tagTTLMs), ...(cluster ? { cluster } : {}) });
   let v1: ReturnType<typeof registerV1> | undefined;
   if (config.v1.enabled) {
     v1 = registerV1(app, {
@@ -222,6 +235,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     await prefetcher.pinFromStore();
     await evictor.expire();
     evictor.start();
+    // Ready means: store open and (in a fleet) the peers learnt once.
+    await cluster?.peers.start();
     ready = true;
     // Not awaited: readiness does not wait on the upstream (prefetch.ts says why).
     prefetcher.start();
@@ -245,6 +260,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       const settling = Promise.all([blobs.idle(), v1Cache?.idle()]);
       await Promise.race([settling, new Promise((r) => setTimeout(r, commitGraceMs).unref())]);
       await store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
+      await cluster?.close();
       await driver.close().catch(() => undefined);
       await dispatcher.close().catch(() => undefined);
     },

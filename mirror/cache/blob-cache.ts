@@ -61,8 +61,13 @@ export class BlobCache {
     private readonly options: BlobCacheOptions,
   ) {}
 
+  /** Stored and known to be this repository's: a GET or HEAD is answered without the upstream. */
+  async isWarm(t: Target, digest: Digest): Promise<boolean> {
+    return (await this.store.lookup('blob', digest)) !== undefined && (await this.repos.isLinked(t.upstream.name, t.name, digest));
+  }
+
   async head(t: Target, digest: Digest): Promise<BlobHead> {
-    const entry = this.store.get('blob', digest.value);
+    const entry = await this.store.lookup('blob', digest);
     if (entry && (await this.confirmedFor(t, digest))) {
       return { size: entry.size, result: 'hit' };
     }
@@ -78,7 +83,7 @@ export class BlobCache {
   }
 
   async get(t: Target, digest: Digest, rangeHeader: string | undefined): Promise<BlobBody | BlobRedirect> {
-    if (this.store.has('blob', digest.value) && (await this.confirmedFor(t, digest))) {
+    if ((await this.store.lookup('blob', digest)) && (await this.confirmedFor(t, digest))) {
       if (this.options.redirect) {
         const location = await this.store.blobUrl(digest);
         if (location) {
@@ -110,7 +115,7 @@ export class BlobCache {
    * Resolves with its size; rejects when it could not be fetched or not be cached.
    */
   async ensure(t: Target, digest: Digest): Promise<{ size: number; result: 'hit' | 'miss' }> {
-    const entry = this.store.get('blob', digest.value);
+    const entry = await this.store.lookup('blob', digest);
     if (entry && (await this.confirmedFor(t, digest))) {
       this.store.touch('blob', digest.value);
       return { size: entry.size, result: 'hit' };

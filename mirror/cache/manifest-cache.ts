@@ -59,8 +59,17 @@ export function isRememberedNotFound(err: unknown): boolean {
   return (err as { cacheResult?: unknown } | undefined)?.cacheResult === 'negative';
 }
 
+const recentMs = 1000;
+const recentMax = 10_000;
+
 export class ManifestCache {
   private readonly fetching = new Map<string, Promise<StoredManifest>>();
+  /**
+   * What a fetch answered, for a moment after it settled: a request that read the tag record
+   * just before the fetch wrote it (an S3 read is milliseconds) would otherwise ask the
+   * upstream again. Bounded: recentMax keys, each for at most recentMs (and never past tagTTL).
+   */
+  private readonly recent: LRUCache<string, StoredManifest>;
   private readonly notFound: LRUCache<string, true> | undefined;
 
   constructor(
@@ -72,6 +81,7 @@ export class ManifestCache {
     private readonly makeRoom: (bytes: number) => Promise<void> = async () => undefined,
     options: ManifestCacheOptions = {},
   ) {
+    this.recent = new LRUCache<string, StoredManifest>({ max: recentMax, ttl: Math.max(1, Math.min(recentMs, tagTTLMs)) });
     const ttl = options.notFoundTTLMs ?? 0;
     this.notFound = ttl > 0 ? new LRUCache<string, true>({ max: options.notFoundMax ?? notFoundMax, ttl }) : undefined;
   }
@@ -87,13 +97,45 @@ export class ManifestCache {
     return ref.kind === 'digest' ? this.byDigest(t, ref.digest, accept) : this.byTag(t, ref.tag, accept);
   }
 
+  /**
+   * The answer when the store alone gives it (stored and linked, or a tag confirmed within
+   * tagTTL); undefined when the upstream must be asked. A replica in a fleet asks this first
+   * and sends the rest to the key's owner (cluster/forward.ts).
+   */
+  async getLocal(t: Target, ref: ManifestReference, accept: string | undefined): Promise<ManifestAnswer | undefined> {
+    if (ref.kind === 'digest') {
+      const { stored, linked } = await this.localDigest(t, ref.digest);
+      return stored && linked ? this.hit(stored) : undefined;
+    }
+    const local = await this.localTag(t, ref.tag, accept);
+    return local.fresh ? this.hit(local.usable!) : undefined;
+  }
+
+  private hit(manifest: StoredManifest): ManifestAnswer {
+    this.store.touch('manifest', manifest.digest);
+    return { manifest, result: 'hit' };
+  }
+
+  private async localDigest(t: Target, digest: Digest): Promise<{ stored: StoredManifest | undefined; linked: boolean }> {
+    const stored = await this.store.getManifest(digest);
+    return { stored, linked: stored !== undefined && (await this.repos.isLinked(t.upstream.name, t.name, digest)) };
+  }
+
+  /** The tag's mapping for this client's class, its stored manifest, and whether it may be served as is. */
+  private async localTag(t: Target, tag: string, accept: string | undefined) {
+    const cls = negotiate(accept).class;
+    const record = await this.repos.getTag(t.upstream.name, t.name, tag, cls);
+    const cached = record ? await this.store.getManifest(parseDigest(record.digest)) : undefined;
+    // The class's mapping, when the upstream would give this client that same manifest.
+    const usable = cached && servable(cached.mediaType, accept) ? cached : undefined;
+    const fresh = usable !== undefined && record !== undefined && Date.now() - record.checkedAt < this.tagTTLMs;
+    return { record, cached, usable, fresh };
+  }
+
   private async byDigest(t: Target, digest: Digest, accept: string | undefined): Promise<ManifestAnswer> {
     const up = t.upstream.name;
-    const stored = await this.store.getManifest(digest);
-    if (stored && (await this.repos.isLinked(up, t.name, digest))) {
-      this.store.touch('manifest', digest.value);
-      return { manifest: stored, result: 'hit' };
-    }
+    const { stored, linked } = await this.localDigest(t, digest);
+    if (stored && linked) return this.hit(stored);
     // distribution answers an OCI manifest's digest with 404 to an Accept without its type,
     // so a remembered 404 is per variant of Accept, as for tags.
     const key = this.notFoundKey(t, digest.value, negotiate(accept).variant);
@@ -121,14 +163,8 @@ export class ManifestCache {
     const up = t.upstream.name;
     const want = negotiate(accept);
     const cls = want.class;
-    const record = await this.repos.getTag(up, t.name, tag, cls);
-    const cached = record ? await this.store.getManifest(parseDigest(record.digest)) : undefined;
-    // The class's mapping, when the upstream would give this client that same manifest.
-    const usable = cached && servable(cached.mediaType, accept) ? cached : undefined;
-    if (usable && record && Date.now() - record.checkedAt < this.tagTTLMs) {
-      this.store.touch('manifest', usable.digest);
-      return { manifest: usable, result: 'hit' };
-    }
+    const { record, cached, usable, fresh } = await this.localTag(t, tag, accept);
+    if (fresh) return this.hit(usable!);
     // A 404 for the class is a 404 for every request of it (their types are a subset).
     const classKey = this.notFoundKey(t, tag, cls);
     const ownKey = this.notFoundKey(t, tag, want.variant);
@@ -164,8 +200,11 @@ export class ManifestCache {
     try {
       if (want.complete || !cached || usable) {
         // No mapping for the class yet, or it moved: the upstream's answer to the class.
-        const manifest = await this.fetch(t, tag, recordAccept, `class:${cls}`, undefined);
-        await this.repos.setTag(up, t.name, tag, { digest: manifest.digest, mediaType: manifest.mediaType, checkedAt: Date.now() }, cls);
+        // The tag record is written inside the shared fetch: a request arriving between the
+        // GET and the record must join it, not ask the upstream again.
+        const manifest = await this.fetch(t, tag, recordAccept, `class:${cls}`, undefined, (m) =>
+          this.repos.setTag(up, t.name, tag, { digest: m.digest, mediaType: m.mediaType, checkedAt: Date.now() }, cls),
+        );
         this.notFound?.delete(classKey);
         if (want.complete || servable(manifest.mediaType, accept)) return { manifest, result: 'miss' };
       }
@@ -204,11 +243,19 @@ export class ManifestCache {
   }
 
   /** One upstream GET per (repository, reference, what decides the answer) at a time. */
-  private fetch(t: Target, reference: string, accept: string, variant: string, expected: Digest | undefined): Promise<StoredManifest> {
+  private fetch(t: Target, reference: string, accept: string, variant: string, expected: Digest | undefined, record?: (m: StoredManifest) => Promise<void>): Promise<StoredManifest> {
     const key = `${t.upstream.name}/${t.name}:${reference}|${variant}`;
+    const answered = this.recent.get(key);
+    if (answered) return Promise.resolve(answered);
     let p = this.fetching.get(key);
     if (!p) {
-      p = this.fetchOnce(t, reference, accept, expected).finally(() => this.fetching.delete(key));
+      p = this.fetchOnce(t, reference, accept, expected)
+        .then(async (m) => {
+          await record?.(m);
+          this.recent.set(key, m);
+          return m;
+        })
+        .finally(() => this.fetching.delete(key));
       this.fetching.set(key, p);
     }
     return p;

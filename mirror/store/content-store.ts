@@ -184,6 +184,24 @@ export class ContentStore {
     return this.entries[kind].get(digest);
   }
 
+  /**
+   * The entry of stored content. On a store other processes share, content this process has
+   * not indexed may have been stored by another since the listing at start: one stat asks
+   * the store before the caller goes to the upstream for it (a store that cannot be asked
+   * says "not stored").
+   */
+  async lookup(kind: ContentKind, digest: Digest): Promise<ContentEntry | undefined> {
+    const known = this.entries[kind].get(digest.value);
+    if (known || !this.driver.shared) return known;
+    try {
+      const info = await this.driver.stat(this.keyOf(kind, digest));
+      if (info && !this.entries[kind].has(digest.value)) await this.indexStored(kind, digest.value, info.size, info.modifiedMs, () => undefined);
+    } catch (err) {
+      if (!isStoreUnavailable(err)) throw err;
+    }
+    return this.entries[kind].get(digest.value);
+  }
+
   has(kind: ContentKind, digest: string): boolean {
     return this.entries[kind].has(digest);
   }
@@ -257,7 +275,7 @@ export class ContentStore {
   }
 
   async getManifest(digest: Digest): Promise<StoredManifest | undefined> {
-    const entry = this.entries.manifest.get(digest.value);
+    const entry = await this.lookup('manifest', digest);
     if (!entry) return undefined;
     let bytes: Buffer | undefined;
     try {

@@ -3,7 +3,8 @@
 
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { BlobCache } from '../cache/blob-cache.js';
-import type { ManifestCache } from '../cache/manifest-cache.js';
+import type { ManifestAnswer, ManifestCache } from '../cache/manifest-cache.js';
+import { Cluster } from '../cluster/forward.js';
 import { ociIndexType, referrersCacheLimits, type ReferrersCache } from '../cache/referrers-cache.js';
 import { RegistryError } from '../errors.js';
 import type { MirrorMetrics } from '../metrics.js';
@@ -22,6 +23,8 @@ export interface V2Deps {
   repos: RepoIndex;
   metrics: MirrorMetrics;
   referrers: ReferrersCache;
+  /** Replicas on one bucket: misses go to their owner (cluster/forward.ts). */
+  cluster?: Cluster;
 }
 
 const readMethods = new Set(['GET', 'HEAD']);
@@ -81,7 +84,17 @@ async function manifest(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, 
   req.mirror = { api: 'v2', kind: 'manifest', upstream: routed.target.upstream.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
   const accept = typeof req.headers.accept === 'string' ? req.headers.accept : undefined;
-  const answer = await deps.manifests.get(routed.target, ref, accept);
+  let answer: ManifestAnswer | undefined;
+  if (deps.cluster && !Cluster.isHop(req)) {
+    // What the bucket answers is served here; a miss or a tag due for revalidation is its owner's.
+    answer = await deps.manifests.getLocal(routed.target, ref, accept);
+    const reference = ref.kind === 'digest' ? ref.digest.value : ref.tag;
+    if (!answer && (await deps.cluster.forward(req, reply, `manifest:${routed.target.upstream.name}/${routed.target.name}:${reference}`))) {
+      req.mirror.result = 'forwarded';
+      return reply;
+    }
+  }
+  answer ??= await deps.manifests.get(routed.target, ref, accept);
   req.mirror.result = answer.result;
   req.mirror.source = answer.result === 'miss' ? 'upstream' : 'cache';
   const m = answer.manifest;
@@ -100,6 +113,13 @@ async function blob(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawN
   const digest = parseDigest(rawDigest);
   req.mirror = { api: 'v2', kind: 'blob', upstream: routed.target.upstream.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
+  if (deps.cluster && !Cluster.isHop(req) && !(await deps.blobs.isWarm(routed.target, digest))) {
+    // A cold blob is fetched by its owner alone: one upstream GET fleet-wide.
+    if (await deps.cluster.forward(req, reply, `blob:${digest.value}`)) {
+      req.mirror.result = 'forwarded';
+      return reply;
+    }
+  }
   reply.header('Docker-Content-Digest', digest.value).header('ETag', `"${digest.value}"`).header('Accept-Ranges', 'bytes');
   if (req.method === 'HEAD' || matchesEtag(req, digest.value)) {
     // HEAD, and a conditional GET from a client that already holds these exact bytes
