@@ -125,6 +125,41 @@ export class ContentStore {
     this.add(entry);
   }
 
+  /**
+   * A shared store's index brought up to the bucket: content other processes stored since
+   * the listing at start is added, content no longer there (removed by the process leading
+   * expiry) is forgotten unless it is in use here, and every entry's access time becomes the
+   * latest any process has saved. The leader runs this before each expiry or size pass, so
+   * it sweeps what the whole fleet stored, by when the whole fleet last used it. Costs one
+   * listing of blobs/ and manifests/, the access files, and a read per new manifest.
+   */
+  async sync(): Promise<void> {
+    if (!this.driver.shared) return;
+    const started = Date.now();
+    const saved = await this.savedAccess();
+    for (const kind of ['blob', 'manifest'] as const) {
+      const seen = new Set<string>();
+      for await (const o of this.driver.list(`${dirOf(kind)}/`)) {
+        if (o.key.endsWith('.type')) continue;
+        const [, alg, xx, hex, extra] = o.key.split('/');
+        if (extra !== undefined || !hex || xx !== hex.slice(0, 2)) continue;
+        const digest = `${alg}:${hex}`;
+        seen.add(digest);
+        const known = this.entries[kind].get(digest);
+        if (!known) await this.indexStored(kind, digest, o.size, o.modifiedMs, saved);
+        else {
+          const t = saved(kind, digest);
+          if (t !== undefined && t > known.lastAccess) known.lastAccess = t;
+        }
+      }
+      // Not listed: removed by the leader. Content this process added while the listing ran
+      // (its access is that recent) or holds pinned stays.
+      for (const [digest, e] of [...this.entries[kind]]) {
+        if (!seen.has(digest) && !this.isPinned(digest) && e.lastAccess < started) this.forget(kind, digest);
+      }
+    }
+  }
+
   /** Access times saved by earlier runs (and, on a shared store, by every process): the latest wins. */
   private async savedAccess(): Promise<SavedAccess> {
     if (!this.driver.shared) return savedAccess(parseJson(await this.driver.get(this.accessKey)));

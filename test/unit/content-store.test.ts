@@ -246,3 +246,27 @@ describe('content store: access times on a shared store', () => {
     assert.ok(existsSync(join(dir, 'other-7.json')));
   });
 });
+
+describe('content store: a shared store synced with the bucket', () => {
+  it('sync() adds what other processes stored, forgets what the leader removed, and takes the latest access time', async () => {
+    const root = join(tempDir('content-store-sync'), 'store');
+    const leader = new ContentStore(new SharedDirectory(root));
+    await leader.open();
+    const other = new ContentStore(new SharedDirectory(root));
+    await other.open();
+    const d = await putBlob(other, Buffer.from('stored by another replica'));
+    assert.equal(leader.has('blob', d.value), false, 'not seen before a sync');
+    await leader.sync();
+    assert.equal(leader.get('blob', d.value)?.size, 'stored by another replica'.length);
+    assert.equal(leader.totals().blobs, 1);
+    mkdirSync(join(root, 'state', 'access'), { recursive: true });
+    writeFileSync(join(root, 'state', 'access', 'replica-2.json'), JSON.stringify({ version: 2, access: { blob: { [d.value]: Date.now() + 60_000 }, manifest: {} } }));
+    await leader.sync();
+    assert.ok(leader.get('blob', d.value)!.lastAccess > Date.now(), 'the latest access any process saved');
+    await new Promise((r) => setTimeout(r, 5));
+    await leader.remove('blob', d.value);
+    // The other replica forgets it at its next sync; pinned content would stay.
+    await other.sync();
+    assert.equal(other.has('blob', d.value), false);
+  });
+});
