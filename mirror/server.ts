@@ -15,7 +15,8 @@ import { ConfigError, upstreamBreakerFor, type MirrorConfig } from './config.js'
 import { RegistryError } from './errors.js';
 import { MirrorMetrics, type Api, type CacheResult, type Kind } from './metrics.js';
 import { UpstreamRouter } from './routing.js';
-import { ContentStore } from './store/content-store.js';
+import { ContentStore, instanceName } from './store/content-store.js';
+import { Lease, leaseTimings } from './store/lease.js';
 import { createDriver } from './store/drivers/create.js';
 import { Cluster } from './cluster/forward.js';
 import { Peers } from './cluster/peers.js';
@@ -54,6 +55,8 @@ export const loggerOptions = (level: string) => ({
 });
 
 const accessFlushMs = 30_000;
+/** On a shared bucket access times are the leader's only view of other replicas' use: sooner. */
+const sharedAccessFlushMs = 5_000;
 /** How long shutdown waits for verified blobs to be committed (downloads still running are cut). */
 const commitGraceMs = 10_000;
 
@@ -112,7 +115,17 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     if (policy) policies.set(u.name, policy);
   }
   const router = new UpstreamRouter(clients, config.defaultUpstream, policies);
-  const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes }, repos);
+  // A shared bucket is swept by one replica at a time: the holder of the eviction lease.
+  const leaseTiming = leaseTimings(config.upstreamTimeouts.headersMs);
+  const lease = driver.shared ? new Lease(driver, { name: 'evictor', holder: instanceName(), ...leaseTiming, log: logger }) : undefined;
+  const s3 = config.storage.s3;
+  const flushEveryMs = driver.shared ? sharedAccessFlushMs : accessFlushMs;
+  // What another replica uses must not go under it: a presigned URL it handed out (redirect
+  // mode) lives presignTTL; content it is serving or downloading is touched again at each
+  // flush (ContentStore.flushAccess); its access times reach the bucket flushEveryMs late, and
+  // clocks may differ by the lease margin.
+  const graceMs = s3 ? (s3.redirect ? s3.presignTTLMs : 0) + flushEveryMs + leaseTiming.marginMs : 0;
+  const evictor = new Evictor(store, metrics, logger, { ttlMs: config.cache.ttlMs, maxBytes: config.storage.maxBytes, ...(lease ? { gate: lease, graceMs } : {}) }, repos);
   const blobs = new BlobCache(store, repos, metrics, logger, {
     maxBytes: config.storage.maxBytes,
     makeRoom: (bytes) => evictor.makeRoom(bytes),
@@ -228,11 +241,12 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
 
   const flushTimer = setInterval(() => {
     store.flushAccess().catch((err) => logger.warn({ err: (err as Error).message }, 'could not save access times'));
-  }, accessFlushMs);
+  }, flushEveryMs);
   flushTimer.unref();
   app.addHook('onReady', async () => {
     // What a previous run pinned is pinned again before the expiry pass can remove it.
     await prefetcher.pinFromStore();
+    await lease?.start();
     await evictor.expire();
     evictor.start();
     // Ready means: store open and (in a fleet) the peers learnt once.
@@ -254,6 +268,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     async shutdown() {
       clearInterval(flushTimer);
       evictor.stop();
+      // Released: another replica takes the sweeping over at once.
+      await lease?.stop();
       prefetcher.stop();
       // A blob's client has its last byte before the blob is fsynced and renamed into the
       // store: let those commits finish (bounded), or the next start fetches them again.

@@ -399,8 +399,24 @@ export class ContentStore {
     return { storedBytes: this.storedBytes, blobs: this.entries.blob.size, manifests: this.entries.manifest.size };
   }
 
+  /**
+   * On a shared store the leader cannot see this process's pins: content in use here (being
+   * served or downloaded, with the manifests naming it) is marked used now at each flush, so
+   * the leader's grace keeps it however long the transfer takes.
+   */
+  private touchInUse(now = Date.now()): void {
+    for (const digest of this.pins.use.keys()) {
+      for (const kind of ['blob', 'manifest'] as const) this.touch(kind, digest, now);
+      for (const m of this.referrers(digest)) {
+        this.touch('manifest', m.digest, now);
+        for (const index of this.referrers(m.digest)) this.touch('manifest', index.digest, now);
+      }
+    }
+  }
+
   /** One write for all access-time changes since the last flush. */
   async flushAccess(): Promise<void> {
+    if (this.driver.shared) this.touchInUse();
     if (!this.accessDirty) return;
     this.accessDirty = false;
     const state: AccessState = { version: 2, access: { blob: {}, manifest: {} } };
@@ -418,7 +434,7 @@ export class ContentStore {
 const accessDir = 'state/access/';
 
 /** This process among others on a shared store: the pod name (hostname), and the pid for several on one host. */
-function instanceName(): string {
+export function instanceName(): string {
   return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 200);
 }
 

@@ -40,6 +40,19 @@ export function isStoreUnavailable(err: unknown): err is StoreUnavailableError {
   return (err as { code?: unknown } | undefined)?.code === 'STORE_UNAVAILABLE';
 }
 
+/**
+ * The condition of a conditional write (putIf): `ifNoneMatch: '*'` writes only when nothing is
+ * at the key; `ifMatch` only when what is there has this entity tag (as getWithEtag or putIf
+ * answered it; quoted or not, the driver sends the form its service matches).
+ */
+export type PutCondition = { ifNoneMatch: '*' } | { ifMatch: string };
+
+/** A whole small object and its entity tag: opaque, unquoted, changes with every write. */
+export interface TaggedObject {
+  bytes: Buffer;
+  etag: string;
+}
+
 export interface StoreDriver {
   readonly kind: 'filesystem' | 's3';
   /** Where, for logs and errors: the directory, or "s3://bucket/prefix (endpoint)". No secrets. */
@@ -69,6 +82,27 @@ export interface StoreDriver {
   get(key: string): Promise<Buffer | undefined>;
   /** Replaces an object atomically: readers see the old bytes or all of the new, never part. */
   put(key: string, bytes: Buffer | string): Promise<void>;
+  /**
+   * A whole small object with its entity tag, for a later putIf({ ifMatch }); undefined when
+   * absent. Unavailable: StoreUnavailableError (S3), the Node error (fs).
+   */
+  getWithEtag(key: string): Promise<TaggedObject | undefined>;
+  /**
+   * Writes a small object only if `cond` holds, atomically with the check: of writers racing on
+   * one condition, at most one gets its entity tag back; every other answer is 'conflict'.
+   * 'conflict' means the condition failed: something is at the key (ifNoneMatch), or what is
+   * there is absent or not that tag (ifMatch), i.e. someone else wrote first. Any other failure
+   * rejects (StoreUnavailableError on S3), and then the write may or may not have happened: a
+   * caller that must know reads the key again.
+   *
+   * `bytes` must differ from what any other writer writes to the key (lease.ts puts a fresh
+   * token and a counter in each body): an answer that does not say whether the write won (RGW
+   * 16 answers a lost If-Match race with 412 or 500, AWS documents 409 for a concurrent
+   * conditional write, a timeout) is resolved by reading the key back; our bytes there = won.
+   * fs: one process per store (state/serve.pid), so an in-process lock per file makes the
+   * check and the rename atomic; the tag is a hash of the content.
+   */
+  putIf(key: string, bytes: Buffer | string, cond: PutCondition): Promise<{ etag: string } | 'conflict'>;
   /** Removes an object; an absent one is fine. fs also removes directories this leaves empty. */
   delete(key: string): Promise<void>;
   /**

@@ -34,6 +34,16 @@
 // does not list what the mirror no longer has. After an expiry that walk is part of the pass;
 // after a size eviction it runs in the background, since a download's commit waits for
 // makeRoom. Prunes that pile up meanwhile are merged into the next walk.
+//
+// A store several processes share (S3) is swept by one of them at a time: given a `gate` (the
+// store's lease, lease.ts), expiry and size passes run only while gate.isLeader(), which is
+// asked again before each removal, so a process that loses the lease stops mid-pass. Another
+// process's pins are invisible here, so on such a store `graceMs` keeps whatever was accessed
+// (by the index's lastAccess, image-wide as above) within that long from both passes: the caller
+// makes it longer than a presigned URL lives and than a download may take. A process that does
+// not lead removes nothing: its makeRoom lets a commit go over storage.maxBytes (it refuses
+// only content larger than the bound itself), and the leader's timer brings the store back
+// under the bound on its next tick (sweepIntervalMs), down to the low-water mark.
 
 import type { Logger } from 'pino';
 import type { MirrorMetrics } from '../metrics.js';
@@ -60,7 +70,17 @@ export interface EvictorOptions {
   /** After a size eviction the store is at most this fraction of maxBytes. */
   lowWater?: number;
   sweepIntervalMs?: number;
+  /**
+   * A shared store's lease (lease.ts): expiry and size passes run only while it says this
+   * process leads. Absent: always (a store of one process).
+   */
+  gate?: { isLeader(): boolean };
+  /** Content accessed (effective access) within this long is never removed. Default 0. */
+  graceMs?: number;
 }
+
+/** A shared store's leader lists the bucket at most this often for its passes. */
+const syncEveryMs = 5000;
 
 export class Evictor {
   private timer: NodeJS.Timeout | undefined;
@@ -83,8 +103,29 @@ export class Evictor {
 
   start(): void {
     const every = this.options.sweepIntervalMs ?? Math.min(60_000, Math.max(1000, this.options.ttlMs / 4));
-    this.timer = setInterval(() => void this.expire().catch((err) => this.log.error({ err: (err as Error).message }, 'expiry sweep failed')), every);
+    this.timer = setInterval(() => {
+      void this.expire().catch((err) => this.log.error({ err: (err as Error).message }, 'expiry sweep failed'));
+      // Shared store: commits of the processes that do not lead may have passed the bound.
+      if (this.options.gate) void this.trim().catch((err) => this.log.error({ err: (err as Error).message }, 'size sweep failed'));
+    }, every);
     this.timer.unref();
+  }
+
+  private lastSync = 0;
+
+  /**
+   * The leader of a shared store sweeps what the whole fleet stored, by when the whole fleet
+   * last used it (ContentStore.sync): at most once per syncEveryMs, however many passes ask.
+   */
+  private async syncShared(): Promise<void> {
+    if (!this.options.gate || Date.now() - this.lastSync < syncEveryMs) return;
+    await this.store.sync();
+    this.lastSync = Date.now();
+  }
+
+  /** Whether passes may remove now: no gate, or the gate says this process leads. */
+  private leads(): boolean {
+    return this.options.gate?.isLeader() ?? true;
   }
 
   stop(): void {
@@ -94,19 +135,26 @@ export class Evictor {
   /** Removes content unused for longer than cache.ttl, then prunes the repository index. */
   async expire(now = Date.now()): Promise<number> {
     const removed = await this.serialized(async () => {
-      if (this.options.ttlMs <= 0) return [];
+      if (this.options.ttlMs <= 0 || !this.leads()) return [];
+      await this.syncShared();
       const removed: string[] = [];
       let kept = 0;
-      const young = (t: number) => now - t <= this.options.ttlMs;
+      let stopped = false;
+      const keepFor = Math.max(this.options.ttlMs, this.options.graceMs ?? 0);
+      const young = (t: number) => now - t <= keepFor;
       for (const e of evictionOrder(this.store.all(), now)) {
         if (young(e.effectiveAccess)) break;
+        if (!this.leads()) {
+          stopped = true;
+          break;
+        }
         // By age: content in use is skipped and the pass goes on (it ages from its next use).
         if (this.keeps(e.entry, young)) kept++;
         else if (await this.store.remove(e.entry.kind, e.entry.digest)) removed.push(e.entry.digest);
       }
-      if (removed.length > 0) {
-        this.metrics.evicted('ttl', removed.length);
-        this.log.info({ removed: removed.length, keptInUse: kept }, 'expired unused content');
+      if (removed.length > 0 || stopped) {
+        if (removed.length > 0) this.metrics.evicted('ttl', removed.length);
+        this.log.info({ removed: removed.length, keptInUse: kept, ...(stopped ? { stopped: 'no longer the leader' } : {}) }, 'expired unused content');
       }
       return removed;
     });
@@ -118,43 +166,86 @@ export class Evictor {
    * Makes room for `incoming` bytes under storage.maxBytes, least recently used first, down to
    * the low-water mark; content in use is skipped. Rejects with code ENOSPC when the content
    * that must stay leaves no room for `incoming` under the bound: the caller does not cache it.
+   * With a gate that says this process does not lead, it removes nothing and rejects only
+   * content larger than the bound (the leader's trim() makes the room).
    */
   makeRoom(incoming: number): Promise<void> {
     return this.serialized(async () => {
       const max = this.options.maxBytes;
       if (max <= 0 || this.store.totals().storedBytes + incoming <= max) return;
-      const target = Math.max(0, Math.floor(max * this.lowWater) - incoming);
-      const removed: string[] = [];
-      let freed = 0;
-      let kept = 0;
-      for (const e of evictionOrder(this.store.all(), Date.now())) {
-        if (this.store.totals().storedBytes <= target) break;
-        // Used since the order was taken: younger now than its place in the order says.
-        if (this.keeps(e.entry, (t) => t > e.effectiveAccess)) {
-          kept++;
-          continue;
-        }
-        if (await this.store.remove(e.entry.kind, e.entry.digest)) {
-          removed.push(e.entry.digest);
-          freed += e.entry.size;
-        }
-      }
+      // Not the leader of a shared store: the leader's next pass makes the room.
+      if (!this.leads() && incoming <= max) return;
+      const { kept } = await this.evictForSize(incoming);
       const storedBytes = this.store.totals().storedBytes;
-      if (removed.length > 0) {
-        this.metrics.evicted('size', removed.length);
-        this.log.info({ removed: removed.length, freed, storedBytes, keptInUse: kept }, 'evicted least recently used content');
-        void this.prune(removed);
-      }
+      if (storedBytes + incoming > max && !this.leads() && incoming <= max) return; // lost the lease mid-pass
       if (storedBytes + incoming > max) {
         this.metrics.noRoom();
+        const grace = this.options.graceMs ? ` or used within the last ${Math.round(this.options.graceMs / 1000)} s` : '';
         this.log.warn(
-          { incoming, storedBytes, maxBytes: max, keptInUse: kept },
-          'no room under storage.maxBytes: what is left is in use or pinned; the incoming content is served without caching',
+          { incoming, storedBytes, maxBytes: max, keptInUse: kept, ...(grace ? { graceMs: this.options.graceMs } : {}) },
+          `no room under storage.maxBytes: what is left is in use or pinned${grace}; the incoming content is served without caching`,
         );
-        const why = incoming > max ? 'more than the bound itself' : `the ${storedBytes} bytes left are in use or pinned`;
+        const why = incoming > max ? 'more than the bound itself' : `the ${storedBytes} bytes left are in use or pinned${grace}`;
         throw new NoRoomError(`no room for ${incoming} bytes under storage.maxBytes (${max}): ${why}`);
       }
     });
+  }
+
+  /**
+   * A shared store's periodic size pass (the leader's timer): when the store is over
+   * storage.maxBytes, down to the low-water mark. Answers how many entries it removed.
+   */
+  trim(): Promise<number> {
+    return this.serialized(async () => {
+      const max = this.options.maxBytes;
+      if (max <= 0 || !this.leads()) return 0;
+      await this.syncShared();
+      if (this.store.totals().storedBytes <= max) return 0;
+      return (await this.evictForSize(0)).removed;
+    });
+  }
+
+  /**
+   * Removes least recently used content down to the low-water mark minus `incoming`, skipping
+   * what must stay, while this process leads. Runs inside serialized().
+   */
+  private async evictForSize(incoming: number): Promise<{ removed: number; kept: number }> {
+    const max = this.options.maxBytes;
+    const target = Math.max(0, Math.floor(max * this.lowWater) - incoming);
+    const graceMs = this.options.graceMs ?? 0;
+    const now = Date.now();
+    const removed: string[] = [];
+    let freed = 0;
+    let kept = 0;
+    let stopped = false;
+    for (const e of evictionOrder(this.store.all(), now)) {
+      if (this.store.totals().storedBytes <= target) break;
+      // Within the grace: so is everything after it in the order.
+      if (graceMs > 0 && now - e.effectiveAccess <= graceMs) break;
+      if (!this.leads()) {
+        stopped = true;
+        break;
+      }
+      // Used since the order was taken: younger now than its place in the order says.
+      if (this.keeps(e.entry, (t) => t > e.effectiveAccess || (graceMs > 0 && Date.now() - t <= graceMs))) {
+        kept++;
+        continue;
+      }
+      if (await this.store.remove(e.entry.kind, e.entry.digest)) {
+        removed.push(e.entry.digest);
+        freed += e.entry.size;
+      }
+    }
+    const storedBytes = this.store.totals().storedBytes;
+    if (removed.length > 0 || stopped) {
+      if (removed.length > 0) this.metrics.evicted('size', removed.length);
+      this.log.info(
+        { removed: removed.length, freed, storedBytes, keptInUse: kept, ...(stopped ? { stopped: 'no longer the leader' } : {}) },
+        'evicted least recently used content',
+      );
+      if (removed.length > 0) void this.prune(removed);
+    }
+    return { removed: removed.length, kept };
   }
 
   /**

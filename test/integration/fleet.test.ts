@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { CreateBucketCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { Peers } from '../../mirror/cluster/peers.js';
 import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { freePort, sleep } from '../../tools/launch/proc.js';
@@ -26,14 +26,15 @@ describe('a fleet of three replicas on one bucket', { timeout: 600_000 }, () => 
   const mirrors = new Map<string, MirrorHandle>();
   let addresses: string[] = [];
 
-  async function startReplica(self: string, peers: string[]): Promise<MirrorHandle> {
+  async function startReplica(self: string, peers: string[], on = bucket, extra: Record<string, unknown> = {}): Promise<MirrorHandle> {
     const m = await startMirror(
       {
         upstreams: { 'docker.io': { url: upstream.url } },
         storage: {
-          s3: { bucket, endpoint: ceph.endpoint, region: ceph.region, forcePathStyle: true, accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey, partSize: '5Mi' },
+          s3: { bucket: on, endpoint: ceph.endpoint, region: ceph.region, forcePathStyle: true, accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey, partSize: '5Mi' },
         },
         cluster: { peers: { static: peers }, self, refresh: '500ms' },
+        ...extra,
       },
       { port: Number(self.split(':')[1]) },
     );
@@ -139,5 +140,48 @@ describe('a fleet of three replicas on one bucket', { timeout: 600_000 }, () => 
     for (const m of mirrors.values()) await m.stop();
     const open = await s3.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
     assert.deepEqual(open.Uploads ?? [], [], 'no multipart upload left open');
+  });
+
+  it('three replicas running expiry at once: one sweeps (the lease holder), each expired object is deleted once, no lease left behind', async () => {
+    const expiryBucket = 'fleet-expiry';
+    await s3.send(new CreateBucketCommand({ Bucket: expiryBucket }));
+    const trio: string[] = [];
+    for (let i = 0; i < 3; i++) trio.push(`127.0.0.1:${await freePort()}`);
+    // Grace on a shared bucket: access flush 5 s + lease margin (headers 2 s + 10 s).
+    const replicas = [];
+    for (const a of trio) replicas.push(await startReplica(a, trio, expiryBucket, { cache: { ttl: '3s' }, upstreamTimeouts: { headers: '2s' } }));
+    const img = await pushRandomImage(registry.url, 'fleet/expire', 'v1', [2 * MiB, 2 * MiB, 2 * MiB], 'fleet-expire');
+    await Promise.all(trio.map((a) => pullImage(`http://${a}`, '', img.repository, img.tag)));
+    const seen = ceph.rgwRequests().length;
+    const contentKeys = async () => {
+      const out: string[] = [];
+      let token: string | undefined;
+      do {
+        const page = await s3.send(new ListObjectsV2Command({ Bucket: expiryBucket, ContinuationToken: token }));
+        for (const o of page.Contents ?? []) if (/^(blobs|manifests)\//.test(o.Key!)) out.push(o.Key!);
+        token = page.NextContinuationToken;
+      } while (token);
+      return out;
+    };
+    for (let i = 0; i < 50 && (await contentKeys()).length < 4; i++) await sleep(200);
+    assert.ok((await contentKeys()).length >= 4, 'cached: manifest, config, three layers');
+    let left = await contentKeys();
+    for (let i = 0; i < 200 && left.length > 0; i++) {
+      await sleep(250);
+      left = await contentKeys();
+    }
+    assert.deepEqual(left, [], 'everything expired');
+    for (let i = 0; i < 20 && ceph.rgwRequests().slice(seen).filter((r) => r.method === 'DELETE').length < 5; i++) await sleep(250);
+    const deletes = new Map<string, number>();
+    for (const r of ceph.rgwRequests().slice(seen)) {
+      if (r.method === 'DELETE' && /\/(blobs|manifests)\//.test(r.path)) deletes.set(r.path, (deletes.get(r.path) ?? 0) + 1);
+    }
+    assert.ok(deletes.size >= 5, `deletes seen: ${deletes.size}`);
+    for (const [path, n] of deletes) assert.equal(n, 1, `${path} deleted ${n} times`);
+    const sweepers = replicas.filter((m) => /expired unused content/.test(m.logText()));
+    assert.equal(sweepers.length, 1, 'one replica swept');
+    for (const m of replicas) await m.stop();
+    const lease = await s3.send(new ListObjectsV2Command({ Bucket: expiryBucket, Prefix: 'state/lease/' }));
+    assert.deepEqual(lease.Contents ?? [], [], 'no lease left behind');
   });
 });

@@ -270,3 +270,23 @@ describe('content store: a shared store synced with the bucket', () => {
     assert.equal(other.has('blob', d.value), false);
   });
 });
+
+describe('content store: in use on a shared store', () => {
+  it('each flush marks content in use here, and the manifests naming it, as used now: the leader cannot see our pins', async () => {
+    const root = join(tempDir('content-store-inuse'), 'store');
+    const store = new ContentStore(new SharedDirectory(root));
+    await store.open();
+    const { d, layer } = await storeBoth(store);
+    store.touch('manifest', d.value, 1_000);
+    store.touch('blob', layer.value, 1_000);
+    const release = store.pin(layer.value);
+    const before = Date.now();
+    await store.flushAccess();
+    assert.ok(store.get('manifest', d.value)!.lastAccess >= before, 'the manifest naming a blob in use');
+    assert.ok(store.get('blob', layer.value)!.lastAccess >= before, 'the blob in use');
+    release();
+    store.touch('manifest', d.value, 1_000);
+    await store.flushAccess();
+    assert.equal(store.get('manifest', d.value)!.lastAccess, 1_000, 'nothing in use: times stay');
+  });
+});

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { pino } from 'pino';
 import { MirrorMetrics } from '../../mirror/metrics.js';
 import { parseDigest } from '../../mirror/reference.js';
-import { Evictor, evictionOrder } from '../../mirror/store/evictor.js';
+import { Evictor, evictionOrder, type EvictorOptions } from '../../mirror/store/evictor.js';
 import { ContentStore, type ContentEntry } from '../../mirror/store/content-store.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { tempDir } from '../../tools/launch/proc.js';
@@ -150,7 +150,8 @@ async function bareStore(ttlMs = 0) {
   const repos = new RepoIndex(new FsDriver(root));
   const metrics = new MirrorMetrics(() => store.totals());
   /** An evictor with this bound; by default the store's size now (room for as much again empties it). */
-  const evictorFor = (maxBytes = store.totals().storedBytes) => new Evictor(store, metrics, silent, { ttlMs, maxBytes }, repos);
+  const evictorFor = (maxBytes = store.totals().storedBytes, more: Partial<EvictorOptions> = {}) =>
+    new Evictor(store, metrics, silent, { ttlMs, maxBytes, ...more }, repos);
   const putBlob = async (content: Buffer, at: number) => {
     const d = sha(content);
     if (!store.has('blob', d.value)) {
@@ -309,5 +310,105 @@ describe('evictor: content in use', () => {
     release();
     assert.equal(await evictor.expire(Date.now() + 60_000), 4);
     assert.deepEqual(kept(pulled), allFalse(4));
+  });
+});
+
+// A store several processes share (issue 16): passes run only on the lease holder (the gate),
+// and nothing used within graceMs is removed (another process's presigned URLs and downloads).
+
+/** A gate whose answer the test sets; counts how often it was asked. */
+function gate(leader: boolean) {
+  const g = { leader, asked: 0, isLeader: () => (g.asked++, g.leader) };
+  return g;
+}
+
+describe('evictor: the lease gate and the grace of a shared store', () => {
+  it('not the leader: expiry removes nothing; the leader expires as before', async () => {
+    const { evictorFor, image, kept } = await bareStore(1000);
+    const g = gate(false);
+    const evictor = evictorFor(0, { gate: g });
+    const old = await image('old', ['o'], 1000);
+    assert.equal(await evictor.expire(Date.now() + 60_000), 0);
+    assert.deepEqual(kept(old), allTrue(3));
+    assert.ok(g.asked > 0);
+    g.leader = true;
+    assert.equal(await evictor.expire(Date.now() + 60_000), 3);
+    assert.deepEqual(kept(old), allFalse(3));
+  });
+
+  it('not the leader: makeRoom removes nothing and lets the commit go over the bound, unless it is larger than the bound', async () => {
+    const { store, evictorFor, image, kept, noRoom } = await bareStore();
+    const old = await image('old', ['o'], 1000);
+    const stored = store.totals().storedBytes;
+    const evictor = evictorFor(stored, { gate: gate(false) });
+    await evictor.makeRoom(100);
+    assert.deepEqual(kept(old), allTrue(3));
+    await assert.rejects(evictor.makeRoom(stored + 1), (err: NodeJS.ErrnoException) => err.code === 'ENOSPC' && /more than the bound/.test(err.message));
+    assert.deepEqual(kept(old), allTrue(3), 'nothing removed for it either');
+    assert.equal(await noRoom(), 1);
+    assert.equal(await evictor.trim(), 0, 'the periodic size pass does nothing either');
+  });
+
+  it('the leader trims an over-full store (commits of the others) down to the low-water mark', async () => {
+    const { store, evictorFor, image, kept } = await bareStore();
+    const a = await image('a', ['a'], 1000);
+    const b = await image('b', ['b'], 2000);
+    const c = await image('c', ['c'], 3000);
+    const per = store.totals().storedBytes / 3;
+    // A bound that two images fit under, not three: the store is over it.
+    const g = gate(true);
+    const evictor = evictorFor(Math.ceil(per * 2.5), { gate: g });
+    assert.equal(await evictor.trim(), 3);
+    assert.deepEqual(kept(a), allFalse(3));
+    assert.deepEqual(kept(b), allTrue(3));
+    assert.deepEqual(kept(c), allTrue(3));
+    assert.equal(await evictor.trim(), 0, 'under the bound: nothing');
+  });
+
+  it('a leader that loses the lease mid-pass stops at the next entry', async () => {
+    const { evictorFor, image, kept } = await bareStore(1000);
+    const imgs = [await image('a', ['a'], 1000), await image('b', ['b'], 2000), await image('c', ['c'], 3000)];
+    const g = { calls: 0, isLeader: () => ++g.calls <= 4 };
+    const evictor = evictorFor(0, { gate: g });
+    // One check before the pass, then one before each removal: 3 removals, then it stops.
+    assert.equal(await evictor.expire(Date.now() + 60_000), 3);
+    assert.deepEqual(kept(imgs[0]!), allFalse(3));
+    assert.deepEqual(kept(imgs[1]!), allTrue(3));
+    assert.deepEqual(kept(imgs[2]!), allTrue(3));
+  });
+
+  it('size eviction on a leader that loses the lease mid-pass removes no more and does not refuse the commit', async () => {
+    const { store, evictorFor, image, kept, noRoom } = await bareStore();
+    const imgs = [await image('a', ['a'], 1000), await image('b', ['b'], 2000)];
+    const g = { calls: 0, isLeader: () => ++g.calls <= 3 };
+    const evictor = evictorFor(store.totals().storedBytes, { gate: g });
+    await evictor.makeRoom(store.totals().storedBytes);
+    assert.deepEqual(kept(imgs[0]!), [false, false, true]);
+    assert.deepEqual(kept(imgs[1]!), allTrue(3));
+    assert.equal(await noRoom(), 0);
+  });
+
+  it('graceMs: content used within it is neither expired nor evicted for size; older content is', async () => {
+    const { store, evictorFor, image, kept, noRoom } = await bareStore(1000);
+    const now = Date.now();
+    const hour = 3600_000;
+    const ancient = await image('ancient', ['x'], now - 3 * hour);
+    const recent = await image('recent', ['r'], now - hour / 2);
+    // Used long ago itself, but its manifest was used recently: the image is within the grace.
+    const layerShared = await image('shared-old', ['s'], now - 3 * hour);
+    const reusing = await image('reusing', ['s'], now - 60_000);
+    const evictor = evictorFor(0, { gate: gate(true), graceMs: hour });
+    assert.equal(await evictor.expire(now), 5, 'what was not used within the hour (ttl is 1 s): one image, and the manifest and config of another');
+    assert.deepEqual(kept(ancient), allFalse(3));
+    assert.deepEqual(kept(recent), allTrue(3));
+    assert.deepEqual(kept(layerShared), [false, false, true], 'its own manifest and config went; the shared layer is young through `reusing`');
+    assert.deepEqual(kept(reusing), allTrue(3));
+
+    const more = await image('more-ancient', ['m'], now - 5 * hour);
+    const sized = evictorFor(store.totals().storedBytes, { gate: gate(true), graceMs: hour });
+    await assert.rejects(sized.makeRoom(store.totals().storedBytes), (err: Error) => /within the last 3600 s/.test(err.message));
+    assert.deepEqual(kept(more), allFalse(3), 'the old image went');
+    assert.deepEqual(kept(recent), allTrue(3), 'the recent one stayed though the bound wanted the room');
+    assert.equal(await noRoom(), 1);
   });
 });

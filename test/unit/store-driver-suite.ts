@@ -328,6 +328,60 @@ export function storeDriverSuite(name: string, make: () => Promise<DriverFixture
       }
     });
 
+    it('getWithEtag: the bytes and a bare tag that changes with the content; undefined when absent', async () => {
+      const p = ns();
+      assert.equal(await d.getWithEtag(`${p}none`), undefined);
+      await d.put(`${p}k`, 'one');
+      const a = await d.getWithEtag(`${p}k`);
+      assert.equal(a?.bytes.toString(), 'one');
+      assert.ok(a && a.etag.length > 0 && !a.etag.includes('"'), `a bare tag: ${a?.etag}`);
+      assert.equal((await d.getWithEtag(`${p}k`))?.etag, a.etag, 'stable while unchanged');
+      await d.put(`${p}k`, 'two');
+      assert.notEqual((await d.getWithEtag(`${p}k`))?.etag, a.etag);
+    });
+
+    it('putIf ifNoneMatch "*": creates once; on an existing key it is a conflict and changes nothing', async () => {
+      const p = ns();
+      const won = await d.putIf(`${p}k`, 'first', { ifNoneMatch: '*' });
+      assert.ok(won !== 'conflict');
+      const got = await d.getWithEtag(`${p}k`);
+      assert.equal(got?.bytes.toString(), 'first');
+      assert.equal(got?.etag, won.etag, 'putIf answers the tag getWithEtag reads');
+      assert.equal(await d.putIf(`${p}k`, 'second', { ifNoneMatch: '*' }), 'conflict');
+      assert.equal((await d.get(`${p}k`))?.toString(), 'first');
+    });
+
+    it('putIf ifMatch: replaces on the current tag (bare or quoted), not on a stale one or an absent key', async () => {
+      const p = ns();
+      const v1 = await d.putIf(`${p}k`, 'v1', { ifNoneMatch: '*' });
+      assert.ok(v1 !== 'conflict');
+      const v2 = await d.putIf(`${p}k`, 'v2', { ifMatch: v1.etag });
+      assert.ok(v2 !== 'conflict');
+      assert.equal((await d.get(`${p}k`))?.toString(), 'v2');
+      assert.equal(await d.putIf(`${p}k`, 'stale', { ifMatch: v1.etag }), 'conflict');
+      assert.equal((await d.get(`${p}k`))?.toString(), 'v2');
+      const v3 = await d.putIf(`${p}k`, 'v3', { ifMatch: `"${v2.etag}"` });
+      assert.ok(v3 !== 'conflict', 'a quoted tag matches too');
+      assert.equal((await d.getWithEtag(`${p}k`))?.etag, v3.etag);
+      assert.equal(await d.putIf(`${p}absent`, 'x', { ifMatch: v3.etag }), 'conflict');
+      assert.equal(await d.get(`${p}absent`), undefined);
+    });
+
+    it('putIf races: of 5 creates one wins, of 5 replaces of one tag one wins, and its bytes are there', async () => {
+      const p = ns();
+      const creates = await Promise.all([0, 1, 2, 3, 4].map((i) => d.putIf(`${p}k`, `create ${i}`, { ifNoneMatch: '*' })));
+      const c = creates.findIndex((r) => r !== 'conflict');
+      assert.equal(creates.filter((r) => r !== 'conflict').length, 1, JSON.stringify(creates));
+      const cur = await d.getWithEtag(`${p}k`);
+      assert.equal(cur?.bytes.toString(), `create ${c}`);
+      const replaces = await Promise.all([0, 1, 2, 3, 4].map((i) => d.putIf(`${p}k`, `replace ${i}`, { ifMatch: cur!.etag })));
+      const r = replaces.findIndex((x) => x !== 'conflict');
+      assert.equal(replaces.filter((x) => x !== 'conflict').length, 1, JSON.stringify(replaces));
+      const after = await d.getWithEtag(`${p}k`);
+      assert.equal(after?.bytes.toString(), `replace ${r}`);
+      assert.equal(after?.etag, (replaces[r] as { etag: string }).etag);
+    });
+
     it('close() is idempotent', async () => {
       const f = await make();
       await f.driver.open();

@@ -7,15 +7,21 @@
 // including the key's first segment ("repos", "blobs", ...), and only with rmdir: a directory
 // that another request has just written into is not empty and stays.
 //
+// Conditional writes (putIf) are atomic within this process: the check and the rename run
+// under a lock per file that every FsDriver of the process shares (a directory store has one
+// serving process, state/serve.pid). The entity tag is the content's SHA-256, so a rewrite
+// of the same bytes keeps its tag.
+//
 // Errors keep their Node codes (ENOSPC, EACCES, ...): a local disk that fails is not an
 // unavailable remote store, and callers already handle a full disk by its code.
 
+import { createHash } from 'node:crypto';
 import { promises as fs, type Dirent } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { FileBody } from '../file-body.js';
 import { removeQuietly, syncDir, writeFileAtomic } from '../fsutil.js';
-import type { ObjectInfo, StoreDriver } from '../driver.js';
+import type { ObjectInfo, PutCondition, StoreDriver, TaggedObject } from '../driver.js';
 
 /** The scratch dir's name under the root; never a key's first segment. */
 const SCRATCH = 'tmp';
@@ -50,6 +56,33 @@ function codeOf(err: unknown): string | undefined {
 function isAbsent(err: unknown): boolean {
   const code = codeOf(err);
   return code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR';
+}
+
+/** The process's conditional writes in flight, by file: each waits for the one before it. */
+const fileLocks = new Map<string, Promise<void>>();
+
+async function withFileLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
+  const before = fileLocks.get(path) ?? Promise.resolve();
+  let done!: () => void;
+  const mine = new Promise<void>((r) => (done = r));
+  const tail = before.then(() => mine);
+  fileLocks.set(path, tail);
+  await before;
+  try {
+    return await fn();
+  } finally {
+    done();
+    if (fileLocks.get(path) === tail) fileLocks.delete(path);
+  }
+}
+
+function contentTag(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** An entity tag as a caller may hold it: W/"x", "x" or x are all x. */
+function bareTag(etag: string): string {
+  return etag.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
 }
 
 export class FsDriver implements StoreDriver {
@@ -111,6 +144,25 @@ export class FsDriver implements StoreDriver {
       if (codeOf(err) !== 'ENOENT') throw err;
       await write();
     }
+  }
+
+  async getWithEtag(key: string): Promise<TaggedObject | undefined> {
+    const bytes = await this.get(key);
+    return bytes && { bytes, etag: contentTag(bytes) };
+  }
+
+  async putIf(key: string, bytes: Buffer | string, cond: PutCondition): Promise<{ etag: string } | 'conflict'> {
+    const body = typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
+    return withFileLock(this.pathOf(key), async () => {
+      const current = await this.get(key);
+      if ('ifNoneMatch' in cond) {
+        if (current) return 'conflict';
+      } else if (!current || contentTag(current) !== bareTag(cond.ifMatch)) {
+        return 'conflict';
+      }
+      await this.put(key, body);
+      return { etag: contentTag(body) };
+    });
   }
 
   async delete(key: string): Promise<void> {

@@ -32,6 +32,20 @@
 // responseChecksumValidation WHEN_REQUIRED): bodies go as plain Content-Length bodies of
 // exactly their bytes. RGW answers errors without a <Message>: messages carry the code and
 // the HTTP status.
+//
+// Conditional writes (putIf, for lease.ts): PutObject with If-None-Match: * or If-Match.
+// Observed on RGW 16.2.15: If-None-Match: * on an existing key answers 412, and of writers
+// racing on an absent key exactly one gets 200, the others 412. If-Match matches only the
+// bare ETag (e0f1...), never the quoted form AWS documents ("e0f1..."; RGW answers 412 for the
+// current tag quoted), answers 412 on an absent key (AWS documents 404 NoSuchKey), and of
+// writers racing on one tag exactly one gets 200 and the others 412 or 500 (a lost race that
+// surfaces as an internal error). DeleteObject ignores If-Match (a stale tag still deletes).
+// CompleteMultipartUpload answers an empty ETag (HeadObject has it). So putIf sends the bare
+// tag first and switches to the quoted form for good when a service refuses its own current
+// tag; and whatever a conditional write answers short of 2xx or a plain refusal of the request
+// (412, 404, 409, 5xx, a timeout, an SDK retry of a write that had landed), it reads the key
+// back and decides by what is there: its own bytes (won), another tag (lost: 'conflict'), or
+// the tag it matched, unchanged (refused for its form, or failed: tried again, at most twice).
 
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -57,7 +71,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { StoreUnavailableError, type ObjectInfo, type StoreDriver } from '../driver.js';
+import { StoreUnavailableError, type ObjectInfo, type PutCondition, type StoreDriver, type TaggedObject } from '../driver.js';
 import { removeQuietly } from '../fsutil.js';
 import { checkKey, checkPrefix } from './fs-driver.js';
 
@@ -82,6 +96,19 @@ export interface S3DriverOptions {
   requestTimeoutMs: number;
   /** Local directory for temp files (swept by open()). */
   scratchDir: string;
+  /**
+   * The ETag form putIf tries first in If-Match: 'bare' (default; all RGW 16 matches) or
+   * 'quoted' (as AWS documents). A service that refuses its own current tag in one form gets
+   * the other from then on.
+   */
+  ifMatchForm?: EtagForm;
+}
+
+export type EtagForm = 'bare' | 'quoted';
+
+/** An entity tag as any service or caller spells it: W/"x", "x" or x are all x. */
+export function bareEtag(etag: string): string {
+  return etag.trim().replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
 }
 
 const MiB = 1024 * 1024;
@@ -235,6 +262,7 @@ export class S3Driver implements StoreDriver {
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<unknown> | undefined;
   private closed = false;
+  private etagForm: EtagForm;
 
   constructor(opts: S3DriverOptions) {
     if (!opts.bucket) throw new Error('S3 store: no bucket');
@@ -249,6 +277,7 @@ export class S3Driver implements StoreDriver {
     this.opts = opts;
     this.scratchDir = opts.scratchDir;
     this.partSize = opts.partSize;
+    this.etagForm = opts.ifMatchForm ?? 'bare';
     this.location = `s3://${opts.bucket}/${opts.prefix}${opts.endpoint ? ` (${withoutUserinfo(opts.endpoint)})` : ''}`;
 
     const agentOptions = { keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS };
@@ -402,19 +431,111 @@ export class S3Driver implements StoreDriver {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
+    return (await this.getTagged(key))?.bytes;
+  }
+
+  async getWithEtag(key: string): Promise<TaggedObject | undefined> {
+    const got = await this.getTagged(key);
+    if (got && !got.etag) throw new StoreUnavailableError(`S3 GetObject ${key}: the answer has no ETag`);
+    return got;
+  }
+
+  /** The bytes and the bare ETag ('' when the service sent none). */
+  private async getTagged(key: string): Promise<TaggedObject | undefined> {
     checkKey(key);
     try {
       const out = await this.timed((abortSignal) =>
         this.client.send(new GetObjectCommand({ Bucket: this.opts.bucket, Key: this.full(key) }), { abortSignal }),
       );
+      const etag = bareEtag(out.ETag ?? '');
       const body = out.Body as Readable | undefined;
-      if (!body) return Buffer.alloc(0);
+      if (!body) return { bytes: Buffer.alloc(0), etag };
       const chunks: Buffer[] = [];
       for await (const chunk of body) chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks);
+      return { bytes: Buffer.concat(chunks), etag };
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw this.unavailable('GetObject', key, err);
+    }
+  }
+
+  /** The form of the ETag putIf now sends in If-Match (tests, diagnostics). */
+  get ifMatchForm(): EtagForm {
+    return this.etagForm;
+  }
+
+  async putIf(key: string, bytes: Buffer | string, cond: PutCondition): Promise<{ etag: string } | 'conflict'> {
+    checkKey(key);
+    const body = typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
+    const create = 'ifNoneMatch' in cond;
+    if (create && cond.ifNoneMatch !== '*') throw new Error(`putIf ${key}: ifNoneMatch must be "*"`);
+    const expected = create ? '' : bareEtag(cond.ifMatch);
+    if (!create && !expected) throw new Error(`putIf ${key}: an empty ifMatch tag`);
+    const op = create ? 'PutObject If-None-Match' : 'PutObject If-Match';
+    let triedOtherForm = false;
+    let retriedFailure = false;
+    for (;;) {
+      const form = this.etagForm;
+      const sent = await this.sendConditional(key, body, create ? { IfNoneMatch: '*' } : { IfMatch: form === 'bare' ? expected : `"${expected}"` });
+      if (sent.kind === 'failed') throw this.unavailable(op, key, sent.err);
+      if (sent.kind === 'ok' && sent.etag) return { etag: sent.etag };
+      // No tag in the answer, a refusal, or no telling: what is at the key now decides.
+      let now: TaggedObject | undefined;
+      try {
+        now = await this.getWithEtag(key);
+      } catch (err) {
+        throw sent.kind === 'unknown' ? this.unavailable(op, key, sent.err) : this.unavailable(`${op} (reading it back)`, key, err);
+      }
+      if (now && now.bytes.equals(body)) return { etag: now.etag };
+      // Written and replaced already by another writer; or refused, with no write of ours there.
+      if (sent.kind === 'ok' || (sent.kind === 'refused' && create)) return 'conflict';
+      // Someone else's write is there (or, for If-Match, the object is gone): they won.
+      const unchanged = create ? now === undefined : now !== undefined && now.etag === expected;
+      if (!unchanged) return 'conflict';
+      if (sent.kind === 'refused') {
+        if (triedOtherForm) {
+          throw new StoreUnavailableError(
+            `S3 ${op} ${key}: refused (HTTP ${sent.status}) for the object's own current ETag, bare and quoted: the service does not honour If-Match`,
+          );
+        }
+        // The service refused its own current tag: it matches the other form (RGW 16 only the
+        // bare one, AWS documents the quoted one). From now on that one goes first.
+        triedOtherForm = true;
+        if (this.etagForm === form) this.etagForm = form === 'bare' ? 'quoted' : 'bare';
+        continue;
+      }
+      // Failed without effect (a 5xx, 409 ConditionalRequestConflict, a timeout): once more.
+      if (retriedFailure) throw this.unavailable(op, key, sent.err);
+      retriedFailure = true;
+    }
+  }
+
+  /**
+   * One conditional PutObject. 'refused': the service says the condition failed (412, or 404
+   * for If-Match on an absent key); 'failed': a refusal of the request itself, so nothing was
+   * written (400, 403, 501, ...); 'unknown': anything else (409, 5xx, a timeout, a reset), which
+   * may or may not have written. 'ok' carries the bare ETag, '' when the answer had none.
+   */
+  private async sendConditional(
+    key: string,
+    body: Buffer,
+    condition: { IfNoneMatch: string } | { IfMatch: string },
+  ): Promise<{ kind: 'ok'; etag: string } | { kind: 'refused'; status: number } | { kind: 'failed'; err: unknown } | { kind: 'unknown'; err: unknown }> {
+    try {
+      const out = await this.timed((abortSignal) =>
+        this.client.send(
+          new PutObjectCommand({ Bucket: this.opts.bucket, Key: this.full(key), Body: body, ContentLength: body.length, ...condition }),
+          { abortSignal },
+        ),
+      );
+      return { kind: 'ok', etag: bareEtag(out.ETag ?? '') };
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 412 || (status === 404 && 'IfMatch' in condition)) return { kind: 'refused', status };
+      if (status !== undefined && status >= 400 && status < 500 && status !== 409 && status !== 408 && status !== 429) {
+        return { kind: 'failed', err };
+      }
+      return { kind: 'unknown', err };
     }
   }
 
