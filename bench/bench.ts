@@ -1,8 +1,9 @@
 // `npm run bench`: registry-mirror side by side with docker/distribution's pull-through cache
 // (Debian docker-registry 2.8.2 with proxy.remoteurl), on one upstream, one fixture set and
 // one client, with the upstream itself ("direct") and a static file server as baselines.
-// Issues 7 and 14 have the what and the targets; bench/params.ts lists the knobs. Everything
-// runs on 127.0.0.1 and every process is stopped by pid at the end, also on failure.
+// Issues 7, 14 and 15 (item 9) have the what and the targets; bench/params.ts lists the
+// knobs. Everything runs on 127.0.0.1 and every process is stopped by pid at the end, also on
+// failure.
 //
 //   1. cold pull of a 3-layer image (fresh caches per run; median of BENCH_REPEAT); cold
 //      blob rows: one cold blob with each of BENCH_COLD_CLIENTS clients on it at once, and
@@ -15,6 +16,11 @@
 //      per blob from the upstream's access log
 //   4. manifest by tag within tagTTL: autocannon, BENCH_CONNECTIONS connections
 //   5. peak RSS of every server in every phase
+//   6. the S3 store (bench/s3.ts; issue 15): the mirror with storage.s3 and distribution's
+//      proxy on its own s3 driver, each on a bucket of one Ceph RGW started for the run: cold
+//      pull, warm pull, warm pull with redirect (307 to RGW), S3 requests per blob and bytes
+//      written to S3 per cold blob, from RGW's own logs (median of BENCH_S3_REPEAT rounds,
+//      fresh prefixes each). BENCH_S3=0 skips it, BENCH_S3=only runs it alone.
 // Servers are measured one after the other, in an order rotated per run, and the CPU time
 // each server spends is recorded next to the wall times: on a shared machine it varies far
 // less. Output: a Markdown table on stdout, the figures in BENCH_RESULTS_DIR/<timestamp>.json.
@@ -41,9 +47,12 @@ import {
   type ColdBlobFigures,
   type ColdBlobRow,
   type ConcurrentPulls,
+  type MainFigures,
   type ManifestLoad,
+  type S3Result,
   type Timed,
 } from './report.js';
+import { S3Section } from './s3.js';
 import { startRegistry, type AccessEntry, type RegistryHandle } from '../tools/launch/registry.js';
 import { repoRoot, startMirror, type MirrorHandle } from '../tools/launch/mirror.js';
 import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../tools/launch/proc.js';
@@ -95,12 +104,27 @@ class Bench {
     this.rss.start();
     try {
       await this.setup();
-      const coldPull = await this.coldPulls();
-      const warmPull = await this.warmPulls();
-      const blob = await this.blobThroughput();
-      const manifestByTag = await this.manifestLoad();
-      const concurrentColdPulls = await this.concurrentColdPulls();
-      const coldBlobs = await this.coldBlobs();
+      let main: MainFigures | undefined;
+      if (this.p.main) {
+        const coldPull = await this.coldPulls();
+        const warmPull = await this.warmPulls();
+        const blob = await this.blobThroughput();
+        const manifestByTag = await this.manifestLoad();
+        const concurrentColdPulls = await this.concurrentColdPulls();
+        const coldBlobs = await this.coldBlobs();
+        main = {
+          coldPull,
+          warmPull,
+          blobWarmMiBps: { one: blob.one, many: blob.many },
+          blobWarmUpstreamRequests: blob.upstreamDuringWarm,
+          blobWarmCpuMsPerGiB: blob.cpuPerGiB,
+          coldBlobs,
+          concurrentColdPulls,
+          manifestByTag,
+          mirrorRssMovingBlobMiB: NaN,
+        };
+      }
+      const s3 = this.p.s3 ? await this.s3Section() : undefined;
       this.rss.stop();
       const finished = new Date();
       const rss: BenchResult['rss'] = {};
@@ -109,7 +133,8 @@ class Bench {
         rss[role] = { peakMiB: round(this.rss.peakMiB(role)), byPhaseMiB };
       }
       const result: BenchResult = {
-        version: 2,
+        version: 3,
+        sections: [...(main ? (['main'] as const) : []), ...(s3 ? (['s3'] as const) : [])],
         startedAt: started.toISOString(),
         finishedAt: finished.toISOString(),
         seconds: round((finished.getTime() - started.getTime()) / 1000),
@@ -121,7 +146,7 @@ class Bench {
           loadavgStart: loadStart.map((v) => round(v, 2)),
           loadavgEnd: loadavg().map((v) => round(v, 2)),
         },
-        software: await this.versions(),
+        software: await this.versions(s3 !== undefined),
         params: {
           imageMiB: round(this.p.imageBytes / MiB, 2),
           imageLayersMiB: splitImage(this.p.imageBytes).map((b) => round(b / MiB, 2)),
@@ -139,23 +164,16 @@ class Bench {
           client: CLIENT_DESCRIPTION,
           estimatedSeconds: estimateSeconds(this.p).total,
         },
-        coldPull,
-        warmPull,
-        blobWarmMiBps: { one: blob.one, many: blob.many },
-        blobWarmUpstreamRequests: blob.upstreamDuringWarm,
-        blobWarmCpuMsPerGiB: blob.cpuPerGiB,
-        coldBlobs,
-        concurrentColdPulls,
-        manifestByTag,
+        ...main,
+        s3,
         rss,
         rssMethod: this.rss.hwmResetWorked
           ? 'VmHWM per phase (reset through /proc/<pid>/clear_refs), cross-checked with VmRSS sampled every 100 ms'
           : 'VmRSS sampled every 100 ms (VmHWM reset not permitted)',
-        mirrorRssMovingBlobMiB: NaN,
         ratios: {},
         targets: [],
       };
-      result.mirrorRssMovingBlobMiB = round(blobPhasesPeak(result, 'mirror'));
+      if (main) result.mirrorRssMovingBlobMiB = round(blobPhasesPeak(result, 'mirror'));
       result.ratios = computeRatios(result);
       result.targets = checkTargets(result);
       return result;
@@ -183,12 +201,19 @@ class Bench {
     const push = async (layoutDir: string, repo: string) =>
       skopeoCopy(`oci:${layoutDir}:${BENCH_TAG}`, `docker://${this.upstream.host}/${repo}:${BENCH_TAG}`, { timeoutMs: 900_000 });
     await push(this.fixtures.image.layoutDir, IMAGE_REPO);
-    await push(this.fixtures.blob.layoutDir, BLOB_REPO);
-    await push(this.fixtures.many.layoutDir, MANY_REPO);
+    if (this.p.main) {
+      await push(this.fixtures.blob.layoutDir, BLOB_REPO);
+      await push(this.fixtures.many.layoutDir, MANY_REPO);
+    }
     await push(this.fixtures.warmup.layoutDir, WARMUP_REPO);
     this.image = await describePushed(this.upstream.host, IMAGE_REPO, BENCH_TAG);
     if (this.image.digest !== this.fixtures.image.manifestDigest) throw new Error('the pushed image manifest differs from the layout');
     this.blobDigest = this.fixtures.blob.layers[0]!.digest;
+    if (!this.p.main) {
+      // (6) alone: the upstream's files are read once before timing, as (1) does.
+      await pullImage(this.upstream.url, IMAGE_REPO, BENCH_TAG, { dispatcher: this.agent, verify: false });
+      return;
+    }
 
     const port = await freePort();
     const dir = tempDir('bench-static');
@@ -648,7 +673,25 @@ class Bench {
     return { ms, mibps: bytes / MiB / (ms / 1000), cpuMs: cpu, settledMs, gets, failed };
   }
 
-  private async versions(): Promise<BenchResult['software']> {
+  // ---- (6): the S3 store ------------------------------------------------------------------
+
+  private async s3Section(): Promise<S3Result> {
+    // The caches of (1)-(5) are stopped by now; the upstream and the fixtures stay.
+    await this.stopCaches();
+    return new S3Section({
+      params: this.p,
+      upstreamUrl: this.upstream.url,
+      imageRepo: IMAGE_REPO,
+      warmupRepo: WARMUP_REPO,
+      tag: BENCH_TAG,
+      image: this.image,
+      warmupDigests: this.fixtures.warmup.layers.map((l) => l.digest),
+      rss: this.rss,
+      log,
+    }).run();
+  }
+
+  private async versions(withCeph: boolean): Promise<BenchResult['software']> {
     const require = createRequire(import.meta.url);
     const pkg = JSON.parse(readFileSync(join(repoRoot(), 'package.json'), 'utf8')) as { version: string };
     let ac = 'unknown';
@@ -658,7 +701,13 @@ class Bench {
       /* keep unknown */
     }
     const dist = await run('docker-registry', ['--version'], { allowFail: true }).catch(() => undefined);
-    return { node: process.version, distribution: dist?.stdout.trim().split(' ').pop() ?? 'unknown', mirror: pkg.version, autocannon: ac };
+    const software: BenchResult['software'] = { node: process.version, distribution: dist?.stdout.trim().split(' ').pop() ?? 'unknown', mirror: pkg.version, autocannon: ac };
+    if (withCeph) {
+      // "ceph version 16.2.15 (618f...) pacific (stable)"
+      const ceph = await run('radosgw', ['--version'], { allowFail: true }).catch(() => undefined);
+      software.ceph = /ceph version (\S+)/.exec(ceph?.stdout ?? '')?.[1] ?? 'unknown';
+    }
+    return software;
   }
 }
 
@@ -709,9 +758,16 @@ async function main(): Promise<void> {
     `${result.machine.cpus} × ${result.machine.cpuModel}, node ${result.software.node}, load average ${result.machine.loadavgStart[0]} at start, ${result.machine.loadavgEnd[0]} at end; took ${result.seconds} s (estimated ${result.params.estimatedSeconds} s)\n`,
   );
   process.stdout.write(`client: ${result.params.client}\n`);
-  process.stdout.write(
-    `medians of ${result.params.repeat} runs in (1) (cold pulls and cold blob rows, fresh caches each run) and (2), of ${result.params.rounds} round(s) for the warm blob throughput and (3)\n\n`,
-  );
+  const medians: string[] = [];
+  if (result.sections.includes('main')) {
+    medians.push(`of ${result.params.repeat} runs in (1) (cold pulls and cold blob rows, fresh caches each run) and (2), of ${result.params.rounds} round(s) for the warm blob throughput and (3)`);
+  }
+  if (result.s3) {
+    medians.push(
+      `of ${result.s3.repeat} round(s) in (6) (Ceph ${result.software.ceph} RGW on ${result.s3.objectStore}, up in ${(result.s3.cephStartMs / 1000).toFixed(1)} s; fresh prefixes each round; parts of ${result.s3.partMiB} MiB for both)`,
+    );
+  }
+  process.stdout.write(`medians ${medians.join('; ')}\n\n`);
   process.stdout.write(renderTable(result) + '\n');
   process.stdout.write(`\nresults: ${file}\n`);
 }

@@ -17,6 +17,14 @@
 //   BENCH_REPEAT=3              cold and warm single pulls and every cold blob row: runs per
 //                               server, each cold run on fresh caches (median reported)
 //   BENCH_ROUNDS=1              rounds of the warm blob throughput runs and of (3) (median reported)
+//   BENCH_S3=1                  (6) the S3 section on a Ceph RGW: 1 runs it after (1)-(5), 0
+//                               skips it, `only` runs it alone (setup, then (6)); it pulls
+//                               the image of (1), so BENCH_IMAGE_MB scales it too
+//   BENCH_S3_REPEAT=            its rounds, each on a fresh prefix (default BENCH_REPEAT)
+//   BENCH_S3_STORE=memstore     the OSD's object store: memstore (RAM) or bluestore (a sparse
+//                               file on disk; ~10 s more to start, bounded OSD memory)
+//   BENCH_S3_PART_MB=16         multipart part size of both caches (the mirror's partSize,
+//                               distribution's chunksize; >= 5)
 //   BENCH_RESULTS_DIR=bench/results   where <timestamp>.json goes
 //   BENCH_FIXTURES_DIR=...      where the layouts are built/cached (default: os.tmpdir())
 import { join } from 'node:path';
@@ -35,6 +43,13 @@ export interface BenchParams {
   warmupSeconds: number;
   repeat: number;
   rounds: number;
+  /** (1)-(5) run unless BENCH_S3=only. */
+  main: boolean;
+  /** (6): the S3 section runs. */
+  s3: boolean;
+  s3Repeat: number;
+  s3Store: 'memstore' | 'bluestore';
+  s3PartBytes: number;
   resultsDir: string;
   fixturesDir?: string;
 }
@@ -63,6 +78,11 @@ export function paramsFromEnv(env: NodeJS.ProcessEnv = process.env): BenchParams
   const seconds = num(env, 'BENCH_SECONDS', 10, { min: 1, integer: true });
   const blobMiB = num(env, 'BENCH_BLOB_MB', 1024, { min: 0.01 });
   const manyBlobs = num(env, 'BENCH_MANY_BLOBS', 8, { min: 1, integer: true });
+  const repeat = num(env, 'BENCH_REPEAT', 3, { min: 1, integer: true });
+  const s3Mode = (env.BENCH_S3 ?? '').trim() || '1';
+  if (!['0', '1', 'only'].includes(s3Mode)) throw new Error(`BENCH_S3=${env.BENCH_S3}: want 1, 0 or only`);
+  const s3Store = (env.BENCH_S3_STORE ?? '').trim() || 'memstore';
+  if (s3Store !== 'memstore' && s3Store !== 'bluestore') throw new Error(`BENCH_S3_STORE=${env.BENCH_S3_STORE}: want memstore or bluestore`);
   return {
     imageBytes: Math.round(num(env, 'BENCH_IMAGE_MB', 200, { min: 0.01 }) * MiB),
     blobBytes: Math.round(blobMiB * MiB),
@@ -74,8 +94,13 @@ export function paramsFromEnv(env: NodeJS.ProcessEnv = process.env): BenchParams
     connections: num(env, 'BENCH_CONNECTIONS', 64, { min: 1, integer: true }),
     seconds,
     warmupSeconds: num(env, 'BENCH_WARMUP_SECONDS', Math.min(2, seconds), { min: 0, integer: true }),
-    repeat: num(env, 'BENCH_REPEAT', 3, { min: 1, integer: true }),
+    repeat,
     rounds: num(env, 'BENCH_ROUNDS', 1, { min: 1, integer: true }),
+    main: s3Mode !== 'only',
+    s3: s3Mode !== '0',
+    s3Repeat: num(env, 'BENCH_S3_REPEAT', repeat, { min: 1, integer: true }),
+    s3Store,
+    s3PartBytes: Math.round(num(env, 'BENCH_S3_PART_MB', 16, { min: 5 }) * MiB),
     resultsDir: env.BENCH_RESULTS_DIR || join(repoRoot(), 'bench', 'results'),
     fixturesDir: env.BENCH_FIXTURES_DIR || undefined,
   };
@@ -87,9 +112,10 @@ export function paramsFromEnv(env: NodeJS.ProcessEnv = process.env): BenchParams
 // from the phases' real durations there: MiB/s each kind of transfer achieves, plus fixed
 // costs. It is printed at the start so nobody starts a long run by surprise; a busy machine
 // takes longer. The first run with given sizes also builds the fixtures (~300 MiB/s).
-// With the defaults it comes to about 12 minutes, two thirds of them the cold blob rows (the
-// 16-client row alone moves 16 GiB through each server per run); BENCH_COLD_CLIENTS and
-// BENCH_REPEAT are the knobs that shorten it. Checked against BENCH_BLOB_MB=256
+// With the defaults it comes to about 14 minutes, most of them the cold blob rows (the
+// 16-client row alone moves 16 GiB through each server per run), about 1.5 minutes the S3
+// section; BENCH_COLD_CLIENTS and BENCH_REPEAT are the knobs that shorten it (BENCH_S3=0 and
+// BENCH_S3_REPEAT for the S3 section). Checked against BENCH_BLOB_MB=256
 // BENCH_IMAGE_MB=64 BENCH_REPEAT=1: 173 s estimated, 176 s measured (load average 10).
 
 const RATE = {
@@ -109,14 +135,26 @@ const RATE = {
 };
 /** Start two fresh caches and pull the warm-up image through each, then stop them. */
 const FRESH_CACHES_S = 4;
+/**
+ * (6), measured at the defaults with BENCH_S3=only (load average 9 on 2 cores): Ceph up in 2-3 s
+ * on memstore, 10 s on BlueStore; per round about 16 s of fixed costs (two pairs of fresh
+ * caches on S3, RGW's logs falling quiet after each of 8 pulls) plus the pulls themselves,
+ * distribution's cold store (upload, then copy) the longest.
+ */
+const S3 = { startMemstore: 3, startBluestore: 10, perRound: 16, mibps: 17 };
 /** Log settling, settled() polls and the like, per measured server. */
 const PER_MEASURE_S = 1;
 
 /** Estimated seconds per phase of a run (see above); `total` is their sum. */
-export function estimateSeconds(p: BenchParams): Record<'setup' | 'coldPull' | 'warm' | 'manifest' | 'concurrentColdPulls' | 'coldBlobs' | 'total', number> {
+export function estimateSeconds(p: BenchParams): Record<'setup' | 'coldPull' | 'warm' | 'manifest' | 'concurrentColdPulls' | 'coldBlobs' | 's3' | 'total', number> {
   const img = p.imageBytes / MiB;
   const blob = p.blobBytes / MiB;
   const many = (p.manyBlobs * p.manyBlobBytes) / MiB;
+  const s3 = p.s3 ? (p.s3Store === 'memstore' ? S3.startMemstore : S3.startBluestore) + p.s3Repeat * (S3.perRound + img / S3.mibps) : 0;
+  if (!p.main) {
+    const setup = img / RATE.push + img / RATE.directPull + 5;
+    return { setup: Math.round(setup), coldPull: 0, warm: 0, manifest: 0, concurrentColdPulls: 0, coldBlobs: 0, s3: Math.round(s3), total: Math.round(setup + s3) };
+  }
   const setup = (img + blob + many) / RATE.push + 5;
   const coldPull = p.repeat * (FRESH_CACHES_S + img / RATE.directPull + 2 * (img / RATE.coldPull) + 3 * PER_MEASURE_S);
   const warmPull = p.repeat * 3 * (img / RATE.directPull + 0.2);
@@ -136,6 +174,7 @@ export function estimateSeconds(p: BenchParams): Record<'setup' | 'coldPull' | '
     manifest: Math.round(manifest),
     concurrentColdPulls: Math.round(concurrent),
     coldBlobs: Math.round(coldBlobs),
+    s3: Math.round(s3),
   };
   return { ...phases, total: Object.values(phases).reduce((a, b) => a + b, 0) };
 }

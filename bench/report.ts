@@ -1,5 +1,5 @@
 // The bench's results: the JSON shape written under bench/results/, the target checks from
-// issues 7 and 14, and the Markdown table printed at the end (pasteable into README and
+// issues 7, 14 and 15, and the Markdown table printed at the end (pasteable into README and
 // issues). Every target is checked and printed, met or missed: a miss shows as MISS in the
 // table's last column and in the list under it, never left out.
 
@@ -79,6 +79,54 @@ export interface ColdBlobRow {
   direct: ColdBlobFigures;
 }
 
+/** (6) One kind of pull in the S3 section, one cache: medians over the section's rounds. */
+export interface S3Pull {
+  /** Median wall time of the pull, ms (the client's, as in (1)). */
+  ms: number;
+  runs: number[];
+  /** Median CPU of the cache process: for a cold pull until every blob is at its final key. */
+  cpuMs: number;
+  /** Median CPU of the S3 service (RGW + OSD) over the same span. */
+  serviceCpuMs: number;
+  /** S3 requests the cache made, per blob of the image, by method (GET HEAD LIST PUT POST DELETE) and total. */
+  requestsPerBlob: Record<string, number>;
+  /** The same by RGW's operation name (ops log): get_obj (GET and HEAD), list_bucket, put_obj, copy_obj, ... */
+  operationsPerBlob: Record<string, number>;
+}
+
+export interface S3Figures {
+  cold: S3Pull & {
+    /** Median ms from the first request until every blob was at its final key. */
+    settledMs: number;
+    /** Object bytes written to S3 (uploaded + copied inside the service) / bytes of the image's blobs. */
+    bytesWrittenPerBlobByte: number;
+    bytesWrittenRuns: number[];
+    bytesUploadedPerBlobByte: number;
+    bytesCopiedPerBlobByte: number;
+  };
+  /** Warm pull by a fresh client, blobs streamed by the cache from the bucket. */
+  warm: S3Pull;
+  /** Warm pull by a fresh client following 307s to presigned RGW URLs. */
+  redirect: S3Pull & { clientGetsPerBlob: number };
+}
+
+/** (6): registry-mirror and distribution's proxy, each on its own bucket of one Ceph RGW. */
+export interface S3Result {
+  objectStore: 'memstore' | 'bluestore';
+  /** From spawning Ceph to RGW's S3 user ready, ms. */
+  cephStartMs: number;
+  repeat: number;
+  /** Multipart part size of both caches, MiB. */
+  partMiB: number;
+  /** Blobs of the pulled image (config + layers) and their bytes. */
+  blobs: number;
+  blobMiB: number;
+  requestsMethod: string;
+  bytesMethod: string;
+  mirror: S3Figures;
+  distribution: S3Figures;
+}
+
 export interface Target {
   name: string;
   /** The issue that set it. */
@@ -92,14 +140,40 @@ export interface Target {
   pass: boolean;
 }
 
-export interface BenchResult {
-  /** 2: coldBlobs rows replace blobColdMiBps; targets carry issue, row and short. */
-  version: 2;
+/** The figures of (1)-(5), absent when only the S3 section ran (BENCH_S3=only). */
+export interface MainFigures {
+  /** (1) */
+  coldPull: Record<'mirror' | 'distribution' | 'direct', Timed>;
+  /** (2) */
+  warmPull: Record<'mirror' | 'distribution' | 'direct', Timed>;
+  blobWarmMiBps: { one: Record<Role, number>; many: Record<Role, number> };
+  /** Upstream requests for the blob while the caches served it warm (should be 0). */
+  blobWarmUpstreamRequests: Record<'mirror' | 'distribution', number>;
+  /** CPU time of the serving process per GiB served (less noisy than MiB/s on a shared machine). */
+  blobWarmCpuMsPerGiB: { one: Record<Role, number>; many: Record<Role, number> };
+  /** (1) continued: cold blob rows, one per BENCH_COLD_CLIENTS count, then the many-blobs row. */
+  coldBlobs: ColdBlobRow[];
+  /** (3) */
+  concurrentColdPulls: Record<'mirror' | 'distribution' | 'direct', ConcurrentPulls>;
+  /** (4) */
+  manifestByTag: Record<'mirror' | 'distribution' | 'direct', ManifestLoad>;
+  /** Mirror peak RSS over the phases that move the big blob (warm, and every cold blob row). */
+  mirrorRssMovingBlobMiB: number;
+}
+
+export interface BenchResult extends Partial<MainFigures> {
+  /**
+   * 3: `sections`; the figures of (1)-(5) are absent when only (6) ran; `s3` (6); targets of
+   * issue 15. 2: coldBlobs rows replace blobColdMiBps; targets carry issue, row and short.
+   */
+  version: 3;
+  /** What ran: "main" is (1)-(5), "s3" is (6). */
+  sections: Array<'main' | 's3'>;
   startedAt: string;
   finishedAt: string;
   seconds: number;
   machine: { cpus: number; cpuModel: string; memMiB: number; kernel: string; loadavgStart: number[]; loadavgEnd: number[] };
-  software: { node: string; distribution: string; mirror: string; autocannon: string };
+  software: { node: string; distribution: string; mirror: string; autocannon: string; ceph?: string };
   params: {
     imageMiB: number;
     imageLayersMiB: number[];
@@ -118,28 +192,19 @@ export interface BenchResult {
     /** What estimateSeconds() predicted for this run (bench/params.ts). */
     estimatedSeconds: number;
   };
-  /** (1) */
-  coldPull: Record<'mirror' | 'distribution' | 'direct', Timed>;
-  /** (2) */
-  warmPull: Record<'mirror' | 'distribution' | 'direct', Timed>;
-  blobWarmMiBps: { one: Record<Role, number>; many: Record<Role, number> };
-  /** Upstream requests for the blob while the caches served it warm (should be 0). */
-  blobWarmUpstreamRequests: Record<'mirror' | 'distribution', number>;
-  /** CPU time of the serving process per GiB served (less noisy than MiB/s on a shared machine). */
-  blobWarmCpuMsPerGiB: { one: Record<Role, number>; many: Record<Role, number> };
-  /** (1) continued: cold blob rows, one per BENCH_COLD_CLIENTS count, then the many-blobs row. */
-  coldBlobs: ColdBlobRow[];
-  /** (3) */
-  concurrentColdPulls: Record<'mirror' | 'distribution' | 'direct', ConcurrentPulls>;
-  /** (4) */
-  manifestByTag: Record<'mirror' | 'distribution' | 'direct', ManifestLoad>;
-  /** (5) MiB; per phase and overall. */
+  /** (6) */
+  s3?: S3Result;
+  /** (5) MiB; per phase and overall (the S3 section's caches as mirror-s3 / distribution-s3, its rgw and osd). */
   rss: Record<string, { peakMiB: number; byPhaseMiB: Record<string, number> }>;
   rssMethod: string;
-  /** Mirror peak RSS over the phases that move the big blob (warm, and every cold blob row). */
-  mirrorRssMovingBlobMiB: number;
   ratios: Record<string, number>;
   targets: Target[];
+}
+
+type WithMain = BenchResult & MainFigures;
+
+export function hasMain(r: BenchResult): r is WithMain {
+  return r.sections.includes('main') && r.coldPull !== undefined;
 }
 
 export function ratio(a: number, b: number): number {
@@ -163,6 +228,21 @@ export function coldRowKey(row: ColdBlobRow, what: 'WallMirrorToDistribution' | 
 }
 
 export function computeRatios(r: BenchResult): Record<string, number> {
+  const out: Record<string, number> = hasMain(r) ? mainRatios(r) : {};
+  const s3 = r.s3;
+  if (s3) {
+    out.s3ColdMirrorToDistribution = ratio(s3.mirror.cold.ms, s3.distribution.cold.ms);
+    out.s3ColdCpuMirrorToDistribution = ratio(s3.mirror.cold.cpuMs, s3.distribution.cold.cpuMs);
+    out.s3WarmMirrorToDistribution = ratio(s3.mirror.warm.ms, s3.distribution.warm.ms);
+    out.s3RedirectMirrorToDistribution = ratio(s3.mirror.redirect.ms, s3.distribution.redirect.ms);
+    out.s3ColdRequestsMirrorToDistribution = ratio(s3.mirror.cold.requestsPerBlob.total!, s3.distribution.cold.requestsPerBlob.total!);
+    out.s3WarmRequestsMirrorToDistribution = ratio(s3.mirror.warm.requestsPerBlob.total!, s3.distribution.warm.requestsPerBlob.total!);
+    out.s3BytesWrittenMirrorToDistribution = ratio(s3.mirror.cold.bytesWrittenPerBlobByte, s3.distribution.cold.bytesWrittenPerBlobByte);
+  }
+  return out;
+}
+
+function mainRatios(r: WithMain): Record<string, number> {
   const out: Record<string, number> = {
     coldMirrorToDirect: ratio(r.coldPull.mirror.ms, r.coldPull.direct.ms),
     coldMirrorToDistribution: ratio(r.coldPull.mirror.ms, r.coldPull.distribution.ms),
@@ -185,14 +265,44 @@ export function computeRatios(r: BenchResult): Record<string, number> {
   return out;
 }
 
-/** Every target of issues 7 and 14, met or not. A figure that could not be measured (NaN) is a miss. */
+/** Every target of issues 7, 14 and 15, met or not. A figure that could not be measured (NaN) is a miss. */
 export function checkTargets(r: BenchResult): Target[] {
+  const out: Target[] = hasMain(r) ? mainTargets(r) : [];
+  const s3 = r.s3;
+  if (s3) {
+    const q = r.ratios;
+    const t = targetHelpers(out);
+    // Issue 15, item 9: written once, warm at least as fast as distribution, cold no slower.
+    const written = s3.mirror.cold.bytesWrittenPerBlobByte;
+    out.push({
+      name: 'S3: bytes written to S3 per byte of cold blob, mirror',
+      issue: 15,
+      row: 's3Bytes',
+      short: '== 1.0x blob',
+      value: written,
+      target: '== 1.00',
+      pass: round(written, 2) === 1,
+    });
+    t.atMost(15, 's3Warm', 'S3: warm pull, wall mirror/distribution (speed >= 1.0x)', 'dist.', q.s3WarmMirrorToDistribution, 1.0);
+    t.atMost(15, 's3Redirect', 'S3: warm pull with redirect, wall mirror/distribution (speed >= 1.0x)', 'dist.', q.s3RedirectMirrorToDistribution, 1.0);
+    t.atMost(15, 's3Cold', 'S3: cold pull, wall mirror/distribution', 'dist.', q.s3ColdMirrorToDistribution, 1.0);
+  }
+  return out;
+}
+
+function targetHelpers(out: Target[]) {
+  return {
+    atMost: (issue: number, row: string, name: string, ref: string, value: number | undefined, limit: number) =>
+      out.push({ name, issue, row, short: `<= ${limit.toFixed(1)}x ${ref}`, value: value ?? NaN, target: `<= ${limit.toFixed(1)}`, pass: (value ?? NaN) <= limit }),
+    atLeast: (issue: number, row: string, name: string, ref: string, value: number | undefined, limit: number) =>
+      out.push({ name, issue, row, short: `>= ${limit.toFixed(1)}x ${ref}`, value: value ?? NaN, target: `>= ${limit.toFixed(1)}`, pass: (value ?? NaN) >= limit }),
+  };
+}
+
+function mainTargets(r: WithMain): Target[] {
   const q = r.ratios;
   const out: Target[] = [];
-  const atMost = (issue: number, row: string, name: string, ref: string, value: number | undefined, limit: number) =>
-    out.push({ name, issue, row, short: `<= ${limit.toFixed(1)}x ${ref}`, value: value ?? NaN, target: `<= ${limit.toFixed(1)}`, pass: (value ?? NaN) <= limit });
-  const atLeast = (issue: number, row: string, name: string, ref: string, value: number | undefined, limit: number) =>
-    out.push({ name, issue, row, short: `>= ${limit.toFixed(1)}x ${ref}`, value: value ?? NaN, target: `>= ${limit.toFixed(1)}`, pass: (value ?? NaN) >= limit });
+  const { atMost, atLeast } = targetHelpers(out);
 
   // Issue 7 (its warm 1-client >= 1.0x distribution and cold pull <= 1.1x direct were
   // replaced by issue 14's >= 0.9x and <= 1.5x below).
@@ -251,7 +361,7 @@ export function coldRowName(row: Pick<ColdBlobRow, 'kind' | 'clients' | 'blobs' 
 }
 
 /** "1 / 4 / 16 clients / 8 blobs": the cold rows in order, for the compact lines. */
-function coldRowsLabel(r: BenchResult): string {
+function coldRowsLabel(r: WithMain): string {
   const same = r.coldBlobs.filter((row) => row.kind === 'same-blob').map((row) => row.clients);
   const many = r.coldBlobs.filter((row) => row.kind === 'different-blobs').map((row) => `${row.blobs} blobs`);
   return [...(same.length ? [`${same.join(' / ')} client${same.length === 1 && same[0] === 1 ? '' : 's'}`] : []), ...many].join(' / ');
@@ -275,8 +385,6 @@ function span(c: { minGetsPerBlob?: number; maxGetsPerBlob?: number }): string {
 
 /** The results as a Markdown table (last column: the row's targets, MISS when missed) plus the target list. */
 export function renderTable(r: BenchResult): string {
-  const p = r.params;
-  const q = r.ratios;
   const targetsOf = (row: string): string =>
     r.targets
       .filter((t) => t.row === row)
@@ -284,6 +392,26 @@ export function renderTable(r: BenchResult): string {
       .join('; ') || dash;
   const rows: string[][] = [
     ['', 'mirror', 'distribution proxy', 'direct (upstream)', 'static file server', 'mirror / distribution', 'mirror / direct', 'mirror / static', 'targets'],
+  ];
+  if (hasMain(r)) rows.push(...mainRows(r, targetsOf));
+  if (r.s3) rows.push(...s3Rows(r.s3, r, targetsOf));
+  const last = rows[0]!.length - 1;
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  const line = (row: string[]) => `| ${row.map((c, i) => (i === 0 || i === last ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
+  const out = [line(rows[0]!), `|${widths.map((w, i) => (i === 0 || i === last ? ':' + '-'.repeat(w + 1) : '-'.repeat(w + 1) + ':')).join('|')}|`, ...rows.slice(1).map(line)];
+  out.push('');
+  const missed = r.targets.filter((t) => !t.pass).length;
+  const issues = [...new Set(r.targets.map((t) => t.issue))].sort((a, b) => a - b);
+  const issueList = issues.length > 1 ? `${issues.slice(0, -1).join(', ')} and ${issues.at(-1)}` : `${issues[0] ?? '–'}`;
+  out.push(`Targets (issue${issues.length > 1 ? 's' : ''} ${issueList}): ${r.targets.length - missed} met, ${missed} missed`);
+  for (const t of r.targets) out.push(`- ${t.pass ? 'PASS' : 'MISS'} [#${t.issue}] ${t.name}: ${fmt(t.value, 2)} (target ${t.target})`);
+  return out.join('\n');
+}
+
+function mainRows(r: WithMain, targetsOf: (row: string) => string): string[][] {
+  const p = r.params;
+  const q = r.ratios;
+  const rows: string[][] = [
     [`1. cold pull, ${fmt(p.imageMiB, 0)} MiB in 3 layers (s)`, fmt(r.coldPull.mirror.ms / 1000, 2), fmt(r.coldPull.distribution.ms / 1000, 2), fmt(r.coldPull.direct.ms / 1000, 2), dash, x(q.coldMirrorToDistribution), x(q.coldMirrorToDirect), dash, targetsOf('coldPull')],
     ['   server CPU per cold pull (ms)', fmt(r.coldPull.mirror.cpuMs, 0), fmt(r.coldPull.distribution.cpuMs, 0), fmt(r.coldPull.direct.cpuMs, 0), dash, x(q.coldCpuMirrorToDistribution), x(ratioOf(r.coldPull.mirror.cpuMs, r.coldPull.direct.cpuMs)), dash, targetsOf('coldPullCpu')],
   ];
@@ -317,15 +445,42 @@ export function renderTable(r: BenchResult): string {
     const each = (role: string) => r.coldBlobs.map((row) => fmt(r.rss[role]?.byPhaseMiB[coldBlobPhase(row.id)], 0)).join(' / ');
     rows.push([`   peak RSS, cold blobs, ${coldRowsLabel(r)} (MiB)`, each('mirror'), each('distribution'), each('upstream'), dash, dash, dash, dash, dash]);
   }
-  const last = rows[0]!.length - 1;
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  const line = (row: string[]) => `| ${row.map((c, i) => (i === 0 || i === last ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
-  const out = [line(rows[0]!), `|${widths.map((w, i) => (i === 0 || i === last ? ':' + '-'.repeat(w + 1) : '-'.repeat(w + 1) + ':')).join('|')}|`, ...rows.slice(1).map(line)];
-  out.push('');
-  const missed = r.targets.filter((t) => !t.pass).length;
-  out.push(`Targets (issues 7 and 14): ${r.targets.length - missed} met, ${missed} missed`);
-  for (const t of r.targets) out.push(`- ${t.pass ? 'PASS' : 'MISS'} [#${t.issue}] ${t.name}: ${fmt(t.value, 2)} (target ${t.target})`);
-  return out.join('\n');
+  return rows;
+}
+
+/** "GET / HEAD / LIST / PUT / POST / DELETE" counts of one cell. */
+function byMethod(c: Record<string, number>): string {
+  return S3_COLUMNS.map((m) => fmt(c[m], c[m] !== undefined && Number.isInteger(c[m]) ? 0 : 2)).join(' / ');
+}
+
+const S3_COLUMNS = ['GET', 'HEAD', 'LIST', 'PUT', 'POST', 'DELETE'] as const;
+
+function s3Rows(s3: S3Result, r: BenchResult, targetsOf: (row: string) => string): string[][] {
+  const q = r.ratios;
+  const m = s3.mirror;
+  const d = s3.distribution;
+  const s = (ms: number) => fmt(ms / 1000, 2);
+  const n = (v: number | undefined) => fmt(v, 2);
+  const rows: string[][] = [
+    [`6. S3 store (Ceph RGW, ${s3.objectStore}): cold pull, ${fmt(s3.blobMiB, 0)} MiB in ${s3.blobs} blobs (s)`, s(m.cold.ms), s(d.cold.ms), dash, dash, x(q.s3ColdMirrorToDistribution), dash, dash, targetsOf('s3Cold')],
+    ['   stored in the bucket after (s)', s(m.cold.settledMs), s(d.cold.settledMs), dash, dash, x(ratioOf(m.cold.settledMs, d.cold.settledMs)), dash, dash, dash],
+    ['   server CPU until stored (ms)', fmt(m.cold.cpuMs, 0), fmt(d.cold.cpuMs, 0), dash, dash, x(q.s3ColdCpuMirrorToDistribution), dash, dash, dash],
+    ['   S3 service CPU, RGW + OSD (ms)', fmt(m.cold.serviceCpuMs, 0), fmt(d.cold.serviceCpuMs, 0), dash, dash, x(ratioOf(m.cold.serviceCpuMs, d.cold.serviceCpuMs)), dash, dash, dash],
+    ['   bytes written to S3 per blob byte', n(m.cold.bytesWrittenPerBlobByte), n(d.cold.bytesWrittenPerBlobByte), dash, dash, x(q.s3BytesWrittenMirrorToDistribution), dash, dash, targetsOf('s3Bytes')],
+    ['     of which uploaded / copied inside S3', `${n(m.cold.bytesUploadedPerBlobByte)} / ${n(m.cold.bytesCopiedPerBlobByte)}`, `${n(d.cold.bytesUploadedPerBlobByte)} / ${n(d.cold.bytesCopiedPerBlobByte)}`, dash, dash, dash, dash, dash, dash],
+    ['   S3 requests per cold blob', n(m.cold.requestsPerBlob.total), n(d.cold.requestsPerBlob.total), dash, dash, x(q.s3ColdRequestsMirrorToDistribution), dash, dash, dash],
+    [`     ${S3_COLUMNS.join(' / ')}`, byMethod(m.cold.requestsPerBlob), byMethod(d.cold.requestsPerBlob), dash, dash, dash, dash, dash, dash],
+    ['   warm pull, fresh client (s)', s(m.warm.ms), s(d.warm.ms), dash, dash, x(q.s3WarmMirrorToDistribution), dash, dash, targetsOf('s3Warm')],
+    ['     server CPU (ms)', fmt(m.warm.cpuMs, 0), fmt(d.warm.cpuMs, 0), dash, dash, x(ratioOf(m.warm.cpuMs, d.warm.cpuMs)), dash, dash, dash],
+    ['     S3 requests per warm blob', n(m.warm.requestsPerBlob.total), n(d.warm.requestsPerBlob.total), dash, dash, x(q.s3WarmRequestsMirrorToDistribution), dash, dash, dash],
+    [`     ${S3_COLUMNS.join(' / ')}`, byMethod(m.warm.requestsPerBlob), byMethod(d.warm.requestsPerBlob), dash, dash, dash, dash, dash, dash],
+    ['   warm pull with redirect, 307 to RGW (s)', s(m.redirect.ms), s(d.redirect.ms), dash, dash, x(q.s3RedirectMirrorToDistribution), dash, dash, targetsOf('s3Redirect')],
+    ['     S3 requests per blob by the cache', n(m.redirect.requestsPerBlob.total), n(d.redirect.requestsPerBlob.total), dash, dash, x(ratioOf(m.redirect.requestsPerBlob.total, d.redirect.requestsPerBlob.total)), dash, dash, dash],
+    [`     ${S3_COLUMNS.join(' / ')}`, byMethod(m.redirect.requestsPerBlob), byMethod(d.redirect.requestsPerBlob), dash, dash, dash, dash, dash, dash],
+    ['     client GETs at RGW per blob', n(m.redirect.clientGetsPerBlob), n(d.redirect.clientGetsPerBlob), dash, dash, dash, dash, dash, dash],
+    ['   peak RSS in the S3 section (MiB)', fmt(r.rss['mirror-s3']?.peakMiB, 0), fmt(r.rss['distribution-s3']?.peakMiB, 0), dash, dash, x(ratioOf(r.rss['mirror-s3']?.peakMiB, r.rss['distribution-s3']?.peakMiB)), dash, dash, dash],
+  ];
+  return rows;
 }
 
 /** The RSS phase of a cold blob row. */
@@ -338,14 +493,14 @@ export function isBlobPhase(phase: string): boolean {
   return phase === 'blob-warm' || phase.startsWith('blob-cold-');
 }
 
-export function blobPhasesPeak(r: BenchResult, role: string): number {
+export function blobPhasesPeak(r: Pick<BenchResult, 'rss'>, role: string): number {
   const v = Object.entries(r.rss[role]?.byPhaseMiB ?? {})
     .filter(([p]) => isBlobPhase(p))
     .map(([, n]) => n);
   return v.length ? Math.max(...v) : NaN;
 }
 
-function cpuPair(r: BenchResult, role: Role): string {
+function cpuPair(r: WithMain, role: Role): string {
   return `${fmt(r.blobWarmCpuMsPerGiB.one[role], 0)} / ${fmt(r.blobWarmCpuMsPerGiB.many[role], 0)}`;
 }
 

@@ -279,7 +279,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
       maxConnections: connections(limits.maxConnections ?? embeddedDefault.limits.maxConnections, 'limits.maxConnections'),
     },
     prefetch,
-    ...(user.cluster !== undefined || env.MIRROR_CLUSTER_SELF !== undefined ? { cluster: parseCluster(user.cluster ?? {}, env, storage.s3 !== undefined) } : {}),
+    ...(user.cluster !== undefined ? { cluster: parseCluster(user.cluster, env, storage.s3 !== undefined) } : {}),
   };
 }
 
@@ -434,9 +434,14 @@ function parseCluster(v: unknown, env: Env, shared: boolean): ClusterConfig {
   return { peers: source, self, refreshMs };
 }
 
-/** host:port with an IPv4, a [IPv6] or a DNS host, as peers dial it. */
+/**
+ * host:port with an IPv4, a [IPv6] or a DNS host, as peers dial it. An unbracketed IPv6
+ * (Kubernetes' $(POD_IP):5000 on an IPv6 pod) is split at its last colon and bracketed.
+ */
 function hostPort(v: unknown, key: string): string {
-  const s = nonEmpty(v, key);
+  let s = nonEmpty(v, key);
+  const colons = s.split(':').length - 1;
+  if (colons > 1 && !s.startsWith('[')) s = `[${s.slice(0, s.lastIndexOf(':'))}]${s.slice(s.lastIndexOf(':'))}`;
   const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new ConfigError(key, `"${s}" is not host:port`);
   return s;

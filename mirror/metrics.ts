@@ -20,6 +20,10 @@ export interface Stats {
   storedBytes: number;
   blobs: number;
   upstreamErrors: number;
+  /** Blob GETs to an upstream that answered 200 (a transfer began), since start. */
+  upstreamBlobFetches: number;
+  /** v2 blob commits that created the blob in the store (not there before), since start. */
+  blobsAdded: number;
   since: string;
   /** Per prefetched image (config `prefetch`); absent when none is configured. */
   prefetch?: PrefetchStatus[];
@@ -83,7 +87,9 @@ export class MirrorMetrics {
   private readonly clusterForwards: Counter<'result'>;
   readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
-  private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0 };
+  private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0, upstreamBlobFetches: 0, blobsAdded: 0 };
+  private readonly blobFetches: Counter<'upstream'>;
+  private readonly blobsAddedCounter: Counter;
   private readonly since = new Date().toISOString();
   private prefetchStatus: (() => PrefetchStatus[]) | undefined;
 
@@ -147,6 +153,17 @@ export class MirrorMetrics {
       name: 'registry_mirror_store_errors_total',
       help: 'Store requests that failed (an S3 store unreachable or refusing): read = warm content answered 503, write = content served without caching',
       labelNames: ['op'],
+      registers: [r],
+    });
+    this.blobFetches = new Counter({
+      name: 'registry_mirror_upstream_blob_fetches_total',
+      help: 'v2 blob GETs to an upstream that answered 200: transfers begun (fleet-wide, ideally one per blob added)',
+      labelNames: ['upstream'],
+      registers: [r],
+    });
+    this.blobsAddedCounter = new Counter({
+      name: 'registry_mirror_store_blobs_added_total',
+      help: 'v2 blob commits that created the blob in the store (one already there, stored by another replica, is not counted)',
       registers: [r],
     });
     this.clusterForwards = new Counter({
@@ -302,6 +319,18 @@ export class MirrorMetrics {
   /** A size eviction could not make room: the incoming content is not cached. */
   noRoom(): void {
     this.noRoomCounter.inc();
+  }
+
+  /** A blob transfer from an upstream began (its GET answered 200). */
+  upstreamBlobFetch(upstream: string): void {
+    this.blobFetches.inc({ upstream });
+    this.counts.upstreamBlobFetches++;
+  }
+
+  /** A commit created a blob the store did not have. */
+  blobAdded(): void {
+    this.blobsAddedCounter.inc();
+    this.counts.blobsAdded++;
   }
 
   /** A miss went to its owner replica, or could not (then served here). */

@@ -1,10 +1,21 @@
-// The mirror's /stats figures, summed over the ready pods into status.cache. Pure.
+// The mirror's /stats figures, summed over the ready pods into status.cache (the store's own
+// figures of a shared bucket excepted: see aggregateCache), plus the fleet's upstream blob
+// transfers per blob added. Pure.
 import type { CacheStatus, PrefetchImageStatus } from './types.js';
 import { formatBytes } from './quantity.js';
 import type { Stats } from '../mirror/metrics.js';
 
-/** The JSON a mirror pod answers on GET /stats (DESIGN.md §3): the mirror's own type. */
-export type MirrorStats = Omit<Stats, 'since'> & { since?: string };
+/**
+ * The JSON a mirror pod answers on GET /stats (DESIGN.md §3): the mirror's own type, with the
+ * fleet's two counters optional (a mirror of an earlier version does not report them).
+ */
+export type MirrorStats = Omit<Stats, 'since' | (typeof FLEET_FIELDS)[number]> & {
+  since?: string;
+  /** Blob GETs this process sent to an upstream that answered 200 (a transfer began). */
+  upstreamBlobFetches?: number;
+  /** Blobs this process added to the store: a commit that created the blob (not one already there). */
+  blobsAdded?: number;
+};
 
 /** Bounds on the prefetch part of a pod's /stats (the mirror's own: config prefetch). */
 export const PREFETCH_MAX_IMAGES = 100;
@@ -14,6 +25,10 @@ const DIGEST_RE = /^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$/;
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 
 const FIELDS = ['hits', 'misses', 'staleServed', 'bytesServed', 'bytesFromUpstream', 'storedBytes', 'blobs', 'upstreamErrors'] as const;
+/** Counters of upstream blob transfers and of blobs added to the store; optional. */
+const FLEET_FIELDS = ['upstreamBlobFetches', 'blobsAdded'] as const;
+/** The figures of the store itself rather than of one process's traffic. */
+const STORE_FIELDS: ReadonlySet<string> = new Set(['storedBytes', 'blobs']);
 
 /**
  * Validates an untrusted /stats body: a JSON object whose figures, when present, are
@@ -31,6 +46,12 @@ export function parseMirrorStats(body: unknown): MirrorStats | undefined {
     const v = b[f];
     if (v === undefined) out[f] = 0;
     else if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) out[f] = v;
+    else return undefined;
+  }
+  for (const f of FLEET_FIELDS) {
+    const v = b[f];
+    if (v === undefined) continue;
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) out[f] = v;
     else return undefined;
   }
   if (typeof b.since === 'string' && b.since.length <= 64) out.since = b.since;
@@ -109,11 +130,42 @@ export function hitRatio(hits: number, misses: number): number {
   return total > 0 ? Math.round((hits / total) * 10_000) / 10_000 : 0;
 }
 
+/**
+ * Upstream blob transfers per blob added to the store, over the pods that report both
+ * counters: 1 when every blob the mirrors stored cost one transfer; above 1 when transfers
+ * were repeated (replicas fetching the same blob, failed or uncacheable transfers). Both
+ * counters start at 0 with each process, so a restarted pod's figures still go together.
+ * Rounded to 4 places; undefined when no pod reports them or no blob was added.
+ */
+export function fetchesPerBlob(samples: MirrorStats[]): { upstreamBlobFetches: number; blobsAdded: number; fetchesPerBlob?: number } | undefined {
+  const reporting = samples.filter((s) => s.upstreamBlobFetches !== undefined && s.blobsAdded !== undefined);
+  if (reporting.length === 0) return undefined;
+  const fetches = reporting.reduce((acc, s) => acc + s.upstreamBlobFetches!, 0);
+  const added = reporting.reduce((acc, s) => acc + s.blobsAdded!, 0);
+  return {
+    upstreamBlobFetches: fetches,
+    blobsAdded: added,
+    ...(added > 0 ? { fetchesPerBlob: Math.round((fetches / added) * 10_000) / 10_000 } : {}),
+  };
+}
+
+export interface AggregateOptions {
+  /**
+   * The pods share one store (spec.storage.s3: one bucket): each reports the store's own
+   * storedBytes and blobs, so those are the largest any pod reports (the fullest view of the
+   * bucket), not a sum that would count the bucket once per pod. Traffic figures are summed.
+   */
+  sharedStore?: boolean;
+}
+
 /** Sums the pods' figures; `updated` stays the previous one when no figure changed, so an
  * idle mirror causes no status writes. Undefined when no pod answered. */
-export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | undefined, now: Date): CacheStatus | undefined {
+export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | undefined, now: Date, opts: AggregateOptions = {}): CacheStatus | undefined {
   if (samples.length === 0) return undefined;
-  const sum = Object.fromEntries(FIELDS.map((f) => [f, samples.reduce((acc, s) => acc + s[f], 0)])) as Record<(typeof FIELDS)[number], number>;
+  const combine = (f: (typeof FIELDS)[number]) =>
+    opts.sharedStore && STORE_FIELDS.has(f) ? Math.max(...samples.map((s) => s[f])) : samples.reduce((acc, s) => acc + s[f], 0);
+  const sum = Object.fromEntries(FIELDS.map((f) => [f, combine(f)])) as Record<(typeof FIELDS)[number], number>;
+  const fleet = fetchesPerBlob(samples);
   const next: CacheStatus = {
     hits: sum.hits,
     misses: sum.misses,
@@ -125,6 +177,7 @@ export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | u
     stored: formatBytes(sum.storedBytes),
     blobs: sum.blobs,
     upstreamErrors: sum.upstreamErrors,
+    ...(fleet ?? {}),
     pods: samples.length,
     updated: now.toISOString(),
   };
@@ -135,5 +188,10 @@ export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | u
 }
 
 function sameFigures(a: CacheStatus, b: CacheStatus): boolean {
-  return FIELDS.every((f) => a[f] === b[f]) && a.pods === b.pods && JSON.stringify(a.prefetch ?? []) === JSON.stringify(b.prefetch ?? []);
+  return (
+    FIELDS.every((f) => a[f] === b[f]) &&
+    FLEET_FIELDS.every((f) => a[f] === b[f]) &&
+    a.pods === b.pods &&
+    JSON.stringify(a.prefetch ?? []) === JSON.stringify(b.prefetch ?? [])
+  );
 }

@@ -10,7 +10,7 @@
 //    CRD's schema) and a digest of the labels (update detection);
 //  - Pod: name, namespace, resourceVersion, deletionTimestamp, the instance label, podIP,
 //    phase and the Ready condition;
-//  - owned Deployment/ConfigMap/Service/PVC: identity, the instance and managed-by labels, the
+//  - owned Deployment/ConfigMap/Service/PVC/PodDisruptionBudget: identity, the instance and managed-by labels, the
 //    applied-hash annotation, owner references (uid, controller; at most 8), and for a
 //    Deployment its replicas and rollout status (at most 8 conditions, messages clipped to
 //    1 KiB), for a PVC its storage request.

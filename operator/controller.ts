@@ -1,17 +1,19 @@
 // Wires the parts together while this replica leads: informers on RegistryMirrors, the
-// objects they own (filtered by our managed-by label so the caches hold only ours), their
+// objects they own (filtered by our managed-by label so the caches hold only ours; the
+// PodDisruptionBudgets in the API version discovery names at start), their
 // Pods (for /stats) and Secrets (values stripped), feeding keys into the work queue whose
 // worker is reconcile(). Also runs the periodic resync and the /stats refresh.
 import type { Logger } from 'pino';
-import { jitter } from './backoff.js';
+import { backoffDelay, jitter, sleep } from './backoff.js';
 import { aggregateCache } from './cache-stats.js';
 import { slimOwned, slimPod, slimRegistryMirror, type CachedRegistryMirror } from './cache-transforms.js';
-import { collectionPath, lister, RESOURCES, type Kube, type ResourceType } from './kube/client.js';
+import { collectionPath, detectPdbApiVersion, lister, pdbResource, RESOURCES, type Kube, type ResourceType } from './kube/client.js';
 import { errorText, Informer, type KubeObject } from './kube/informer.js';
 import type { Metrics } from './metrics.js';
 import { WorkQueue } from './queue.js';
 import { reconcile } from './reconcile.js';
 import { INSTANCE_LABEL, MANAGED_SELECTOR } from './render/names.js';
+import type { PdbApiVersion } from './render/pdb.js';
 import { summarizeSecret, type SecretSummary } from './secrets.js';
 import { isPodReady, mapLimit, STATS_PARALLELISM, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
 import type { CacheStatus } from './types.js';
@@ -45,6 +47,9 @@ const OWNED_KINDS = {
   PersistentVolumeClaim: RESOURCES.pvcs,
 } as const;
 
+/** Retries of the PodDisruptionBudget API discovery at start (apiserver not reachable yet). */
+const DISCOVERY_BACKOFF = { baseMs: 500, maxMs: 30_000 };
+
 export class Controller {
   private readonly crs: Informer<CachedRegistryMirror>;
   private readonly owned = new Map<string, Informer<KubeObject>>();
@@ -54,9 +59,13 @@ export class Controller {
   private readonly stats = new Map<string, CacheStatus>();
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
+  private readonly stopping = new AbortController();
+  /** Known once start() has asked discovery; PodDisruptionBudgets are watched in that version. */
+  private pdbApiVersion: PdbApiVersion | undefined;
+  private readonly make: <T extends KubeObject>(rt: ResourceType, selector?: string, transform?: (x: any) => T) => Informer<T>;
 
   constructor(private readonly o: ControllerOptions) {
-    const make = <T extends KubeObject>(rt: ResourceType, selector?: string, transform?: (x: any) => T) =>
+    const make = (this.make = <T extends KubeObject>(rt: ResourceType, selector?: string, transform?: (x: any) => T) =>
       new Informer<T>({
         name: rt.plural,
         path: collectionPath(rt, o.namespace),
@@ -68,10 +77,10 @@ export class Controller {
         relistIntervalMs: o.informer?.relistIntervalMs,
         watchdogMs: o.informer?.watchdogMs,
         onRestart: (reason) => o.metrics.informerRestarts.inc({ informer: rt.plural, reason }),
-      });
+      }));
     // Every cache keeps only what is read (cache-transforms.ts, secrets.ts).
     this.crs = make(RESOURCES.registryMirrors, undefined, slimRegistryMirror);
-    for (const [kind, rt] of Object.entries(OWNED_KINDS)) this.owned.set(kind, make(rt, MANAGED_SELECTOR, slimOwned(rt)));
+    for (const [kind, rt] of Object.entries(OWNED_KINDS)) this.watchOwned(kind, rt);
     this.pods = make(RESOURCES.pods, MANAGED_SELECTOR, slimPod);
     this.secrets = make(RESOURCES.secrets, undefined, summarizeSecret as (x: any) => SecretSummary & KubeObject);
 
@@ -93,13 +102,6 @@ export class Controller {
       }
     });
     this.crs.on('delete', (cr) => this.stats.delete(keyOf(cr)));
-    for (const inf of this.owned.values()) {
-      const toOwner = (obj: KubeObject) => {
-        const name = (obj.metadata?.labels as Record<string, string> | undefined)?.[INSTANCE_LABEL];
-        if (name && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${name}`);
-      };
-      inf.on('add', toOwner).on('update', toOwner).on('delete', toOwner);
-    }
     const toReferrers = (s: SecretSummary) => {
       for (const cr of this.crs.list(s.metadata.namespace)) {
         if (
@@ -114,6 +116,39 @@ export class Controller {
     this.secrets.on('add', toReferrers).on('update', toReferrers).on('delete', toReferrers);
   }
 
+  /** An informer on one owned kind (our managed-by label only) whose events queue the owner. */
+  private watchOwned(kind: string, rt: ResourceType): Informer<KubeObject> {
+    const inf = this.make(rt, MANAGED_SELECTOR, slimOwned(rt));
+    const toOwner = (obj: KubeObject) => {
+      const name = (obj.metadata?.labels as Record<string, string> | undefined)?.[INSTANCE_LABEL];
+      if (name && obj.metadata?.namespace) this.queue.add(`${obj.metadata.namespace}/${name}`);
+    };
+    inf.on('add', toOwner).on('update', toOwner).on('delete', toOwner);
+    this.owned.set(kind, inf);
+    return inf;
+  }
+
+  /**
+   * Asks discovery which PodDisruptionBudget API the apiserver serves (policy/v1 from 1.21,
+   * policy/v1beta1 before), retrying while the apiserver cannot be reached. Undefined when
+   * stopped first.
+   */
+  private async discoverPdbApi(): Promise<PdbApiVersion | undefined> {
+    for (let attempt = 1; !this.stopped; attempt++) {
+      try {
+        const v = await detectPdbApiVersion(this.o.kube);
+        if (v === 'none') this.o.log.warn('the apiserver serves no PodDisruptionBudget API; fleets (spec.storage.s3) get none');
+        else this.o.log.info({ apiVersion: v }, 'PodDisruptionBudget API');
+        return v;
+      } catch (err) {
+        const retryInMs = backoffDelay(attempt, DISCOVERY_BACKOFF);
+        this.o.log.warn({ err: errorText(err), retryInMs }, 'API discovery failed; will retry');
+        await sleep(retryInMs, this.stopping.signal);
+      }
+    }
+    return undefined;
+  }
+
   private all(): Informer<any>[] {
     return [this.crs, ...this.owned.values(), this.pods, this.secrets];
   }
@@ -124,6 +159,10 @@ export class Controller {
   }
 
   async start(): Promise<void> {
+    // Before any informer starts, so that no reconcile runs without knowing the PDB API.
+    this.pdbApiVersion = await this.discoverPdbApi();
+    if (this.stopped || this.pdbApiVersion === undefined) return;
+    if (this.pdbApiVersion !== 'none') this.watchOwned('PodDisruptionBudget', pdbResource(this.pdbApiVersion));
     for (const i of this.all()) i.start();
     await Promise.all(this.all().map((i) => i.synced));
     if (this.stopped) return;
@@ -144,6 +183,7 @@ export class Controller {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     for (const t of this.timers) clearTimeout(t);
     await this.queue.stop();
     await Promise.all(this.all().map((i) => i.stop()));
@@ -172,7 +212,16 @@ export class Controller {
       owned: (kind: string, ns: string, n: string) => this.owned.get(kind)?.get(ns, n),
       cacheStats: (k: string) => this.stats.get(k),
     };
-    return reconcile(key, { kube: this.o.kube, caches, defaultImage: this.o.defaultImage, log: this.o.log, metrics: this.o.metrics, policy: this.o.policy }).then(
+    const deps = {
+      kube: this.o.kube,
+      caches,
+      defaultImage: this.o.defaultImage,
+      log: this.o.log,
+      metrics: this.o.metrics,
+      policy: this.o.policy,
+      pdbApiVersion: this.pdbApiVersion,
+    };
+    return reconcile(key, deps).then(
       () => {
         end();
         this.o.metrics.reconciles.inc({ result: 'ok' });
@@ -210,7 +259,9 @@ export class Controller {
       const key = keyOf(cr);
       const samples = results.filter((s, k): s is NonNullable<typeof s> => jobs[k]!.cr === i && s !== undefined);
       const previous = this.stats.get(key) ?? cr.status?.cache;
-      const next = aggregateCache(samples, previous, new Date());
+      // The pods of a bucket share one store: each reports the store's figures, not a share.
+      const sharedStore = cr.spec?.storage?.s3 !== undefined && cr.spec?.storage?.s3 !== null;
+      const next = aggregateCache(samples, previous, new Date(), { sharedStore });
       if (!next) return;
       this.stats.set(key, next);
       if (next.updated !== cr.status?.cache?.updated || next.pods !== cr.status?.cache?.pods) this.queue.add(key);

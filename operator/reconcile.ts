@@ -10,6 +10,7 @@ import { render } from './render/index.js';
 import { CONFIG_KEY } from './render/config-map.js';
 import { mirrorConfigProblem } from './render/mirror-config.js';
 import { ANNOTATION, endpointOf, INSTANCE_LABEL, MANAGED_BY } from './render/names.js';
+import type { PdbApiVersion } from './render/pdb.js';
 import { pvcChange } from './render/pvc.js';
 import { authForm, credentialsForm, s3CredentialsForm, type SecretSummary } from './secrets.js';
 import { DEFAULT_POLICY, nodeConfigRefusal, POLICY_REASONS, upstreamRefusal, type NodePolicy } from './node-policy.js';
@@ -34,6 +35,8 @@ export interface ReconcileDeps {
   metrics: Metrics;
   /** The admin's node policy (operator/node-policy.ts); the node agents apply the same. */
   policy?: NodePolicy;
+  /** The PodDisruptionBudget API the apiserver serves (detected at start; default policy/v1). */
+  pdbApiVersion?: PdbApiVersion;
   now?: () => Date;
 }
 
@@ -77,7 +80,7 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
       if ('blocked' in r) blocked = r.blocked;
       else s3Credentials = r.form;
     }
-    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth, s3Credentials });
+    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth, s3Credentials, pdbApiVersion: d.pdbApiVersion });
     const configProblem = rendered && mirrorConfigProblem((rendered.configMap.data as Record<string, string>)[CONFIG_KEY] ?? '');
     if (configProblem) {
       blocked = { kind: 'blocked', reason: 'InvalidSpec', message: `the mirror would refuse the rendered configuration (${configProblem}); nothing was applied` };
@@ -144,8 +147,9 @@ async function applyAll(cr: RegistryMirror, r: ReturnType<typeof render>, d: Rec
   const ns = cr.metadata.namespace;
   let deployment = d.caches.owned('Deployment', ns, r.deployment.metadata.name) as DeploymentLike | undefined;
   let warning: { reason: string; message: string } | undefined;
-  // ConfigMap and PVC before the Deployment that mounts them; the Service last.
-  for (const m of [r.configMap, r.pvc, r.deployment, r.service]) {
+  // ConfigMap and PVC before the Deployment that mounts them, and the peers Service before the
+  // pods that resolve it; the client Service and the PodDisruptionBudget last.
+  for (const m of [r.configMap, r.pvc, r.peersService, r.deployment, r.service, r.pdb]) {
     if (!m) continue;
     let live = d.caches.owned(m.kind, ns, m.metadata.name);
     if (!live) {

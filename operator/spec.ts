@@ -12,6 +12,7 @@
 import { patternListProblems } from '../mirror/access/patterns.js';
 import { ConfigError, parsePrefetch } from '../mirror/config.js';
 import { STORAGE_FILL_RATIO } from './render/mirror-config.js';
+import { PEERS_SUFFIX } from './render/names.js';
 import { isDuration, parseDuration } from '../mirror/duration.js';
 import { parseQuantity } from './quantity.js';
 import type { RegistryMirror } from './types.js';
@@ -262,6 +263,13 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
   if (rawS3 !== undefined && rawS3 !== null) {
     // The bucket holds the cache: no PVC, so what only a PVC uses is a mistake worth naming.
     s3 = resolveS3(rawS3, problems, sizeBytes ?? 0);
+    // The replicas of a bucket find each other through the headless Service <name>-peers,
+    // whose name is a DNS label too.
+    if (DNS_LABEL_RE.test(name) && name.length > 63 - PEERS_SUFFIX.length) {
+      problems.push(
+        `metadata.name ${show(name)} is ${name.length} characters long; with spec.storage.s3 it may have at most ${63 - PEERS_SUFFIX.length}, because it also names the Service "<name>${PEERS_SUFFIX}" the replicas find each other by`,
+      );
+    }
     if (text(s.storage?.storageClassName, 'spec.storage.storageClassName', problems)) {
       problems.push('spec.storage.storageClassName does not apply with spec.storage.s3 (no PVC is made); remove it');
     }
@@ -277,7 +285,7 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
     if (Number.isInteger(replicas) && replicas > 1) {
       problems.push(
         `spec.replicas is ${replicas} but spec.storage.size puts the cache on one ReadWriteOnce volume, which only one mirror pod can own; ` +
-          'use replicas: 1, or drop storage.size so each replica caches on its own emptyDir',
+          'use replicas: 1, add storage.s3 so the replicas share one bucket, or drop storage.size so each replica caches on its own emptyDir',
       );
     }
   }

@@ -99,6 +99,12 @@ export interface CacheStatus {
   stored: string;
   blobs: number;
   upstreamErrors: number;
+  /** Blob transfers from the upstream (GETs answered 200), summed over the pods that report it. */
+  upstreamBlobFetches?: number;
+  /** Blobs the pods added to the store (content not there before), summed likewise. */
+  blobsAdded?: number;
+  /** upstreamBlobFetches / blobsAdded, 4 places: 1 = one upstream transfer per stored blob. */
+  fetchesPerBlob?: number;
   /** How many ready pods answered /stats for these figures. */
   pods: number;
   updated: string;

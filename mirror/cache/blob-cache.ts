@@ -222,6 +222,7 @@ export class BlobCache {
       await res.body.dump().catch(() => undefined);
       throw this.failure(t, res.status, digest);
     }
+    this.metrics.upstreamBlobFetch(t.upstream.name);
     const length = Number(res.headers['content-length']);
     const size = Number.isSafeInteger(length) && length >= 0 ? length : undefined;
     const bound = this.options.maxBytes;
@@ -242,7 +243,7 @@ export class BlobCache {
         noRoom = isNoRoom(err);
         throw err;
       });
-      await this.store.commitBlob(tmp, digest, bytes);
+      if (await this.store.commitBlob(tmp, digest, bytes)) this.metrics.blobAdded();
       await this.repos.link(t.upstream.name, t.name, digest);
     };
     // The first reader attaches in the same tick (serveCold), before any chunk can arrive.

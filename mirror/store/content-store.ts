@@ -259,13 +259,40 @@ export class ContentStore {
     return this.driver.syncBeforeCommit;
   }
 
-  /** Moves a finished, verified (and, when the driver wants it, fsynced) temp file into place. */
-  async commitBlob(tmp: string, digest: Digest, size: number): Promise<void> {
-    await this.driver.commitFile(tmp, this.keyOf('blob', digest), size);
-    // The driver uploaded a copy (S3): the temp file is ours to remove. Readers still on it
-    // hold an open handle, which outlives the name.
-    if (this.driver.shared) await removeQuietly(tmp);
+  /**
+   * Moves a finished, verified (and, when the driver wants it, fsynced) temp file into place.
+   * Resolves true when this created the blob; false when a shared store already had it (stored
+   * by another process meanwhile: not written again).
+   */
+  async commitBlob(tmp: string, digest: Digest, size: number): Promise<boolean> {
+    const key = this.keyOf('blob', digest);
+    let created = true;
+    if (this.driver.shared) {
+      // Content-addressed: the same key holds the same bytes, so an object of this size is
+      // this blob, and a second upload would only cost bytes written.
+      const there = await this.driver.stat(key).catch(() => undefined);
+      if (there?.size === size) created = false;
+      else {
+        try {
+          await this.driver.commitFile(tmp, key, size);
+        } catch (err) {
+          // An answer lost after the upload completed (a timeout, a retried completion that
+          // finds its upload gone): objects appear whole or not at all, so one of this size at
+          // its content address is this blob, stored by us.
+          if ((await this.driver.stat(key).catch(() => undefined))?.size !== size) {
+            await removeQuietly(tmp);
+            throw err;
+          }
+        }
+      }
+      // The driver uploaded a copy: the temp file is ours to remove. Readers still on it
+      // hold an open handle, which outlives the name.
+      await removeQuietly(tmp);
+    } else {
+      await this.driver.commitFile(tmp, key, size);
+    }
     this.add({ digest: digest.value, kind: 'blob', size, lastAccess: Date.now() });
+    return created;
   }
 
   /** Bytes [start, end] of a stored blob as a body; undefined when it has gone from the store. */

@@ -8,6 +8,7 @@ import {
   KubernetesObjectApi,
   loadYaml,
   PatchStrategy,
+  PolicyApi,
   Watch,
 } from '@kubernetes/client-node';
 import type { Manifest, RegistryMirror, RegistryMirrorStatus } from '../types.js';
@@ -90,6 +91,30 @@ export const RESOURCES = {
   pods: { apiVersion: 'v1', kind: 'Pod', plural: 'pods' },
   secrets: { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' },
 } satisfies Record<string, ResourceType>;
+
+/** PodDisruptionBudgets, in the API version the apiserver serves (detectPdbApiVersion). */
+export function pdbResource(apiVersion: 'policy/v1' | 'policy/v1beta1'): ResourceType {
+  return { apiVersion, kind: 'PodDisruptionBudget', plural: 'poddisruptionbudgets' };
+}
+
+/**
+ * Which PodDisruptionBudget API the apiserver serves, by discovery (GET /apis/policy, which
+ * every authenticated user may read): policy/v1 from 1.21 (where it holds PodDisruptionBudget
+ * alone), else policy/v1beta1 (1.5 to 1.24), else 'none'. Errors other than 404 are thrown.
+ */
+export async function detectPdbApiVersion(kube: Kube): Promise<'policy/v1' | 'policy/v1beta1' | 'none'> {
+  let served: string[];
+  try {
+    const group = await kube.kc.makeApiClient(PolicyApi).getAPIGroup();
+    served = (group.versions ?? []).map((v) => v.groupVersion);
+  } catch (err) {
+    if (statusOf(err) === 404) return 'none';
+    throw err;
+  }
+  if (served.includes('policy/v1')) return 'policy/v1';
+  if (served.includes('policy/v1beta1')) return 'policy/v1beta1';
+  return 'none';
+}
 
 /** /api/v1/namespaces/ns/pods, /apis/apps/v1/deployments, ... (namespace omitted = all). */
 export function collectionPath(rt: ResourceType, namespace?: string): string {

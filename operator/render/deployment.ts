@@ -7,6 +7,7 @@ import { MIRROR_PORT } from '../types.js';
 import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
 import { ownedMetadata } from './owner.js';
 import { CONFIG_KEY } from './config-map.js';
+import { CLUSTER_SELF_ENV } from './mirror-config.js';
 import { S3_CREDENTIAL_KEYS } from '../secrets.js';
 
 /** The uid/gid the mirror runs as (the image's non-root user; fsGroup makes volumes writable). */
@@ -79,6 +80,16 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
     mounts.push({ name: 'auth', mountPath: MOUNT.auth, readOnly: true });
   }
 
+  // The replicas of a bucket (spec.storage.s3) form a fleet: each learns its own address as
+  // its peers see it from the downward API (the ConfigMap is the same for all of them);
+  // Kubernetes expands $(POD_IP) because POD_IP is defined before it.
+  const env = spec.s3
+    ? [
+        { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+        { name: CLUSTER_SELF_ENV, value: `$(POD_IP):${MIRROR_PORT}` },
+      ]
+    : undefined;
+
   const probe = (path: string, period: number, failures: number) => ({
     httpGet: { path, port: 'http' },
     periodSeconds: period,
@@ -94,7 +105,8 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
       replicas: spec.replicas,
       selector: { matchLabels: selectorLabels(cr) },
       // One ReadWriteOnce volume cannot be mounted by an old and a new pod on different nodes.
-      // A bucket (spec.storage.s3) is no such volume: it rolls like an emptyDir.
+      // A bucket (spec.storage.s3) is no such volume: it rolls like an emptyDir, one new pod
+      // at a time and no old one stopped before its successor is ready.
       strategy: spec.storage ? { type: 'Recreate' } : { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
       template: {
         metadata: { labels: commonLabels(cr), annotations: podAnnotations },
@@ -107,6 +119,20 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
           ...(spec.s3?.serviceAccountName ? { serviceAccountName: spec.s3.serviceAccountName, serviceAccount: spec.s3.serviceAccountName } : {}),
           automountServiceAccountToken: false,
           enableServiceLinks: false,
+          // A fleet spreads over the nodes, one node's loss taking as few replicas as can be;
+          // ScheduleAnyway, so a cluster with fewer nodes than replicas still runs them all.
+          ...(spec.s3
+            ? {
+                topologySpreadConstraints: [
+                  {
+                    maxSkew: 1,
+                    topologyKey: 'kubernetes.io/hostname',
+                    whenUnsatisfiable: 'ScheduleAnyway',
+                    labelSelector: { matchLabels: selectorLabels(cr) },
+                  },
+                ],
+              }
+            : {}),
           securityContext: {
             runAsNonRoot: true,
             runAsUser: MIRROR_UID,
@@ -120,7 +146,10 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
               image: spec.image ?? inputs.defaultImage,
               args: ['serve', '--config', MOUNT.configFile],
               ports: [{ name: 'http', containerPort: MIRROR_PORT, protocol: 'TCP' }],
+              ...(env ? { env } : {}),
               livenessProbe: { ...probe('/healthz', 10, 3), initialDelaySeconds: 5 },
+              // /readyz: the store is reachable (and, in a fleet, the peers have been resolved
+              // at least once). Only ready pods are behind the client Service.
               readinessProbe: probe('/readyz', 5, 2),
               resources: spec.resources,
               securityContext: {

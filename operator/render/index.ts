@@ -1,35 +1,46 @@
 // render(cr): every object a RegistryMirror owns, from its resolved spec and the few facts
-// about the outside world it depends on (Secret forms + hashes, default image). Pure. With
-// spec.storage.s3 there is no PVC.
+// about the outside world it depends on (Secret forms + hashes, default image, the
+// PodDisruptionBudget API served). Pure. With spec.storage.s3 there is no PVC, and there are
+// the fleet's objects: the peers Service and the PodDisruptionBudget (whatever the replica
+// count, so that scaling changes the Deployment alone).
 import { hashOf } from '../hash.js';
 import type { ResolvedSpec } from '../spec.js';
 import type { AuthForm, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from '../types.js';
 import { renderConfigMap } from './config-map.js';
 import { renderDeployment } from './deployment.js';
 import { ANNOTATION } from './names.js';
+import { renderPdb, type PdbApiVersion } from './pdb.js';
 import { renderPvc } from './pvc.js';
-import { renderService } from './service.js';
+import { renderPeersService, renderService } from './service.js';
 
 export interface RenderInputs {
   defaultImage: string;
   credentials?: CredentialsForm;
   auth?: AuthForm;
   s3Credentials?: S3CredentialsForm;
+  /** Default policy/v1. */
+  pdbApiVersion?: PdbApiVersion;
 }
 
 export interface Rendered {
   configMap: Manifest;
   pvc?: Manifest;
+  /** spec.storage.s3 only. */
+  peersService?: Manifest;
   deployment: Manifest;
   service: Manifest;
+  /** spec.storage.s3 only (and an apiserver that serves PodDisruptionBudgets). */
+  pdb?: Manifest;
 }
 
 export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInputs): Rendered {
   const configMap = renderConfigMap(cr, spec, inputs.credentials, inputs.auth);
   const configHash = hashOf(configMap.data);
+  const pdbApiVersion = inputs.pdbApiVersion ?? 'policy/v1';
   const out: Rendered = {
     configMap,
     pvc: renderPvc(cr, spec),
+    ...(spec.s3 ? { peersService: renderPeersService(cr) } : {}),
     deployment: renderDeployment(cr, spec, {
       defaultImage: inputs.defaultImage,
       configHash,
@@ -38,6 +49,7 @@ export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInp
       s3Credentials: inputs.s3Credentials,
     }),
     service: renderService(cr),
+    ...(spec.s3 && pdbApiVersion !== 'none' ? { pdb: renderPdb(cr, pdbApiVersion) } : {}),
   };
   for (const m of Object.values(out)) if (m) stampAppliedHash(m as Manifest);
   return out;
@@ -57,4 +69,4 @@ function withoutKey(m: Record<string, string> | undefined, k: string): Record<st
   return Object.keys(rest).length ? rest : undefined;
 }
 
-export { renderConfigMap, renderDeployment, renderPvc, renderService };
+export { renderConfigMap, renderDeployment, renderPdb, renderPeersService, renderPvc, renderService };

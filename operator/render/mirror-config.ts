@@ -21,7 +21,32 @@ export interface MirrorConfig {
   v1: { enabled: boolean; source: string; tagsCacheTTL: string };
   auth?: { htpasswdFile?: string; tokensFile?: string; protectMetrics: boolean };
   prefetch?: Array<{ image: string; platforms?: string[]; pin: boolean }>;
+  cluster?: MirrorClusterConfig;
 }
+
+/**
+ * The `cluster` section: how the replicas of one bucket find each other. Rendered whenever
+ * the cache is in a bucket (spec.storage.s3), one replica included, so that scaling changes
+ * only the Deployment's replica count and never the config (no roll of the running pods).
+ * `self` is not in the file: the ConfigMap is shared by every replica, so each pod's own
+ * address comes from MIRROR_CLUSTER_SELF (the downward API; see deployment.ts).
+ */
+export interface MirrorClusterConfig {
+  /** dns: the headless Service's name (A records, one per pod); port: the mirror's port on each. */
+  peers: { dns: string; port: number };
+  /** How often the peer list is resolved again. */
+  refresh: string;
+}
+
+/** The environment variable that gives a mirror its own address as its peers see it. */
+export const CLUSTER_SELF_ENV = 'MIRROR_CLUSTER_SELF';
+/** How often the mirrors resolve the peers Service (cluster.refresh). */
+export const CLUSTER_REFRESH = '5s';
+/**
+ * What MIRROR_CLUSTER_SELF holds when the operator checks a rendered config (the real value,
+ * the pod's IP, exists only in the pod): an address of TEST-NET-1 (RFC 5737).
+ */
+const CHECK_SELF = `192.0.2.1:${MIRROR_PORT}`;
 
 /**
  * storage.s3 of the mirror config. Credentials only as files from the mounted Secret, never
@@ -69,7 +94,11 @@ function renderS3(s3: NonNullable<ResolvedSpec['s3']>): MirrorS3Config {
   };
 }
 
-export function renderMirrorConfig(spec: ResolvedSpec, credentials?: CredentialsForm, auth?: AuthForm): MirrorConfig {
+/**
+ * peersDns: the peers Service's DNS name (names.ts peersDnsName); with spec.storage.s3 the
+ * config gets its `cluster` section from it.
+ */
+export function renderMirrorConfig(spec: ResolvedSpec, credentials?: CredentialsForm, auth?: AuthForm, peersDns?: string): MirrorConfig {
   const upstream: MirrorConfig['upstreams'][string] = { url: spec.url };
   if (credentials?.form === 'dockerconfigjson') {
     upstream.credentialsFile = `${MOUNT.credentials}/.dockerconfigjson`;
@@ -100,6 +129,7 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
     ...(spec.prefetch.length > 0
       ? { prefetch: spec.prefetch.map((p) => ({ image: p.image, ...(p.platforms.length > 0 ? { platforms: [...p.platforms] } : {}), pin: p.pin })) }
       : {}),
+    ...(spec.s3 && peersDns ? { cluster: { peers: { dns: peersDns, port: MIRROR_PORT }, refresh: CLUSTER_REFRESH } } : {}),
   };
 }
 
@@ -109,11 +139,13 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
  * Returns the mirror's one-line complaint, or undefined.
  */
 export function mirrorConfigProblem(configYaml: string): string | undefined {
+  // The pods always have MIRROR_CLUSTER_SELF (deployment.ts); the check stands in for it.
+  const env = { [CLUSTER_SELF_ENV]: CHECK_SELF };
   try {
-    parseConfigText(configYaml, {});
+    parseConfigText(configYaml, env);
     return undefined;
   } catch (err) {
-    if (err instanceof ConfigError) return err.message;
-    throw err;
+    if (!(err instanceof ConfigError)) throw err;
+    return err.message;
   }
 }

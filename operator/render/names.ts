@@ -38,7 +38,20 @@ export function objectNames(cr: RegistryMirror) {
     service: n,
     configMap: `${n}-config`,
     pvc: `${n}-cache`,
+    /** spec.storage.s3 only: the headless Service the replicas find each other by. */
+    peers: `${n}${PEERS_SUFFIX}`,
+    /** spec.storage.s3 only. */
+    pdb: n,
   };
+}
+
+/** Suffix of the peers Service's name; a Service name is a DNS label, so the RegistryMirror's
+ * name may be at most 63 - PEERS_SUFFIX.length characters when it gets one. */
+export const PEERS_SUFFIX = '-peers';
+
+/** The peers Service's DNS name, as the mirrors resolve it: <name>-peers.<namespace>.svc */
+export function peersDnsName(cr: RegistryMirror): string {
+  return `${objectNames(cr).peers}.${cr.metadata.namespace}.svc`;
 }
 
 export function selectorLabels(cr: RegistryMirror): Record<string, string> {

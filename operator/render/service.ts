@@ -16,3 +16,25 @@ export function renderService(cr: RegistryMirror): Manifest {
     },
   };
 }
+
+/**
+ * spec.storage.s3 only: the headless Service <name>-peers through which the replicas of one
+ * bucket find each other (cluster.peers.dns in their config: one A record per pod). It lists
+ * pods that are not ready too (publishNotReadyAddresses): a mirror is ready only once it has
+ * resolved its peers, so a list of ready pods alone would leave the first pods of a fleet
+ * (or all of them, after they restart together) waiting on each other. Clients never use it.
+ */
+export function renderPeersService(cr: RegistryMirror): Manifest {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: ownedMetadata(cr, objectNames(cr).peers),
+    spec: {
+      type: 'ClusterIP',
+      clusterIP: 'None',
+      publishNotReadyAddresses: true,
+      selector: selectorLabels(cr),
+      ports: [{ name: 'http', port: MIRROR_PORT, targetPort: 'http', protocol: 'TCP' }],
+    },
+  };
+}

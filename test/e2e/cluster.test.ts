@@ -242,12 +242,13 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
       const table = await k('get', 'registrymirrors', '-n', NS);
       process.stderr.write(`# ${table.trim().split('\n').join('\n# ')}\n`);
       const [header, row] = table.trim().split('\n');
-      assert.match(header!, /NAME\s+REGISTRY\s+READY\s+HIT RATIO\s+STORED\s+AGE/);
+      assert.match(header!, /NAME\s+REGISTRY\s+READY\s+PODS\s+HIT RATIO\s+STORED\s+AGE/);
       const cols = row!.trim().split(/\s+/);
       assert.equal(cols[0], 'docker-hub');
       assert.equal(cols[1], 'docker.io');
       assert.equal(cols[2], 'True');
-      assert.match(cols[4]!, /^[1-9][\d.]*(Ki|Mi|Gi|B)?/, `Stored column: ${row}`);
+      assert.equal(cols[3], '1', `Pods column (ready replicas): ${row}`);
+      assert.match(cols[5]!, /^[1-9][\d.]*(Ki|Mi|Gi|B)?/, `Stored column: ${row}`);
     }),
   );
 

@@ -1,8 +1,10 @@
 // `npm run bench` with tiny sizes, so the benchmark cannot rot: it must run end to end
 // against real registries, write its JSON with every figure (the cold blob rows of issue 14
-// included), and show the mirror's one upstream GET per blob under concurrent cold pulls and
-// in every cold blob row. The figures themselves are not judged here (the bench's targets
-// are for full sizes on a quiet machine), only that every target is checked and printed.
+// and the S3 section of issue 15 included), and show the mirror's one upstream GET per blob
+// under concurrent cold pulls and in every cold blob row, and on S3 each cold blob written
+// once (distribution: uploaded, then copied). The timings themselves are not judged here (the
+// bench's targets are for full sizes on a quiet machine), only that every target is checked
+// and printed.
 
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -19,11 +21,11 @@ function leaves(value: unknown, path = ''): Array<[string, unknown]> {
   return [[path, value]];
 }
 
-describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
+describe('npm run bench (tiny sizes)', { timeout: 260_000 }, () => {
   it('runs end to end, writes every figure, and the mirror goes upstream once per blob', async () => {
     const out = tempDir('bench-results');
     const r = await run(process.execPath, [join(repoRoot(), 'dist', 'bench', 'bench.js')], {
-      timeoutMs: 150_000,
+      timeoutMs: 230_000,
       env: {
         BENCH_IMAGE_MB: '3',
         BENCH_BLOB_MB: '4',
@@ -33,6 +35,9 @@ describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
         BENCH_SECONDS: '1',
         BENCH_WARMUP_SECONDS: '0',
         BENCH_REPEAT: '1',
+        // (6) runs by default; one round on a memstore Ceph.
+        BENCH_S3: '1',
+        BENCH_S3_STORE: 'memstore',
         BENCH_RESULTS_DIR: out,
       },
       allowFail: true,
@@ -65,7 +70,8 @@ describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
       assert.ok(result.rss[role].peakMiB > 0, `rss.${role}`);
     }
     assert.ok(result.mirrorRssMovingBlobMiB > 0);
-    assert.equal(result.version, 2);
+    assert.equal(result.version, 3);
+    assert.deepEqual(result.sections, ['main', 's3']);
 
     // (1) continued: the cold blob rows, 1, 4 and 16 clients on one blob and 8 blobs at once.
     assert.deepEqual(
@@ -95,10 +101,14 @@ describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
         assert.ok(key in result.ratios, `ratios.${key}`);
       }
     }
-    // Every target of issues 7 (8) and 14 (3 for the 3-layer pull, 2 per cold blob row, the
-    // cold rows' GETs per blob, warm one client) is there, met or missed.
-    assert.equal(result.targets.length, 6 + 3 + 2 * 4 + 1 + 1);
-    for (const t of result.targets) assert.ok([7, 14].includes(t.issue) && typeof t.pass === 'boolean' && t.row && t.short, JSON.stringify(t));
+    // Every target of issues 7 (8), 14 (3 for the 3-layer pull, 2 per cold blob row, the
+    // cold rows' GETs per blob, warm one client) and 15 (S3: bytes written, warm, warm with
+    // redirect, cold) is there, met or missed.
+    assert.equal(result.targets.length, 6 + 3 + 2 * 4 + 1 + 1 + 4);
+    for (const t of result.targets) assert.ok([7, 14, 15].includes(t.issue) && typeof t.pass === 'boolean' && t.row && t.short, JSON.stringify(t));
+    for (const row of ['s3Bytes', 's3Warm', 's3Redirect', 's3Cold']) {
+      assert.ok(result.targets.some((t: { row: string; issue: number }) => t.row === row && t.issue === 15), `target ${row}`);
+    }
     for (const id of ['sameBlob1', 'sameBlob4', 'sameBlob16', 'manyBlobs8']) {
       assert.ok(result.targets.some((t: { row: string }) => t.row === `cold:${id}`), `wall target for ${id}`);
       assert.ok(result.targets.some((t: { row: string }) => t.row === `coldCpu:${id}`), `CPU target for ${id}`);
@@ -120,11 +130,40 @@ describe('npm run bench (tiny sizes)', { timeout: 180_000 }, () => {
     // A warm cache never goes upstream for the blob.
     assert.deepEqual(result.blobWarmUpstreamRequests, { mirror: 0, distribution: 0 });
 
+    // (6): both caches on buckets of one RGW, every pull measured once.
+    const s3 = result.s3;
+    assert.equal(s3.repeat, 1);
+    assert.equal(s3.blobs, 4, 'config + 3 layers');
+    assert.equal(result.software.ceph.split('.')[0], '16');
+    for (const side of ['mirror', 'distribution']) {
+      for (const kind of ['cold', 'warm', 'redirect']) {
+        const f = s3[side][kind];
+        assert.ok(f.ms > 0 && f.cpuMs >= 0 && f.serviceCpuMs >= 0, `s3.${side}.${kind}: ${JSON.stringify(f)}`);
+        assert.equal(f.runs.length, 1);
+        assert.ok(f.requestsPerBlob.total > 0, `s3.${side}.${kind}: S3 requests counted`);
+        const methods = ['GET', 'HEAD', 'LIST', 'PUT', 'POST', 'DELETE'].reduce((n, m) => n + f.requestsPerBlob[m], 0);
+        assert.ok(Math.abs(methods - f.requestsPerBlob.total) < 0.05, `s3.${side}.${kind}: methods add up`);
+      }
+      assert.ok(s3[side].cold.settledMs >= s3[side].cold.ms * 0.5, `s3.${side}: stored after`);
+      // The client followed a 307 to RGW for every blob.
+      assert.ok(s3[side].redirect.clientGetsPerBlob >= 1, `s3.${side}: presigned GETs per blob`);
+    }
+    // Written once, straight to the final key (the mirror); uploaded, then copied (distribution).
+    assert.ok(s3.mirror.cold.bytesUploadedPerBlobByte >= 1 && s3.mirror.cold.bytesUploadedPerBlobByte < 1.01, JSON.stringify(s3.mirror.cold));
+    assert.equal(s3.mirror.cold.bytesCopiedPerBlobByte, 0);
+    assert.equal(s3.mirror.cold.requestsPerBlob.DELETE, 0);
+    assert.ok(s3.distribution.cold.bytesUploadedPerBlobByte >= 1, JSON.stringify(s3.distribution.cold));
+    assert.ok(s3.distribution.cold.bytesCopiedPerBlobByte >= 0.99, JSON.stringify(s3.distribution.cold));
+    assert.ok(s3.distribution.cold.bytesWrittenPerBlobByte >= 1.99);
+    assert.ok(result.rss['mirror-s3'].peakMiB > 0 && result.rss['distribution-s3'].peakMiB > 0);
+
     // The table was printed.
     assert.match(r.stdout, /\| 1\. cold pull/);
     assert.match(r.stdout, /\|\s+cold [\d.]+ MiB blob, 16 clients at once \(s\)/);
     assert.match(r.stdout, /\|\s+8 cold [\d.]+ MiB blobs at once, 1 client each \(s\)/);
-    assert.match(r.stdout, /Targets \(issues 7 and 14\): \d+ met, \d+ missed/);
+    assert.match(r.stdout, /\| 6\. S3 store \(Ceph RGW, memstore\): cold pull/);
+    assert.match(r.stdout, /\|\s+bytes written to S3 per blob byte\s+\|\s+1\.00 \|\s+2\.00 \|/);
+    assert.match(r.stdout, /Targets \(issues 7, 14 and 15\): \d+ met, \d+ missed/);
     // Each missed target is shown as a miss, in the list and in the table.
     const missed = result.targets.filter((t: { pass: boolean }) => !t.pass).length;
     assert.equal((r.stdout.match(/^- MISS /gm) ?? []).length, missed);

@@ -1,4 +1,4 @@
-// Proves test/rig/ceph.ts: a real Ceph cluster (mon, mgr, memstore OSD, RGW on beast) comes
+// Proves tools/launch/ceph.ts: a real Ceph cluster (mon, mgr, memstore OSD, RGW on beast) comes
 // up from Debian's packages in a temp dir, answers the S3 API with real SigV4-signed requests
 // (curl --aws-sigv4, an implementation independent of the mirror's), and leaves no process,
 // listener or file behind. It also states the rig's bring-up time and memory (diagnostics).
@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCeph, type CephHandle } from '../rig/ceph.js';
+import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { run, tempDir } from '../../tools/launch/proc.js';
 
 interface S3Response {

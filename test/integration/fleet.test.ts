@@ -11,9 +11,9 @@ import { Peers } from '../../mirror/cluster/peers.js';
 import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { freePort, sleep } from '../../tools/launch/proc.js';
 import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
-import { startCeph, type CephHandle } from '../rig/ceph.js';
+import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { fetchHashed, getMetrics, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { fetchHashed, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -92,6 +92,15 @@ describe('a fleet of three replicas on one bucket', { timeout: 600_000 }, () => 
     }
     const manifestLog = () => addresses.map((a) => `${a}:\n${mirrors.get(a)!.logText().split('\n').filter((l) => l.includes('/manifests/v1') && !l.includes('"result":"hit"')).join('\n')}`).join('\n');
     assert.equal(upstreamGets(`/v2/${img.repository}/manifests/v1`), 1, `one manifest GET for the tag; ${manifestLog()}`);
+    // What the operator's status reads: upstream transfers over blobs added, fleet-wide.
+    let fetches = 0;
+    let added = 0;
+    for (const a of addresses) {
+      const st = await getStats(`http://${a}`);
+      fetches += st.upstreamBlobFetches;
+      added += st.blobsAdded;
+    }
+    assert.deepEqual({ fetches, added }, { fetches: 6, added: 6 }, `one transfer per blob, each adding it once; ${addresses.map((a) => mirrors.get(a)!.logText().split('\n').filter((l) => /"level":[4-6]|cache|commit/.test(l) && !/"msg":"request"/.test(l)).join('\n')).join('\n')}`);
     let forwarded = 0;
     for (const a of addresses) forwarded += metricValue(await getMetrics(`http://${a}`), 'registry_mirror_cluster_forwards_total', { result: 'forwarded' }) ?? 0;
     assert.ok(forwarded > 0, 'misses went to their owners');

@@ -27,7 +27,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { S3Driver, bareEtag, type S3DriverOptions } from '../../mirror/store/drivers/s3-driver.js';
 import { Lease, parseRecord, type LeaseOptions } from '../../mirror/store/lease.js';
-import { startCeph, type CephHandle } from '../rig/ceph.js';
+import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { sleep, tempDir } from '../../tools/launch/proc.js';
 
 const BUCKET = 'lease';

@@ -42,7 +42,7 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
     const upstreams = { 'docker.io': closed, 'index.docker.io': closed };
     assert.deepEqual(
       { ...stats0, since: '' },
-      { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0, since: '', upstreams },
+      { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0, upstreamBlobFetches: 0, blobsAdded: 0, since: '', upstreams },
     );
     assert.ok(!Number.isNaN(Date.parse(stats0.since)));
 
@@ -68,6 +68,9 @@ describe('metrics and /stats', { timeout: 120_000 }, () => {
         storedBytes: total,
         blobs: blobs.length,
         upstreamErrors: 0,
+        // One transfer per blob, each creating the blob it stored.
+        upstreamBlobFetches: blobs.length,
+        blobsAdded: blobs.length,
         since: stats0.since,
         upstreams,
       },

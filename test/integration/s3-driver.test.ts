@@ -1,4 +1,4 @@
-// S3Driver against a real Ceph RGW 16 (test/rig/ceph.ts): the StoreDriver conformance suite,
+// S3Driver against a real Ceph RGW 16 (tools/launch/ceph.ts): the StoreDriver conformance suite,
 // then what only S3 does: open() naming why a store cannot be used (the S3 error code, or the
 // network error, quickly), multipart commits that send each byte once with bounded parallelism
 // and leave no upload open when they fail, the sweep of expired uploads, presigned GETs, a
@@ -25,7 +25,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { isStoreUnavailable } from '../../mirror/store/driver.js';
 import { PARTS_IN_FLIGHT, PARTS_PER_COMMIT, S3Driver, type S3DriverOptions } from '../../mirror/store/drivers/s3-driver.js';
-import { startCeph, type CephHandle } from '../rig/ceph.js';
+import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { freePort, sleep, tempDir } from '../../tools/launch/proc.js';
 import { readAll, storeDriverSuite, writeTemp } from '../unit/store-driver-suite.js';
 

@@ -21,7 +21,7 @@ if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 # by the tests with their own storage and config; its package enables podman.socket,
 # podman.service, podman-restart.service and podman-auto-update.{service,timer}: the same
 # treatment applies.
-# Ceph 16.2 (Pacific: ceph-mon, ceph-mgr, ceph-osd, radosgw, ceph-common; test/rig/ceph.ts runs
+# Ceph 16.2 (Pacific: ceph-mon, ceph-mgr, ceph-osd, radosgw, ceph-common; tools/launch/ceph.ts runs
 # a throwaway cluster with its own conf, keyrings, data, sockets and logs in a temp dir, never
 # /etc/ceph or /var/lib/ceph). Its packages enable ceph.target and the per-daemon targets and
 # units, ceph-crash.service, rbdmap.service and (pulled in by ceph-osd) smartmontools.service

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parse } from 'yaml';
-import { render, renderConfigMap, renderDeployment, renderPvc, renderService } from '../../operator/render/index.js';
+import { render, renderConfigMap, renderDeployment, renderPdb, renderPvc, renderService } from '../../operator/render/index.js';
 import { renderMirrorConfig, maxBytesFor, mirrorConfigProblem } from '../../operator/render/mirror-config.js';
-import { ANNOTATION, endpointOf, objectNames } from '../../operator/render/names.js';
+import { ANNOTATION, endpointOf, objectNames, peersDnsName } from '../../operator/render/names.js';
 import { pvcChange } from '../../operator/render/pvc.js';
 import { resolveSpec, type ResolvedSpec } from '../../operator/spec.js';
 import type { RegistryMirror, RegistryMirrorSpec } from '../../operator/types.js';
@@ -271,5 +271,108 @@ describe('spec.storage.s3', () => {
       assert.equal('serviceAccount' in d.spec.template.spec, false);
       assert.deepEqual(d.spec.template.spec.volumes.map((v: any) => v.name), ['config', storage ? 'cache-pvc' : 'cache-tmp', 'tmp']);
     }
+  });
+});
+
+describe('a fleet on one bucket (spec.storage.s3)', () => {
+  const fleet = (replicas: number, extra: Partial<RegistryMirrorSpec> = {}) =>
+    cr({ upstream: { registry: 'docker.io' }, replicas, storage: { s3: { bucket: 'bkt' } }, ...extra });
+  const selector = { 'app.kubernetes.io/name': 'registry-mirror', 'app.kubernetes.io/instance': 'hub' };
+
+  test('config: the cluster section names the headless Service and the mirror port; no self (it comes from the pod)', () => {
+    for (const replicas of [1, 3]) {
+      const c = fleet(replicas);
+      const config = parse((renderConfigMap(c, resolved(c)).data as Record<string, string>)['config.yaml']);
+      assert.deepEqual(config.cluster, { peers: { dns: 'hub-peers.ns1.svc', port: 5000 }, refresh: '5s' }, `replicas ${replicas}`);
+      assert.equal(peersDnsName(c), 'hub-peers.ns1.svc');
+    }
+  });
+
+  test('scaling changes the Deployment alone: config, peers Service and PDB stay as they are (no roll)', () => {
+    const one = render(fleet(1), resolved(fleet(1)), { defaultImage: 'i' });
+    const three = render(fleet(3), resolved(fleet(3)), { defaultImage: 'i' });
+    for (const k of ['configMap', 'peersService', 'service', 'pdb'] as const) {
+      assert.equal(three[k]!.metadata.annotations![ANNOTATION.appliedHash], one[k]!.metadata.annotations![ANNOTATION.appliedHash], k);
+    }
+    assert.deepEqual((three.deployment as any).spec.template, (one.deployment as any).spec.template, 'same pod template');
+    assert.equal((three.deployment as any).spec.replicas, 3);
+  });
+
+  test('Deployment: replicas, RollingUpdate 0/1, spread over nodes (ScheduleAnyway), POD_IP and MIRROR_CLUSTER_SELF, /readyz', () => {
+    const c = fleet(3);
+    const d = render(c, resolved(c), { defaultImage: 'i' }).deployment as any;
+    assert.equal(d.spec.replicas, 3);
+    assert.deepEqual(d.spec.strategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } });
+    const pod = d.spec.template.spec;
+    assert.deepEqual(pod.topologySpreadConstraints, [
+      { maxSkew: 1, topologyKey: 'kubernetes.io/hostname', whenUnsatisfiable: 'ScheduleAnyway', labelSelector: { matchLabels: selector } },
+    ]);
+    assert.deepEqual(d.spec.selector.matchLabels, selector, 'the spread counts the pods the Deployment selects');
+    const container = pod.containers[0];
+    // POD_IP first: Kubernetes expands $(VAR) only from variables defined before.
+    assert.deepEqual(container.env, [
+      { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+      { name: 'MIRROR_CLUSTER_SELF', value: '$(POD_IP):5000' },
+    ]);
+    assert.equal(container.readinessProbe.httpGet.path, '/readyz');
+    assert.equal(pod.automountServiceAccountToken, false, 'the mirrors never talk to the Kubernetes API');
+  });
+
+  test('peers Service: headless, lists pods before they are ready, port 5000, selects the pods; the client Service is unchanged', () => {
+    const c = fleet(3);
+    const r = render(c, resolved(c), { defaultImage: 'i' });
+    const svc = r.peersService!;
+    assert.equal(svc.metadata.name, 'hub-peers');
+    assert.equal(svc.metadata.namespace, 'ns1');
+    assert.equal(svc.metadata.ownerReferences![0]!.uid, 'uid-1');
+    assert.deepEqual(svc.spec, {
+      type: 'ClusterIP',
+      clusterIP: 'None',
+      publishNotReadyAddresses: true,
+      selector,
+      ports: [{ name: 'http', port: 5000, targetPort: 'http', protocol: 'TCP' }],
+    });
+    assert.deepEqual(r.service.spec, renderService(c).spec);
+    assert.equal((r.service.spec as any).clusterIP, undefined, 'clients keep a ClusterIP of ready pods');
+  });
+
+  test('PodDisruptionBudget: maxUnavailable 1 over the pods, in the API version the apiserver serves', () => {
+    const c = fleet(3);
+    const v1 = render(c, resolved(c), { defaultImage: 'i' }).pdb!;
+    assert.equal(v1.apiVersion, 'policy/v1');
+    assert.equal(v1.kind, 'PodDisruptionBudget');
+    assert.equal(v1.metadata.name, 'hub');
+    assert.deepEqual(v1.spec, { maxUnavailable: 1, selector: { matchLabels: selector } });
+    const beta = render(c, resolved(c), { defaultImage: 'i', pdbApiVersion: 'policy/v1beta1' }).pdb!;
+    assert.equal(beta.apiVersion, 'policy/v1beta1');
+    assert.deepEqual(beta.spec, v1.spec);
+    assert.deepEqual(renderPdb(c, 'policy/v1beta1').spec, v1.spec);
+    assert.equal(render(c, resolved(c), { defaultImage: 'i', pdbApiVersion: 'none' }).pdb, undefined);
+  });
+
+  test('emptyDir and PVC mirrors get none of it: no cluster section, env, spread, peers Service or PDB', () => {
+    for (const spec of [{ replicas: 3 }, { replicas: 1, storage: { size: '5Gi' } }] as Array<Partial<RegistryMirrorSpec>>) {
+      const c = cr({ upstream: { registry: 'docker.io' }, ...spec });
+      const r = render(c, resolved(c), { defaultImage: 'i' });
+      const config = parse((r.configMap.data as Record<string, string>)['config.yaml']);
+      assert.equal(config.cluster, undefined);
+      assert.equal(r.peersService, undefined);
+      assert.equal(r.pdb, undefined);
+      const pod = (r.deployment as any).spec.template.spec;
+      assert.equal('topologySpreadConstraints' in pod, false);
+      assert.equal('env' in pod.containers[0], false);
+    }
+  });
+
+  test('the rendered config is one the mirror accepts, MIRROR_CLUSTER_SELF standing in for the pod IP', () => {
+    for (const c of [fleet(1), fleet(3), fleet(2, { storage: { size: '50Gi', s3: { bucket: 'bkt', credentialsSecret: { name: 'k' } } } })]) {
+      const cm = renderConfigMap(c, resolved(c), undefined);
+      assert.equal(mirrorConfigProblem((cm.data as Record<string, string>)['config.yaml']), undefined);
+    }
+    // Whatever else is wrong is still found with the cluster section there.
+    assert.match(
+      mirrorConfigProblem('cluster: {peers: {dns: a.b.svc, port: 5000}, refresh: 5s}\nupstreams: {docker.io: {url: "ftp://x"}}')!,
+      /upstreams\.docker\.io\.url/,
+    );
   });
 });

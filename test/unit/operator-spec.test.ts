@@ -187,3 +187,40 @@ describe('spec.storage.s3', () => {
     for (const k of ['accessKeyId', 'secretAccessKey']) assert.equal(s3.properties[k], undefined);
   });
 });
+
+describe('replicas and the store (a fleet needs a shared one)', () => {
+  const hub = { registry: 'docker.io' };
+  const named = (name: string, spec: any): RegistryMirror => ({ ...mk(spec), metadata: { name, namespace: 'n', uid: 'u' } });
+
+  test('storage.s3: any number of replicas, with or without storage.size (it bounds the bucket)', () => {
+    for (const storage of [{ s3: { bucket: 'bkt' } }, { size: '100Gi', s3: { bucket: 'bkt' } }]) {
+      const r = resolveSpec(mk({ upstream: hub, replicas: 3, storage }));
+      assert.ok(r.ok, JSON.stringify(r));
+      assert.equal(r.spec.replicas, 3);
+      assert.equal(r.spec.storage, undefined, 'no PVC');
+    }
+  });
+
+  test('storage.size alone (one ReadWriteOnce PVC): still one replica, the message names the ways out', () => {
+    const p = problems({ upstream: hub, replicas: 3, storage: { size: '10Gi' } });
+    assert.match(p, /spec\.replicas is 3 but spec\.storage\.size puts the cache on one ReadWriteOnce volume/);
+    assert.match(p, /use replicas: 1, add storage\.s3 so the replicas share one bucket, or drop storage\.size/);
+    assert.ok(resolveSpec(mk({ upstream: hub, replicas: 1, storage: { size: '10Gi' } })).ok);
+  });
+
+  test('emptyDir (no storage): several replicas as before, each with its own cache', () => {
+    const r = resolveSpec(mk({ upstream: hub, replicas: 3 }));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(r.spec.replicas, 3);
+    assert.equal(r.spec.s3, undefined);
+  });
+
+  test('storage.s3: the name also names <name>-peers, so it may have at most 57 characters', () => {
+    const s3 = { upstream: hub, storage: { s3: { bucket: 'bkt' } } };
+    assert.ok(resolveSpec(named(`m${'x'.repeat(56)}`, s3)).ok, '57 characters');
+    const r = resolveSpec(named(`m${'x'.repeat(57)}`, s3));
+    assert.equal(r.ok, false);
+    assert.match((r as { problems: string[] }).problems.join('\n'), /is 58 characters long; with spec\.storage\.s3 it may have at most 57, because it also names the Service "<name>-peers"/);
+    assert.ok(resolveSpec(named(`m${'x'.repeat(62)}`, { upstream: hub })).ok, 'without s3 a DNS label of 63 is fine');
+  });
+});

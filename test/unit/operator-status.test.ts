@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { aggregateCache, hitRatio, parseMirrorStats, type MirrorStats } from '../../operator/cache-stats.js';
+import { aggregateCache, fetchesPerBlob, hitRatio, parseMirrorStats, type MirrorStats } from '../../operator/cache-stats.js';
 import { setConditions } from '../../operator/conditions.js';
 import { computeStatus, rolloutState, statusEqual, type DeploymentLike } from '../../operator/status.js';
 import type { RegistryMirror } from '../../operator/types.js';
@@ -136,4 +136,64 @@ test('computeStatus is stable: recomputing from its own output is no change (no 
   assert.ok(statusEqual(first, again));
   const keepsCache = computeStatus(cr({ ...first, cache: aggregateCache([stats({ hits: 1 })], undefined, t0) }), { kind: 'applied', deployment: dep(1, {}) }, { endpoint }, t1);
   assert.equal(keepsCache.cache?.hits, 1, 'last known cache figures are kept while no pod answers');
+});
+
+test('a fleet on one bucket: traffic summed over the pods, the store\'s own figures the largest any pod reports', () => {
+  const pods = [
+    stats({ hits: 3, misses: 1, bytesServed: 10, bytesFromUpstream: 7, storedBytes: 2 ** 30, blobs: 40, upstreamErrors: 1 }),
+    stats({ hits: 5, misses: 2, bytesServed: 20, bytesFromUpstream: 3, storedBytes: 2 ** 30 + 5, blobs: 41 }),
+    stats({ hits: 0, misses: 0, storedBytes: 2 ** 29, blobs: 12 }),
+  ];
+  const shared = aggregateCache(pods, undefined, t0, { sharedStore: true })!;
+  assert.deepEqual(
+    [shared.hits, shared.misses, shared.bytesServed, shared.bytesFromUpstream, shared.upstreamErrors, shared.pods],
+    [8, 3, 30, 10, 1, 3],
+  );
+  assert.equal(shared.storedBytes, 2 ** 30 + 5, 'the bucket once, not once per pod');
+  assert.equal(shared.blobs, 41);
+  assert.equal(shared.stored, '1Gi');
+  const separate = aggregateCache(pods, undefined, t0)!;
+  assert.equal(separate.storedBytes, 2 ** 30 + 2 ** 30 + 5 + 2 ** 29, 'own emptyDirs: summed as before');
+  assert.equal(separate.blobs, 93);
+});
+
+test('upstream fetches per blob: transfers over blobs added, over the pods that report both', () => {
+  assert.deepEqual(fetchesPerBlob([stats({ upstreamBlobFetches: 4, blobsAdded: 4 }), stats({ upstreamBlobFetches: 1, blobsAdded: 0 })]), {
+    upstreamBlobFetches: 5,
+    blobsAdded: 4,
+    fetchesPerBlob: 1.25,
+  });
+  assert.deepEqual(fetchesPerBlob([stats({ upstreamBlobFetches: 0, blobsAdded: 0 })]), { upstreamBlobFetches: 0, blobsAdded: 0 }, 'no ratio of nothing');
+  assert.equal(fetchesPerBlob([stats({ hits: 1 })]), undefined, 'a mirror that does not report them');
+  // A pod of an earlier version (mid-rollout) does not dilute the figure.
+  assert.equal(fetchesPerBlob([stats({ upstreamBlobFetches: 3, blobsAdded: 3 }), stats({ hits: 9 })])!.fetchesPerBlob, 1);
+  assert.equal(fetchesPerBlob([stats({ upstreamBlobFetches: 1, blobsAdded: 3 })])!.fetchesPerBlob, 0.3333);
+
+  const c = aggregateCache([stats({ upstreamBlobFetches: 6, blobsAdded: 5 }), stats({ upstreamBlobFetches: 0, blobsAdded: 0 })], undefined, t0, { sharedStore: true })!;
+  assert.equal(c.upstreamBlobFetches, 6);
+  assert.equal(c.blobsAdded, 5);
+  assert.equal(c.fetchesPerBlob, 1.2);
+  const old = aggregateCache([stats({ hits: 1 })], undefined, t0)!;
+  for (const k of ['upstreamBlobFetches', 'blobsAdded', 'fetchesPerBlob']) assert.equal(k in old, false, `${k} absent when no pod reports it`);
+  // A moved counter is a change (a new timestamp, a status write); an unchanged one is not.
+  assert.equal(aggregateCache([stats({ upstreamBlobFetches: 6, blobsAdded: 5 }), stats({})], c, t1, { sharedStore: true })!.updated, t0.toISOString());
+  assert.equal(aggregateCache([stats({ upstreamBlobFetches: 7, blobsAdded: 5 }), stats({})], c, t1, { sharedStore: true })!.updated, t1.toISOString());
+});
+
+test('parseMirrorStats: the fleet counters when present, checked like the others', () => {
+  const base = { hits: 1, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, storedBytes: 0, blobs: 0, upstreamErrors: 0 };
+  assert.deepEqual(parseMirrorStats({ ...base, upstreamBlobFetches: 3, blobsAdded: 2 }), { ...base, upstreamBlobFetches: 3, blobsAdded: 2 });
+  assert.equal('upstreamBlobFetches' in parseMirrorStats(base)!, false);
+  for (const bad of [{ upstreamBlobFetches: -1 }, { blobsAdded: 'x' }, { upstreamBlobFetches: 1.5 }]) {
+    assert.equal(parseMirrorStats({ ...base, ...bad }), undefined, JSON.stringify(bad));
+  }
+});
+
+test('computeStatus: readyReplicas from the Deployment; the fleet figures carried in status.cache', () => {
+  const cache = aggregateCache([stats({ hits: 1, upstreamBlobFetches: 2, blobsAdded: 2 }), stats({ hits: 2 })], undefined, t0, { sharedStore: true })!;
+  const s = computeStatus(cr(), { kind: 'applied', deployment: dep(3, { replicas: 3, updatedReplicas: 3, readyReplicas: 2 }) }, { endpoint, cache }, t0);
+  assert.equal(s.readyReplicas, 2);
+  assert.match(s.conditions!.find((c) => c.type === 'Ready')!.message, /\(2\/3 replicas ready\)/);
+  assert.equal(s.cache!.fetchesPerBlob, 1);
+  assert.equal(s.cache!.pods, 2);
 });

@@ -1,6 +1,6 @@
 // A real Ceph cluster with a RADOS Gateway (S3 API) on loopback, from Debian's packages
 // (Ceph 16.2 "Pacific": ceph-mon, ceph-mgr, ceph-osd, radosgw, ceph-common; installed by
-// install-deps.sh, whose policy keeps every ceph systemd unit from starting).
+// test/rig/install-deps.sh, whose policy keeps every ceph systemd unit from starting).
 //
 // One throwaway single-node cluster per startCeph(): one mon (msgr v2 only, on a free
 // 127.0.0.1 port), one mgr (optional), one OSD on memstore (RAM, the default) or BlueStore on
@@ -40,7 +40,7 @@
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
+import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, type ProcessHandle, type RunResult } from './proc.js';
 
 export type CephObjectStore = 'memstore' | 'bluestore';
 
@@ -63,6 +63,8 @@ export interface CephOptions {
   secretAccessKey?: string;
   /** How long to wait for RGW to answer HTTP (default 90 s). */
   timeoutMs?: number;
+  /** Write RGW's ops log (one JSON record per S3 operation) to a file: rgwOps(). */
+  opsLog?: boolean;
 }
 
 export type CephDaemon = 'mon' | 'mgr' | 'osd' | 'rgw';
@@ -76,6 +78,29 @@ export interface RgwRequest {
   bytes: number;
   /** The authenticated user id, or "anonymous". */
   user: string;
+  /** The User-Agent header as RGW logged it ("" when the line has none). */
+  userAgent: string;
+}
+
+/**
+ * One record of RGW's ops log (startCeph({ opsLog: true })): what RGW did per S3 operation.
+ * Unlike the access log it has the request body bytes RGW received and the object size an
+ * operation wrote. Seen on 16.2.15: `put_obj` covers PutObject, UploadPart and
+ * UploadPartCopy (objectSize: the bytes stored, the copied range for a part copy, whose
+ * bytesReceived is 0); `copy_obj` (CopyObject) records objectSize 0 whatever it copied.
+ */
+export interface RgwOp {
+  /** RGW's name for it: put_obj, copy_obj, get_obj (GET and HEAD), list_bucket, init_multipart, ... */
+  operation: string;
+  method: string;
+  /** Path and query, e.g. "/bucket/key?partNumber=1&uploadId=..." (RGW logs the query twice; once here). */
+  path: string;
+  status: number;
+  bytesReceived: number;
+  bytesSent: number;
+  objectSize: number;
+  user: string;
+  userAgent: string;
 }
 
 export interface CephHandle {
@@ -125,6 +150,8 @@ export interface CephHandle {
   startRgw(): Promise<void>;
   /** Every request RGW has logged (beast's access lines), restarts included. */
   rgwRequests(): RgwRequest[];
+  /** Every record of RGW's ops log so far (empty unless started with opsLog). */
+  rgwOps(): RgwOp[];
   /** A daemon's log file and its stdout/stderr, tailed. */
   logTail(daemon: CephDaemon, lines?: number): string;
   /** Stops rgw, then mgr and osd, then mon, by pid (SIGTERM, SIGKILL after 10 s); removes dataDir. */
@@ -139,16 +166,71 @@ const NAMES: Record<CephDaemon, string> = { mon: 'mon.a', mgr: 'mgr.x', osd: 'os
 
 // beast's access line, in the daemon log at debug_rgw 1 (the default):
 // ... beast: 0x7f..: 127.0.0.1 - testuser [01/Dec/2026:02:50:30.860 +0000] "GET /b/k HTTP/1.1" 200 231 - "curl/7.88.1" - latency=0.003999999s
-const BEAST_LINE = / beast: \S+ \S+ - (\S+) \[[^\]]+\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-) /;
+const BEAST_LINE = / beast: \S+ \S+ - (\S+) \[[^\]]+\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-)(?: \S+ "([^"]*)")?/;
 
 export function parseRgwAccessLog(text: string): RgwRequest[] {
   const out: RgwRequest[] = [];
   for (const line of text.split('\n')) {
     const m = BEAST_LINE.exec(line);
     if (!m) continue;
-    out.push({ user: m[1]!, method: m[2]!, path: m[3]!, status: Number(m[4]), bytes: m[5] === '-' ? 0 : Number(m[5]) });
+    out.push({ user: m[1]!, method: m[2]!, path: m[3]!, status: Number(m[4]), bytes: m[5] === '-' ? 0 : Number(m[5]), userAgent: m[6] ?? '' });
   }
   return out;
+}
+
+/**
+ * Parses RGW's ops log file. 16.2.15 writes one JSON object per record but, with requests
+ * completing at once, some records follow each other on one line with no newline between
+ * them (`...}{"bucket":...`): the text is split into top-level objects by scanning braces
+ * outside strings, not by lines. An object still being written at the end is left out.
+ */
+export function parseRgwOpsLog(text: string): RgwOp[] {
+  const out: RgwOp[] = [];
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  let start = -1;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (ch === 0x5c /* \ */) escaped = true;
+      else if (ch === 0x22 /* " */) inString = false;
+      continue;
+    }
+    if (ch === 0x22) inString = true;
+    else if (ch === 0x7b /* { */) {
+      if (depth++ === 0) start = i;
+    } else if (ch === 0x7d /* } */ && depth > 0 && --depth === 0) {
+      const op = opFromJson(text.slice(start, i + 1));
+      if (op) out.push(op);
+    }
+  }
+  return out;
+}
+
+function opFromJson(json: string): RgwOp | undefined {
+  let r: Record<string, unknown>;
+  try {
+    r = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  // "uri": "PUT /b/k?partNumber=1&uploadId=x?partNumber=1&uploadId=x HTTP/1.1"
+  const [method = '', target = ''] = String(r.uri ?? '').split(' ');
+  const q = target.indexOf('?');
+  const path = q < 0 ? target : target.slice(0, q) + '?' + target.slice(q + 1).split('?')[0];
+  return {
+    operation: String(r.operation ?? ''),
+    method,
+    path,
+    status: Number(r.http_status),
+    bytesReceived: Number(r.bytes_received ?? 0),
+    bytesSent: Number(r.bytes_sent ?? 0),
+    objectSize: Number(r.object_size ?? 0),
+    user: String(r.user ?? ''),
+    userAgent: String(r.user_agent ?? ''),
+  };
 }
 
 function cephConf(o: {
@@ -158,6 +240,7 @@ function cephConf(o: {
   rgwPort: number;
   objectStore: CephObjectStore;
   storeBytes: number;
+  opsLog: boolean;
 }): string {
   const d = o.dir;
   const store =
@@ -221,6 +304,7 @@ function cephConf(o: {
     // Bucket lifecycle workers sleep 5 s between lock attempts and hold up a SIGTERM by up to
     // ~8 s; the mirror expires its own objects and sweeps its own uploads, so they are off.
     'rgw_enable_lc_threads = false',
+    ...(o.opsLog ? ['rgw_enable_ops_log = true', 'rgw_ops_log_rados = false', `rgw_ops_log_file_path = ${d}/log/rgw-ops.log`] : []),
     '',
   ].join('\n');
 }
@@ -238,7 +322,7 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
   const fsid = randomUUID();
   const confFile = join(dir, 'ceph.conf');
   const keyring = join(dir, 'keyring');
-  writeFileSync(confFile, cephConf({ dir, fsid, monPort, rgwPort, objectStore, storeBytes }));
+  writeFileSync(confFile, cephConf({ dir, fsid, monPort, rgwPort, objectStore, storeBytes, opsLog: opts.opsLog ?? false }));
   const env = { CEPH_CONF: confFile, CEPH_ARGS: undefined };
   const tool = (cmd: string, args: string[], o: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<RunResult> =>
     run(cmd, ['-c', confFile, ...args], { env, timeoutMs: o.timeoutMs ?? 60000, allowFail: o.allowFail });
@@ -406,6 +490,10 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
       rgwRequests() {
         const f = join(dir, 'log', `ceph-${NAMES.rgw}.log`);
         return parseRgwAccessLog(existsSync(f) ? readFileSync(f, 'utf8') : '');
+      },
+      rgwOps() {
+        const f = join(dir, 'log', 'rgw-ops.log');
+        return parseRgwOpsLog(existsSync(f) ? readFileSync(f, 'utf8') : '');
       },
       logTail,
       stop: stopAll,
