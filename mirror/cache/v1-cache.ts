@@ -25,6 +25,7 @@ import type { ContentStore } from '../store/content-store.js';
 import { Download, type TailReader, type Verify } from '../store/download.js';
 import { isNoRoom } from '../store/evictor.js';
 import { isStoreUnavailable } from '../store/driver.js';
+import { isNoSpace } from '../store/fsutil.js';
 import { documentLimits, readBody } from '../upstream/read-body.js';
 import type { ImageJsonRecord, LayerRecord, RepoDoc, V1Index } from '../store/v1-index.js';
 import { sourceError, toV1Error, V1Error } from '../v1/errors.js';
@@ -169,7 +170,7 @@ export class V1Cache {
       const { bytes } = await this.fetchDoc(`/v1/images/${id}/ancestry`, 'image');
       if (!validAncestry(bytes, id)) throw this.invalid(`ancestry of ${id} is not a list of image ids starting with it`);
       const digest = await this.putBlobQuietly(bytes);
-      if (digest) await this.index.setImage(id, 'ancestry', { digest });
+      if (digest) await this.recordImage(id, 'ancestry', { digest });
       return bytes;
     });
     return { bytes, result: 'miss' };
@@ -191,7 +192,7 @@ export class V1Cache {
       const checksums = payloadChecksums(header(headers, 'x-docker-checksum-payload') ?? header(headers, 'x-docker-payload-checksum'));
       const digest = await this.putBlobQuietly(bytes);
       const record: ImageJsonRecord = { digest: digest ?? '', ...(size !== undefined ? { size } : {}), ...(checksums.length ? { checksums } : {}) };
-      if (digest) await this.index.setImage(id, 'json', record);
+      if (digest) await this.recordImage(id, 'json', record);
       return { bytes, size, checksums };
     });
   }
@@ -413,6 +414,14 @@ export class V1Cache {
     } finally {
       release();
     }
+  }
+
+  /** Records an image part; a store that cannot take it (full, unreachable) only costs the caching. */
+  private async recordImage(id: string, part: 'json' | 'ancestry', record: object): Promise<void> {
+    await this.index.setImage(id, part, record).catch((err: unknown) => {
+      if (!isNoSpace(err) && !isStoreUnavailable(err)) throw err;
+      this.log.info({ id, part, err: (err as Error).message }, 'v1 record not cached: the store cannot take it');
+    });
   }
 
   /** Stores bytes as a blob; a store that cannot take them only costs the caching. */

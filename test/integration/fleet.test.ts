@@ -13,7 +13,7 @@ import { freePort, sleep } from '../../tools/launch/proc.js';
 import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
-import { fetchHashed, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
+import { downloadsSettled, fetchHashed, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
 const MiB = 1 << 20;
 
@@ -95,6 +95,8 @@ describe('a fleet of three replicas on one bucket', { timeout: 600_000 }, () => 
     // What the operator's status reads: upstream transfers over blobs added, fleet-wide.
     let fetches = 0;
     let added = 0;
+    // A blob is committed (uploaded) after its clients' last byte: let the commits finish.
+    for (const a of addresses) await downloadsSettled(`http://${a}`);
     for (const a of addresses) {
       const st = await getStats(`http://${a}`);
       fetches += st.upstreamBlobFetches;

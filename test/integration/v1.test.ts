@@ -10,7 +10,7 @@ import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { sleep, waitFor } from '../../tools/launch/proc.js';
 import { pullV1 } from '../rig/v1-client.js';
 import { buildV1Fixture, startV1Source, type V1FixtureImage, type V1SourceHandle } from '../rig/v1-source.js';
-import { fetchHashed, isCached, cachedSoon, rawRequest, tempFiles } from './helpers.js';
+import { downloadsSettled, fetchHashed, isCached, cachedSoon, rawRequest, tempFiles } from './helpers.js';
 
 const fixture = buildV1Fixture({
   'library/busybox': [1 << 20, 200_000, 3_000],
@@ -56,6 +56,7 @@ describe('v1 API as a caching mirror', { timeout: 120_000 }, () => {
       assert.equal(first.checksums.get(id), fx.checksum, 'X-Docker-Checksum-Payload passed through');
       assert.equal(source.count(`/v1/images/${id}/layer`), 1);
       assert.equal(source.count(`/v1/images/${id}/json`), 1);
+      await downloadsSettled(m.url); // the layer's record is written with its commit, after the last byte
       assert.ok(await cachedSoon(m.dataDir, fx.layerDigest), 'layer stored as a content-addressed blob');
       assert.ok(existsSync(join(m.dataDir, 'v1', 'images', id.slice(0, 2), id, 'layer')));
     }
