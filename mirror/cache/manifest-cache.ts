@@ -246,7 +246,8 @@ export class ManifestCache {
   private fetch(t: Target, reference: string, accept: string, variant: string, expected: Digest | undefined, record?: (m: StoredManifest) => Promise<void>): Promise<StoredManifest> {
     const key = `${t.upstream.name}/${t.name}:${reference}|${variant}`;
     const answered = this.recent.get(key);
-    if (answered) return Promise.resolve(answered);
+    // Only while it is still stored: an evicted manifest must be fetched, stored and recorded again.
+    if (answered && this.store.has('manifest', answered.digest)) return Promise.resolve(answered);
     let p = this.fetching.get(key);
     if (!p) {
       p = this.fetchOnce(t, reference, accept, expected)
