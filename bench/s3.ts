@@ -28,7 +28,7 @@ import type { BenchParams } from './params.js';
 import { BENCH_USER_AGENT, benchAgent, pullImage } from './pull.js';
 import { cpuMs, type RssTracker } from './rss.js';
 import { median, round, type S3Figures, type S3Pull, type S3Result } from './report.js';
-import { startCeph, type CephHandle, type RgwOp, type RgwRequest } from '../tools/launch/ceph.js';
+import { rgwClient, startCeph, type CephHandle, type RgwOp, type RgwRequest } from '../tools/launch/ceph.js';
 import { startMirror, type MirrorHandle } from '../tools/launch/mirror.js';
 import { startRegistry, type RegistryHandle } from '../tools/launch/registry.js';
 import { sleep, waitFor } from '../tools/launch/proc.js';
@@ -112,15 +112,7 @@ export class S3Section {
     try {
       const pids = this.ceph.pids();
       log(`S3: Ceph RGW ${this.ceph.endpoint} on ${this.p.s3Store} (rgw pid ${pids.rgw}, osd pid ${pids.osd}) up in ${(startMs / 1000).toFixed(1)} s`);
-      this.admin = new S3Client({
-        endpoint: this.ceph.endpoint,
-        region: this.ceph.region,
-        forcePathStyle: true,
-        credentials: { accessKeyId: this.ceph.accessKeyId, secretAccessKey: this.ceph.secretAccessKey },
-        requestChecksumCalculation: 'WHEN_REQUIRED',
-        responseChecksumValidation: 'WHEN_REQUIRED',
-        customUserAgent: ADMIN_AGENT,
-      });
+      this.admin = rgwClient(this.ceph, { customUserAgent: ADMIN_AGENT });
       for (const b of Object.values(this.buckets)) await this.admin.send(new CreateBucketCommand({ Bucket: b }));
       return await this.rounds(startMs);
     } finally {

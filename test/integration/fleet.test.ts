@@ -11,7 +11,7 @@ import { Peers } from '../../mirror/cluster/peers.js';
 import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { freePort, sleep } from '../../tools/launch/proc.js';
 import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
-import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
+import { rgwClient, startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { downloadsSettled, fetchHashed, getMetrics, getStats, metricValue, pullImage, pushRandomImage, type RandomImage } from './helpers.js';
 
@@ -58,14 +58,7 @@ describe('a fleet of three replicas on one bucket', { timeout: 600_000 }, () => 
 
   before(async () => {
     ceph = await startCeph({ mgr: false });
-    s3 = new S3Client({
-      endpoint: ceph.endpoint,
-      region: ceph.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    s3 = rgwClient(ceph);
     await s3.send(new CreateBucketCommand({ Bucket: bucket }));
     registry = await startRegistry();
     upstream = await startFaultProxy(registry.url);

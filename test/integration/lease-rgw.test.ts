@@ -27,7 +27,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { S3Driver, bareEtag, type S3DriverOptions } from '../../mirror/store/drivers/s3-driver.js';
 import { Lease, parseRecord, type LeaseOptions } from '../../mirror/store/lease.js';
-import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
+import { rgwClient, startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { sleep, tempDir } from '../../tools/launch/proc.js';
 
 const BUCKET = 'lease';
@@ -105,15 +105,7 @@ async function leaseObjects(prefix: string): Promise<string[]> {
 describe('the lease on a real Ceph RGW 16', { timeout: 300_000 }, () => {
   before(async () => {
     ceph = await startCeph({ mgr: false });
-    raw = new S3Client({
-      endpoint: ceph.endpoint,
-      region: ceph.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 1,
-    });
+    raw = rgwClient(ceph, { maxAttempts: 1 });
     await raw.send(new CreateBucketCommand({ Bucket: BUCKET }));
   });
   after(async () => {

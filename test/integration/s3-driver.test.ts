@@ -25,7 +25,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { isStoreUnavailable } from '../../mirror/store/driver.js';
 import { PARTS_IN_FLIGHT, PARTS_PER_COMMIT, S3Driver, type S3DriverOptions } from '../../mirror/store/drivers/s3-driver.js';
-import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
+import { rgwClient, startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { freePort, sleep, tempDir } from '../../tools/launch/proc.js';
 import { readAll, storeDriverSuite, writeTemp } from '../unit/store-driver-suite.js';
 
@@ -258,14 +258,7 @@ describe('S3Driver on a real Ceph RGW 16', { timeout: 300_000 }, () => {
 
   before(async () => {
     ceph = await startCeph({ mgr: false });
-    admin = new S3Client({
-      endpoint: ceph.endpoint,
-      region: ceph.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    admin = rgwClient(ceph);
     await admin.send(new CreateBucketCommand({ Bucket: BUCKET }));
     proxy = await startProxy(ceph.port);
   });

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { CreateBucketCommand, DeleteObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { buildFixtures, pushFixtures, FIXTURE_NAMES, type FixtureName } from '../fixtures/images.js';
 import type { PushedImage } from '../../tools/oci/oci-client.js';
-import { startCeph, type CephHandle } from '../../tools/launch/ceph.js';
+import { rgwClient, startCeph, type CephHandle } from '../../tools/launch/ceph.js';
 import { startContainerd, writeHostsToml, type ContainerdHandle } from '../rig/containerd.js';
 import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { mirrorBin, startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
@@ -89,14 +89,7 @@ describe('the cache on S3 (a real Ceph RGW)', { timeout: 900_000 }, () => {
 
   before(async () => {
     ceph = await startCeph({ mgr: false });
-    s3 = new S3Client({
-      endpoint: ceph.endpoint,
-      region: ceph.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    s3 = rgwClient(ceph);
     keysDir = tempDir('s3-keys');
     writeFileSync(join(keysDir, 'accessKeyId'), `${ceph.accessKeyId}\n`);
     writeFileSync(join(keysDir, 'secretAccessKey'), `${ceph.secretAccessKey}\n`);

@@ -40,6 +40,7 @@
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, type ProcessHandle, type RunResult } from './proc.js';
 
 export type CephObjectStore = 'memstore' | 'bluestore';
@@ -307,6 +308,23 @@ function cephConf(o: {
     ...(o.opsLog ? ['rgw_enable_ops_log = true', 'rgw_ops_log_rados = false', `rgw_ops_log_file_path = ${d}/log/rgw-ops.log`] : []),
     '',
   ].join('\n');
+}
+
+/**
+ * An S3 client of the cluster's user, path-style, for tests and the bench to create buckets and
+ * look inside them. RGW 16 refuses the SDK's default aws-chunked checksum trailers (411), so
+ * checksums are sent only where an operation requires them.
+ */
+export function rgwClient(c: CephHandle, extra: Partial<S3ClientConfig> = {}): S3Client {
+  return new S3Client({
+    endpoint: c.endpoint,
+    region: c.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    ...extra,
+  });
 }
 
 export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
