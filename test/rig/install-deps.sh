@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(docker-registry skopeo containerd runc etcd-server golang-go rsync make git
       busybox-static containernetworking-plugins iptables conntrack curl ca-certificates jq
       unzip iproute2 tar docker.io podman
-      ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
+      ceph-mon ceph-mgr ceph-osd radosgw ceph-common prometheus chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
@@ -32,10 +32,12 @@ fresh_podman=false
 [[ " ${missing[*]} " == *" podman "* ]] && fresh_podman=true
 fresh_ceph=false
 [[ " ${missing[*]} " == *" ceph-"* || " ${missing[*]} " == *" radosgw "* ]] && fresh_ceph=true
+fresh_prometheus=false
+[[ " ${missing[*]} " == *" prometheus "* ]] && fresh_prometheus=true
 fresh_smartd=false
 dpkg -s smartmontools >/dev/null 2>&1 || fresh_smartd=$fresh_ceph
 own_policy=false
-if { $fresh_docker || $fresh_podman || $fresh_ceph; } && [ ! -e /usr/sbin/policy-rc.d ]; then
+if { $fresh_docker || $fresh_podman || $fresh_ceph || $fresh_prometheus; } && [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\n# registry-mirror test/rig/install-deps.sh: no service starts while installing\nexit 101\n' >/usr/sbin/policy-rc.d
   chmod 755 /usr/sbin/policy-rc.d
   own_policy=true
@@ -88,5 +90,17 @@ if $fresh_ceph; then
         update-rc.d "$s" disable >/dev/null 2>&1 || true
       fi
     done
+  fi
+fi
+
+if $fresh_prometheus; then
+  if [ -d /run/systemd/system ]; then
+    systemctl stop prometheus.service >/dev/null 2>&1 || true
+  fi
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+  fi
+  if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/prometheus ]; then
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
   fi
 fi
