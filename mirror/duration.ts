@@ -75,3 +75,12 @@ export function parseBytes(value: unknown): number | undefined {
   const n = Math.floor(Number(m[1]) * byteSuffixes[m[2]!]!);
   return Number.isSafeInteger(n) ? n : undefined;
 }
+
+/** Node's timers hold a signed 32-bit millisecond count: a longer delay (about 24.8 days) fires
+ * after 1 ms instead, which turns a long user-set TTL into a hot loop. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `ms` clamped to what setTimeout/setInterval honour; firing early is the safe side. */
+export function timerDelay(ms: number): number {
+  return Math.min(Math.max(0, ms), MAX_TIMER_MS);
+}

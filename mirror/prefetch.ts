@@ -28,6 +28,7 @@ import type { BlobCache } from './cache/blob-cache.js';
 import type { ManifestCache } from './cache/manifest-cache.js';
 import { upstreamName, type Target } from './cache/target.js';
 import type { PrefetchConfig } from './config.js';
+import { timerDelay } from './duration.js';
 import type { MirrorMetrics, PrefetchStatus } from './metrics.js';
 import { parseDigest, parseManifestReference, type Digest } from './reference.js';
 import type { UpstreamRouter } from './routing.js';
@@ -147,7 +148,7 @@ export class Prefetcher {
       if (this.stopped) return;
       const every = Math.max(1000, this.options.tagTTLMs);
       const delay = this.state.every((s) => s.ready) ? every : Math.min(every, retryMs);
-      this.timer = setTimeout(() => void loop(), delay);
+      this.timer = setTimeout(() => void loop(), timerDelay(delay));
       this.timer.unref();
     };
     void loop();

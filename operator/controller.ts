@@ -5,6 +5,7 @@
 // worker is reconcile(). Also runs the periodic resync and the /stats refresh.
 import type { Logger } from 'pino';
 import { backoffDelay, jitter, sleep } from './backoff.js';
+import { timerDelay } from '../mirror/duration.js';
 import { aggregateCache } from './cache-stats.js';
 import { slimOwned, slimPod, slimRegistryMirror, type CachedRegistryMirror } from './cache-transforms.js';
 import { collectionPath, detectPdbApiVersion, lister, pdbResource, RESOURCES, type Kube, type ResourceType } from './kube/client.js';
@@ -171,13 +172,13 @@ export class Controller {
     const resync = () => {
       for (const cr of this.crs.list()) this.queue.add(keyOf(cr));
       this.o.metrics.managed.set(this.crs.list().length);
-      this.timers[0] = setTimeout(resync, jitter(this.o.resyncIntervalMs));
+      this.timers[0] = setTimeout(resync, timerDelay(jitter(this.o.resyncIntervalMs)));
     };
     const refresh = async () => {
       await this.refreshStats().catch((err) => this.o.log.warn({ err: errorText(err) }, 'stats refresh failed'));
-      if (!this.stopped) this.timers[1] = setTimeout(refresh, this.o.statusIntervalMs);
+      if (!this.stopped) this.timers[1] = setTimeout(refresh, timerDelay(this.o.statusIntervalMs));
     };
-    this.timers[0] = setTimeout(resync, jitter(this.o.resyncIntervalMs));
+    this.timers[0] = setTimeout(resync, timerDelay(jitter(this.o.resyncIntervalMs)));
     void refresh();
   }
 

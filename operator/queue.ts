@@ -3,6 +3,7 @@
 // during processing re-queues it after), and failing keys come back after a per-key
 // exponential backoff that resets on success.
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
+import { timerDelay } from '../mirror/duration.js';
 
 export type Worker = (key: string) => Promise<void>;
 
@@ -54,7 +55,7 @@ export class WorkQueue {
     const t = setTimeout(() => {
       this.timers.delete(key);
       this.add(key);
-    }, ms);
+    }, timerDelay(ms));
     this.timers.set(key, t);
   }
 

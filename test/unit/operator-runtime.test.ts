@@ -58,6 +58,18 @@ test('queue: failures retry with per-key backoff; success resets the count', asy
   await q.stop();
 });
 
+test('queue: a delay past the 32-bit timer limit (a 30-day renewal) waits instead of firing at once', async () => {
+  const ran: string[] = [];
+  const q = new WorkQueue(async (k) => {
+    ran.push(k);
+  });
+  q.addAfter('ns/later', 30 * 24 * 3_600_000);
+  q.addAfter('ns/soon', 5);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(ran, ['ns/soon']);
+  await q.stop();
+});
+
 test('flags: defaults, overrides, and clear errors', () => {
   const f = parseFlags([], {});
   assert.equal(f.leaderElect, true);
