@@ -127,11 +127,15 @@ export function allowedUpstreams(policy: NodePolicy, namespace: string): string[
  * naming the policy, or undefined. The operator then applies nothing (Degraded), and no node
  * agent renders it.
  */
-export function upstreamRefusal(policy: NodePolicy, namespace: string, spec: Pick<ResolvedSpec, 'url' | 'v1'>): string | undefined {
+export function upstreamRefusal(policy: NodePolicy, namespace: string, spec: Pick<ResolvedSpec, 'url' | 'v1' | 's3'>): string | undefined {
   const allowed = allowedUpstreams(policy, namespace);
   if (!allowed) return undefined;
   const urls: Array<[string, string]> = [['spec.upstream.url', spec.url]];
   if (spec.v1.enabled) urls.push(['spec.v1.source', spec.v1.source]);
+  // The bucket endpoint is as much an outbound target as the upstream (and with redirect on,
+  // where clients are sent): a tenant limited to some upstreams must not point it elsewhere.
+  // Without an endpoint the SDK talks to AWS's own regional endpoint, which is not a choice.
+  if (spec.s3?.endpoint) urls.push(['spec.storage.s3.endpoint', spec.s3.endpoint]);
   for (const [field, url] of urls) {
     if (!allowed.some((p) => urlUnder(url, p))) {
       return (
@@ -194,7 +198,7 @@ export function unsafeTarget(raw: string): string | undefined {
  * Whether a validated, nodeConfig-enabled RegistryMirror of `namespace` may configure the
  * nodes: undefined, or the refusal for its NodeConfig condition, naming who can allow it.
  */
-export function nodeConfigRefusal(policy: NodePolicy, namespace: string, spec: Pick<ResolvedSpec, 'registry' | 'url' | 'v1'>): Refusal | undefined {
+export function nodeConfigRefusal(policy: NodePolicy, namespace: string, spec: Pick<ResolvedSpec, 'registry' | 'url' | 'v1' | 's3'>): Refusal | undefined {
   const up = upstreamRefusal(policy, namespace, spec);
   if (up) return { reason: 'UpstreamNotAllowed', message: `${up}; it is not configured on nodes` };
   const admin = namespace === policy.adminNamespace;

@@ -93,6 +93,12 @@ describe('node policy (operator/node-policy.ts)', () => {
     assert.equal(upstreamRefusal(p, 'registry-mirror', evil), undefined);
     // v1.source counts when v1 is enabled.
     assert.ok(upstreamRefusal(p, 'team-a', resolved({ upstream: { registry: 'docker.io' }, v1: { enabled: true, source: 'https://evil.example' } })));
+    // So does the bucket endpoint of spec.storage.s3.
+    const onBucket = (endpoint: string) =>
+      resolved({ upstream: { registry: 'docker.io' }, replicas: 2, storage: { s3: { bucket: 'cache', endpoint, credentialsSecret: { name: 'keys' } } } });
+    assert.match(upstreamRefusal(p, 'team-a', onBucket('http://10.0.0.9:7480'))!, /spec\.storage\.s3\.endpoint "http:\/\/10\.0\.0\.9:7480" is not among/);
+    const withBucket = { ...p, upstreams: { '*': ['https://registry-1.docker.io', 'https://s3.internal.example'] } };
+    assert.equal(upstreamRefusal(withBucket, 'team-a', onBucket('https://s3.internal.example')), undefined);
   });
 
   it('matches URL prefixes on origin and whole path segments', () => {
