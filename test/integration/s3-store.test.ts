@@ -352,4 +352,14 @@ describe('the cache on S3 (a real Ceph RGW)', { timeout: 900_000 }, () => {
       assert.ok(Date.now() - t0 < 30_000, `${c.expect}: exited after ${Date.now() - t0} ms`);
     }
   });
+
+  it("every line a mirror on S3 logged is JSON (no SDK notice on stderr between them)", () => {
+    const served = mirrors.filter((m) => m.logText().length > 0);
+    assert.ok(served.length > 3, 'the tests above ran mirrors');
+    for (const m of served) {
+      for (const line of m.logText().split('\n').filter((l) => l.trim())) {
+        assert.doesNotThrow(() => JSON.parse(line), `not a JSON log line: ${line.slice(0, 200)}`);
+      }
+    }
+  });
 });

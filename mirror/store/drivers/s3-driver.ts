@@ -309,6 +309,10 @@ export class S3Driver implements StoreDriver {
       ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
     };
+    // The SDK's "versions after January 2027 need Node 22" notice is a multi-line stderr warning
+    // in the middle of the JSON log; Node 20 is what this release is built and tested for (the
+    // lock file pins the SDK), so it says nothing an operator can act on. An explicit setting wins.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client(config);
   }
 
