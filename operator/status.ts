@@ -44,6 +44,9 @@ export interface RolloutState {
   /** The Deployment controller gave up (ProgressDeadlineExceeded) or reports no available pod
    * although the rollout is not moving. */
   failed: boolean;
+  /** PodsNotCreated when the ReplicaSet cannot create pods at all (a missing ServiceAccount,
+   * a quota, an admission policy): said at once, not after the progress deadline. */
+  failureReason: 'DeploymentUnavailable' | 'PodsNotCreated';
   failureMessage: string;
 }
 
@@ -56,15 +59,16 @@ export function rolloutState(d: DeploymentLike | undefined): RolloutState {
   const conds = st.conditions ?? [];
   const progressing = conds.find((c) => c.type === 'Progressing');
   const available = conds.find((c) => c.type === 'Available');
+  const replicaFailure = conds.find((c) => c.type === 'ReplicaFailure' && c.status === 'True');
   const deadline = progressing?.reason === 'ProgressDeadlineExceeded';
   const complete = observed && updated >= desired && ready >= desired && (st.replicas ?? desired) <= desired;
   const stuck = observed && updated >= desired && available?.status === 'False' && ready === 0;
-  const failed = deadline || stuck;
-  const source = deadline ? progressing : available;
+  const failed = !!replicaFailure || deadline || stuck;
+  const source = replicaFailure ?? (deadline ? progressing : available);
   const failureMessage = failed
     ? `Deployment has ${ready}/${desired} ready replicas${source?.message ? `: ${source.message}` : ''}`
     : '';
-  return { desired, ready, updated, complete, failed, failureMessage };
+  return { desired, ready, updated, complete, failed, failureReason: replicaFailure ? 'PodsNotCreated' : 'DeploymentUnavailable', failureMessage };
 }
 
 export function computeStatus(
@@ -104,7 +108,7 @@ export function computeStatus(
         ? { type: 'Progressing', status: 'False', reason: 'RolloutFailed', message: r.failureMessage }
         : { type: 'Progressing', status: 'True', reason: 'RollingOut', message: `${r.updated}/${r.desired} pods updated, ${counts}` };
     const degraded: ConditionInput = r.failed
-      ? { type: 'Degraded', status: 'True', reason: 'DeploymentUnavailable', message: r.failureMessage }
+      ? { type: 'Degraded', status: 'True', reason: r.failureReason, message: r.failureMessage }
       : outcome.warning
         ? { type: 'Degraded', status: 'True', reason: outcome.warning.reason, message: outcome.warning.message }
         : { type: 'Degraded', status: 'False', reason: 'AsExpected', message: 'All objects applied' };

@@ -250,6 +250,23 @@ describe('operator reconciles RegistryMirrors', { skip: !kubeAvailable() && 'kub
     assert.equal(up.status?.readyReplicas, 1);
     assert.equal(condition(up, 'Degraded')!.status, 'False');
     assert.equal(condition(up, 'Progressing')!.reason, 'RolloutComplete');
+
+    // The ReplicaSet cannot create a pod (here: a ServiceAccount that does not exist): Degraded
+    // says so with the controller's message at once, not after the 10-minute progress deadline.
+    await patchStatus({
+      observedGeneration: gen,
+      replicas: 1,
+      updatedReplicas: 0,
+      readyReplicas: 0,
+      availableReplicas: 0,
+      conditions: [
+        { type: 'Available', status: 'False', reason: 'MinimumReplicasUnavailable', message: 'Deployment does not have minimum availability.' },
+        { type: 'Progressing', status: 'True', reason: 'NewReplicaSetCreated', message: 'Created new replica set' },
+        { type: 'ReplicaFailure', status: 'True', reason: 'FailedCreate', message: 'pods "fine-1" is forbidden: error looking up service account mirrors/irsa: serviceaccount "irsa" not found' },
+      ],
+    });
+    const cannot = await waitMirror(cluster.kube, NS, 'fine', (m) => condition(m, 'Degraded')?.reason === 'PodsNotCreated', 'PodsNotCreated').catch(dumpOnFailure);
+    assert.match(condition(cannot, 'Degraded')!.message, /0\/1 ready replicas: .*serviceaccount "irsa" not found/);
   });
 
   test('delete: every dependent carries the ownerReference that cascades (or is retained)', async () => {

@@ -94,6 +94,19 @@ test('rolloutState: complete, rolling, failed by deadline or unavailable', () =>
   assert.match(deadline.failureMessage, /0\/1 ready replicas: too slow/);
   assert.equal(rolloutState(dep(1, { updatedReplicas: 1, readyReplicas: 0, conditions: [{ type: 'Available', status: 'False' }] })).failed, true);
   assert.equal(rolloutState(undefined).ready, 0);
+  // The ReplicaSet cannot create pods: said at once with its message, even with some pods ready.
+  const cannot = rolloutState(
+    dep(3, {
+      replicas: 2,
+      updatedReplicas: 2,
+      readyReplicas: 2,
+      conditions: [{ type: 'ReplicaFailure', status: 'True', reason: 'FailedCreate', message: 'pods "m-x" is forbidden: error looking up service account c/irsa: serviceaccount "irsa" not found' }],
+    }),
+  );
+  assert.equal(cannot.failed, true);
+  assert.equal(cannot.failureReason, 'PodsNotCreated');
+  assert.match(cannot.failureMessage, /2\/3 ready replicas: .*serviceaccount "irsa" not found/);
+  assert.equal(rolloutState(dep(1, { updatedReplicas: 1, readyReplicas: 0, conditions: [{ type: 'Available', status: 'False' }] })).failureReason, 'DeploymentUnavailable');
 });
 
 test('computeStatus: blocked -> Degraded with the reason, nothing ready', () => {
