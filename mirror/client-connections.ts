@@ -35,6 +35,7 @@
 
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -129,7 +130,11 @@ export function limitClientConnections(app: FastifyInstance, limits: ClientLimit
   server.maxConnections = limits.maxConnections * hardCeilingFactor;
   server.on('drop', () => refused.inc({ how: 'dropped' }));
 
-  server.on('connection', (socket: Socket) => {
+  // Over https a connection is counted once its handshake is done: the HTTP layer (requests,
+  // timeouts) sees the TLS socket, not the TCP one. A handshake is bounded by the server's
+  // handshakeTimeout (clientTimeouts.idle) and, with the TCP sockets, by server.maxConnections.
+  const established = server instanceof TlsServer ? 'secureConnection' : 'connection';
+  server.on(established, (socket: Socket) => {
     const c: Connection = { overLimit: admitted >= limits.maxConnections, inflight: new Set() };
     connections.set(socket, c);
     if (c.overLimit) overLimit++;

@@ -58,6 +58,20 @@ export interface MirrorConfig {
   prefetch: PrefetchConfig[];
   /** Replicas on one shared store (storage.s3): who the peers are (cluster/peers.ts). */
   cluster?: ClusterConfig;
+  /** HTTPS instead of plain HTTP (tls/serving.ts); absent = plain HTTP. */
+  tls?: TlsConfig;
+}
+
+/** `tls`: the serving certificate, and optionally client and peer CAs, all PEM files. */
+export interface TlsConfig {
+  certFile: string;
+  keyFile: string;
+  /** Client certificates that verify against this CA authenticate their requests (access/client-auth.ts). */
+  clientCAFile?: string;
+  /** The CA peers' serving certificates verify against (cluster/forward.ts); required with `cluster`. */
+  peerCAFile?: string;
+  /** How often the files are checked for new content (a rotated Secret). */
+  reloadIntervalMs: number;
 }
 
 export interface ClusterConfig {
@@ -161,7 +175,7 @@ export const embeddedDefault = {
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch', 'cluster'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch', 'cluster', 'tls'];
 /** upstreamBreaker.failures: at most this many failed requests in a row. */
 const breakerFailuresBound = 100;
 /** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
@@ -280,7 +294,33 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     },
     prefetch,
     ...(user.cluster !== undefined ? { cluster: parseCluster(user.cluster, env, storage.s3 !== undefined) } : {}),
+    ...(user.tls !== undefined ? { tls: parseTls(user.tls, user.cluster !== undefined) } : {}),
   };
+}
+
+/** tls.reloadInterval bounds: often enough for a rotation to land quickly, never a busy loop. */
+export const tlsReloadIntervalBounds = { minMs: 100, maxMs: 3_600_000 };
+
+function parseTls(v: unknown, cluster: boolean): TlsConfig {
+  const key = 'tls';
+  const o = object(v, key);
+  unknownKeys(o, ['certFile', 'keyFile', 'clientCAFile', 'peerCAFile', 'reloadInterval'], `${key}.`);
+  if (o.certFile === undefined || o.keyFile === undefined) {
+    throw new ConfigError(o.certFile === undefined ? `${key}.certFile` : `${key}.keyFile`, 'certFile and keyFile are both required (PEM files of the serving certificate and its private key)');
+  }
+  const tls: TlsConfig = {
+    certFile: nonEmpty(o.certFile, `${key}.certFile`),
+    keyFile: nonEmpty(o.keyFile, `${key}.keyFile`),
+    reloadIntervalMs: duration(o.reloadInterval ?? '5s', `${key}.reloadInterval`),
+  };
+  const { minMs, maxMs } = tlsReloadIntervalBounds;
+  if (tls.reloadIntervalMs < minMs || tls.reloadIntervalMs > maxMs) throw new ConfigError(`${key}.reloadInterval`, 'must be from 100ms to 1h');
+  if (o.clientCAFile !== undefined) tls.clientCAFile = nonEmpty(o.clientCAFile, `${key}.clientCAFile`);
+  if (o.peerCAFile !== undefined) tls.peerCAFile = nonEmpty(o.peerCAFile, `${key}.peerCAFile`);
+  // Replicas reach each other over https: without a CA to check them a forward could be
+  // answered by anything on the pod network.
+  if (cluster && tls.peerCAFile === undefined) throw new ConfigError(`${key}.peerCAFile`, 'is required with cluster: peers are reached over https and their certificates are checked against it');
+  return tls;
 }
 
 /**

@@ -63,7 +63,7 @@ export async function runServe(argv: string[]): Promise<void> {
   const releaseStore = ownedStore ? await claimStore(config.storage.path, 'serve') : async () => {};
   await mirror.app.listen({ host: config.listen.host, port: config.listen.port });
   logger.info(
-    { listen: `${config.listen.host}:${config.listen.port}`, storage: mirror.store.driver.location, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
+    { listen: `${config.listen.host}:${config.listen.port}`, scheme: config.tls ? 'https' : 'http', storage: mirror.store.driver.location, upstreams: Object.keys(config.upstreams), defaultUpstream: config.defaultUpstream },
     'registry-mirror serving',
   );
 

@@ -3,6 +3,7 @@
 // cache result and byte count, and no request header is ever logged.
 
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import { loadAuthenticator, registerClientAuth } from './access/client-auth.js';
 import { isDockerHub, RepositoryPolicy } from './access/patterns.js';
@@ -20,6 +21,8 @@ import { Lease, leaseTimings } from './store/lease.js';
 import { createDriver } from './store/drivers/create.js';
 import { Cluster } from './cluster/forward.js';
 import { Peers } from './cluster/peers.js';
+import { httpsPeers, plainPeers } from './tls/peer-client.js';
+import { httpsServerOptions, loadTlsMaterial, TlsReloader } from './tls/serving.js';
 import { Evictor } from './store/evictor.js';
 import { Prefetcher } from './prefetch.js';
 import { RepoIndex } from './store/repo-index.js';
@@ -63,6 +66,8 @@ const commitGraceMs = 10_000;
 export async function createMirror(config: MirrorConfig, logger: Logger): Promise<Mirror> {
   // Unreadable or invalid htpasswd/tokens files stop start-up (ConfigError) before the store opens.
   const authenticator = config.auth ? loadAuthenticator(config.auth) : undefined;
+  // Likewise unusable certificate, key or CA files.
+  const tlsMaterial = config.tls ? loadTlsMaterial(config.tls) : undefined;
   const driver = createDriver(config);
   const store = new ContentStore(driver, { accessMaxAgeMs: config.cache.ttlMs });
   let swept: { sweptTemp: number; sweptUploads: number };
@@ -149,7 +154,14 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     routerOptions: { maxParamLength: 1024 },
     // Keep-alive, header and request deadlines follow clientTimeouts.idle (client-connections.ts).
     ...clientServerOptions(config.clientTimeouts),
-  });
+    // A handshake must finish within the idle timeout too.
+    ...(tlsMaterial ? { https: httpsServerOptions(tlsMaterial, config.clientTimeouts.idleMs) } : {}),
+  }) as unknown as FastifyInstance;
+  // An https server is a tls.Server: setSecureContext swaps certificate, key and client CA for new handshakes.
+  const tlsReloader =
+    config.tls && tlsMaterial
+      ? new TlsReloader(config.tls, tlsMaterial, (options) => (app.server as unknown as TlsServer).setSecureContext(options), metrics.registry, logger)
+      : undefined;
   app.removeAllContentTypeParsers();
   // The mirror accepts no request bodies; pushes are refused before their body is read.
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
@@ -157,7 +169,8 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   // limit) comes first, so a refused request costs no auth, store or upstream work.
   limitClientConnections(app, { timeouts: config.clientTimeouts, maxConnections: config.limits.maxConnections }, metrics.registry, logger);
   // Before every route and the not-found handler, so it guards all of them.
-  if (config.auth && authenticator) registerClientAuth(app, config.auth, authenticator, metrics.registry, logger);
+  const clientCertificates = tlsMaterial?.clientCa !== undefined;
+  if (authenticator || clientCertificates) registerClientAuth(app, config.auth, authenticator, metrics.registry, logger, { clientCertificates });
 
   app.addHook('onResponse', async (req, reply) => {
     const m = req.mirror;
@@ -176,7 +189,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
         status: reply.statusCode,
         cache: m?.result,
         upstream: m?.upstream,
-        user: req.principal?.name,
+        principal: req.principal?.name,
         bytes: complete ? bytes : undefined,
         aborted: !reply.raw.writableFinished || undefined,
         ms: Math.round(reply.elapsedTime),
@@ -205,7 +218,12 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   // Replicas on one bucket: peers from DNS (or a list), misses routed to their owner.
   const cluster = config.cluster
     ? new Cluster(
-        new Peers(config.cluster, undefined, (members) => logger.info({ members }, 'cluster members changed')),
+        new Peers(
+          config.cluster,
+          undefined,
+          (members) => logger.info({ members }, 'cluster members changed'),
+          tlsReloader ? httpsPeers(() => tlsReloader.current, Math.min(config.upstreamTimeouts.connectMs, 2000)) : plainPeers,
+        ),
         metrics,
         logger,
         { connectMs: Math.min(config.upstreamTimeouts.connectMs, 2000), headersMs: config.upstreamTimeouts.headersMs + 5000, idleMs: config.upstreamTimeouts.idleMs },
@@ -249,6 +267,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     await lease?.start();
     await evictor.expire();
     evictor.start();
+    tlsReloader?.start();
     // Ready means: store open and (in a fleet) the peers learnt once.
     await cluster?.peers.start();
     ready = true;
@@ -267,6 +286,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     evictor,
     async shutdown() {
       clearInterval(flushTimer);
+      tlsReloader?.stop();
       evictor.stop();
       // Released: another replica takes the sweeping over at once.
       await lease?.stop();

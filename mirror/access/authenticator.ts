@@ -12,8 +12,8 @@ import { LRUCache } from 'lru-cache';
 import { tokenHash } from './credential-files.js';
 
 export interface Principal {
-  kind: 'user' | 'token';
-  /** The htpasswd user, or "token:<first 8 hex of the token's sha256>". */
+  kind: 'user' | 'token' | 'certificate';
+  /** The htpasswd user, "token:<first 8 hex of the token's sha256>", or "cert:<subject CN>" (client-certificate.ts). */
   name: string;
 }
 

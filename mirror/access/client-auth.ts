@@ -1,9 +1,10 @@
-// Optional client authentication (config `auth`, off by default), as one fastify onRequest
+// Optional client authentication (config `auth` and/or tls.clientCAFile, off by default), as one fastify onRequest
 // hook: it runs after routing and before any handler, so nothing reaches the store or an
 // upstream without passing it. Open: /healthz and /readyz always (probes carry no
 // credentials), /v1/_ping (v1 clients' discovery), and /metrics and /stats unless
 // `auth.protectMetrics`. Everything else, unknown routes included, needs htpasswd Basic
-// credentials or a bearer token; a token grants pulls only (GET/HEAD).
+// credentials or a bearer token; a token grants pulls only (GET/HEAD). With tls.clientCAFile
+// a verified client certificate (client-certificate.ts) does too; without `auth` it is required.
 //
 // The client's Authorization header is only read here; the upstream client builds its own
 // (upstream/client.ts) and never forwards the client's.
@@ -16,11 +17,12 @@ import { ConfigError, type MirrorConfig } from '../config.js';
 import { RegistryError } from '../errors.js';
 import { decodePath } from '../v2/path.js';
 import { Authenticator, type AuthenticatorOptions, type Principal } from './authenticator.js';
+import { checkClientCertificate } from './client-certificate.js';
 import { parseHtpasswd, parseTokens } from './credential-files.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** Who authenticated this request (only with `auth` configured). */
+    /** Who authenticated this request (only with `auth` or tls.clientCAFile configured). */
     principal?: Principal;
   }
 }
@@ -72,17 +74,55 @@ export function isOpen(req: FastifyRequest, protectMetrics: boolean): boolean {
   return false;
 }
 
-export function registerClientAuth(app: FastifyInstance, auth: AuthConfig, authenticator: Authenticator, registry: Registry, log: Logger): void {
+export interface ClientAuthOptions {
+  /** tls.clientCAFile is set: a verified client certificate authenticates a request. */
+  clientCertificates?: boolean;
+}
+
+/**
+ * The onRequest hook. With `auth`, a request needs a verified client certificate (when
+ * clientCertificates) or valid Basic/bearer credentials. With client certificates but no
+ * `auth`, a verified certificate is the only way in. A presented certificate that does not
+ * verify is counted ("bad-certificate") and the request falls back to its credentials.
+ */
+export function registerClientAuth(
+  app: FastifyInstance,
+  auth: AuthConfig | undefined,
+  authenticator: Authenticator | undefined,
+  registry: Registry,
+  log: Logger,
+  o: ClientAuthOptions = {},
+): void {
   const attempts = new Counter({
     name: 'registry_mirror_client_auth_total',
-    help: 'Client authentication checks by result (ok, missing, malformed, bad-credentials, busy)',
+    help: 'Client authentication checks by result (ok, missing, malformed, bad-credentials, busy, bad-certificate)',
     labelNames: ['result'],
     registers: [registry],
   });
-  const challenge = authenticator.hasUsers ? `Basic realm="${REALM}"` : `Bearer realm="${REALM}"`;
+  const challenge = authenticator?.hasUsers ? `Basic realm="${REALM}"` : `Bearer realm="${REALM}"`;
+  // Without `auth` there is nothing to protect /metrics with but the certificate: they stay open.
+  const protectMetrics = auth?.protectMetrics ?? false;
 
   app.addHook('onRequest', async (req, reply) => {
-    if (isOpen(req, auth.protectMetrics)) return;
+    if (isOpen(req, protectMetrics)) return;
+    if (o.clientCertificates) {
+      const cert = checkClientCertificate(req.raw.socket);
+      if (cert.presented && cert.ok) {
+        attempts.inc({ result: 'ok' });
+        req.principal = cert.principal;
+        return;
+      }
+      if (cert.presented) {
+        attempts.inc({ result: 'bad-certificate' });
+        log.debug({ reqId: req.id, reason: cert.reason }, 'client certificate does not verify against tls.clientCAFile');
+      }
+      if (!authenticator) {
+        if (!cert.presented) attempts.inc({ result: 'missing' });
+        const message = cert.presented ? 'the client certificate does not verify against this mirror\'s client CA' : 'a client certificate is required';
+        return refuse(req, reply, new RegistryError('UNAUTHORIZED', message));
+      }
+    }
+    if (!authenticator) return;
     const header = req.headers.authorization;
     const result = await authenticator.authenticate(typeof header === 'string' ? header : undefined);
     attempts.inc({ result: result.ok ? 'ok' : result.reason });

@@ -5,6 +5,9 @@
 // owner serve it itself: there is never a second hop, whatever the members each side sees.
 // An owner that cannot be reached (refused, no answer in time) is marked down and the key's
 // next owner takes it (this replica, at worst): one more upstream GET, never a failed pull.
+// With `tls` peers are reached over https (tls/peer-client.ts): the client's Authorization
+// header travels with the request, and this replica's certificate stands in for a client
+// certificate, which a peer with tls.clientCAFile accepts as cert:<its CN>.
 
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -37,7 +40,7 @@ export class Cluster {
     private readonly timeouts: ForwardTimeouts,
   ) {
     // Bounded: at most 32 connections to each peer (a fleet is at most 64 peers).
-    this.agent = new Agent({ connections: 32, connect: { timeout: timeouts.connectMs }, keepAliveTimeout: 30_000 });
+    this.agent = new Agent({ connections: 32, connect: peers.transport.connect ?? { timeout: timeouts.connectMs }, keepAliveTimeout: 30_000 });
   }
 
   /** A request forwarded to us: served here, never forwarded again. */
@@ -65,7 +68,7 @@ export class Cluster {
       if (owner === this.peers.self) return false;
       let res: Awaited<ReturnType<typeof request>>;
       try {
-        res = await request(`http://${owner}${req.url}`, {
+        res = await request(`${this.peers.transport.scheme}://${owner}${req.url}`, {
           method: req.method as 'GET' | 'HEAD',
           headers,
           dispatcher: this.agent,

@@ -12,9 +12,10 @@
 
 import { createHash } from 'node:crypto';
 import { promises as dns } from 'node:dns';
-import { request } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
 import type { ClusterConfig } from '../config.js';
 import { clusterPeersBound } from '../config.js';
+import { plainPeers, type PeerClientTls } from '../tls/peer-client.js';
 
 /** The header a forwarded request carries: its receiver serves it itself, never forwards again. */
 export const hopHeader = 'x-registry-mirror-hop';
@@ -35,13 +36,19 @@ export class Peers {
   private timer: NodeJS.Timeout | undefined;
   private everResolved = false;
   private lastError: string | undefined;
+  /** For probes over https; plain http probes use undici's global dispatcher. */
+  private readonly probeAgent: Dispatcher | undefined;
 
   constructor(
     private readonly config: ClusterConfig,
     private readonly resolve: Resolver = lookupAll,
     private readonly onChange: (members: string[]) => void = () => undefined,
+    /** How peers are reached: http, or https with the peer CA (tls/peer-client.ts). */
+    readonly transport: PeerClientTls = plainPeers,
   ) {
     this.self = config.self;
+    // Probes are rare (one per peer marked down, per refresh): one connection per peer is plenty.
+    this.probeAgent = transport.connect ? new Agent({ connect: transport.connect, connections: 1 }) : undefined;
   }
 
   /** Resolves once (readiness waits for it), then again every refresh. */
@@ -53,6 +60,7 @@ export class Peers {
 
   stop(): void {
     clearInterval(this.timer);
+    void this.probeAgent?.close().catch(() => undefined);
   }
 
   /** The peer list has been learnt at least once (part of /readyz). */
@@ -107,7 +115,7 @@ export class Peers {
     const next = [...new Set([this.self, ...found])].sort().slice(0, clusterPeersBound);
     for (const m of [...this.down]) {
       if (!next.includes(m)) this.down.delete(m);
-      else if (await probe(m)) this.down.delete(m);
+      else if (await this.probe(m)) this.down.delete(m);
     }
     const before = this.members().join(',');
     this.resolved = next;
@@ -115,19 +123,24 @@ export class Peers {
     if (this.members().join(',') !== before) this.onChange(this.members());
   }
 
+  private async probe(peer: string): Promise<boolean> {
+    try {
+      const res = await request(`${this.transport.scheme}://${peer}/readyz`, {
+        headers: { [hopHeader]: '1' },
+        headersTimeout: probeTimeoutMs,
+        bodyTimeout: probeTimeoutMs,
+        ...(this.probeAgent ? { dispatcher: this.probeAgent } : {}),
+      });
+      await res.body.dump();
+      return res.statusCode === 200;
+    } catch {
+      return false;
+    }
+  }
+
   private async lookup(): Promise<string[]> {
     const p = this.config.peers;
     if ('static' in p) return p.static;
     return (await this.resolve(p.dns)).map((host) => `${host}:${p.port}`);
-  }
-}
-
-async function probe(peer: string): Promise<boolean> {
-  try {
-    const res = await request(`http://${peer}/readyz`, { headers: { [hopHeader]: '1' }, headersTimeout: probeTimeoutMs, bodyTimeout: probeTimeoutMs });
-    await res.body.dump();
-    return res.statusCode === 200;
-  } catch {
-    return false;
   }
 }

@@ -130,7 +130,7 @@ describe('client authentication and repository policy', { timeout: 300_000 }, ()
     await containerd.pull('docker.io/myorg/team/app:v1', { hostsDir, user: 'bob:bob-pw-2' });
     const have = new Set(await containerd.contentDigests());
     for (const b of pushed['myorg/team/app']!.blobs) assert.ok(have.has(b.digest), b.digest);
-    assert.match(mirror.logText(), /"user":"bob"/, 'the request log names the user');
+    assert.match(mirror.logText(), /"principal":"bob"/, 'the request log names the user');
   });
 
   it('a bearer token (raw or stored as sha256) pulls over plain HTTP; it is read-only', async () => {

@@ -169,11 +169,15 @@ export interface HostsTomlOptions {
   /** Go duration, e.g. "200ms": how long containerd waits to connect before the next host. */
   dialTimeout?: string;
   capabilities?: string[];
+  /** CA file(s) the mirror's (https) certificate verifies against: `ca = ...`. */
+  ca?: string;
+  /** A client certificate and its key for the mirror: `client = [[cert, key]]`. */
+  client?: { certFile: string; keyFile: string };
 }
 
 /**
- * Writes <hostsDir>/<registry>/hosts.toml sending pulls for `registry` to mirrorUrl (plain
- * http) first. Returns the file's path.
+ * Writes <hostsDir>/<registry>/hosts.toml sending pulls for `registry` to mirrorUrl (http, or
+ * https with `ca` and optionally `client`) first. Returns the file's path.
  */
 export function writeHostsToml(hostsDir: string, registry: string, mirrorUrl: string, opts: HostsTomlOptions = {}): string {
   const server = opts.server ?? (registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${registry}`);
@@ -186,6 +190,8 @@ export function writeHostsToml(hostsDir: string, registry: string, mirrorUrl: st
     `  capabilities = [${(opts.capabilities ?? ['pull', 'resolve']).map(toml).join(', ')}]`,
   ];
   if (opts.dialTimeout) lines.push(`  dial_timeout = ${toml(opts.dialTimeout)}`);
+  if (opts.ca) lines.push(`  ca = ${toml(opts.ca)}`);
+  if (opts.client) lines.push(`  client = [[${toml(opts.client.certFile)}, ${toml(opts.client.keyFile)}]]`);
   const path = join(dir, 'hosts.toml');
   writeFileSync(path, lines.join('\n') + '\n');
   return path;

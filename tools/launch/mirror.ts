@@ -5,6 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Agent } from 'undici';
 import { stringify } from 'yaml';
 import { freePort, startProcess, tempDir, waitForHttp, type ProcessHandle } from './proc.js';
 
@@ -16,9 +17,12 @@ export interface MirrorOptions {
   readyTimeoutMs?: number;
   /** Don't wait for /readyz (for tests of start-up failures); await `exited` yourself. */
   noWait?: boolean;
+  /** With `tls` in the config: the CA file that signed the mirror's certificate (readiness is checked over https). */
+  caFile?: string;
 }
 
 export interface MirrorHandle {
+  /** http://127.0.0.1:PORT, or https:// with `tls` in the config. */
   url: string;
   /** "127.0.0.1:PORT" */
   host: string;
@@ -67,6 +71,9 @@ export async function startMirror(config: Record<string, unknown> = {}, opts: Mi
   const bin = mirrorBin();
   if (!existsSync(bin)) throw new Error(`${bin} does not exist: run npm run build first`);
 
+  const scheme = full.tls ? 'https' : 'http';
+  if (full.tls && !opts.caFile) throw new Error('startMirror: a config with tls needs opts.caFile to check readiness over https');
+
   let proc: ProcessHandle | undefined;
   const start = async (): Promise<void> => {
     proc = startProcess({
@@ -77,13 +84,20 @@ export async function startMirror(config: Record<string, unknown> = {}, opts: Mi
       logFile,
     });
     if (!opts.noWait) {
-      await waitForHttp(`http://${host}/readyz`, { timeoutMs: opts.readyTimeoutMs ?? 20000, expectStatus: 200, process: proc });
+      // Probes need no client certificate (/readyz is always open); no keep-alive, so no
+      // connection of ours is left counting against limits.maxConnections.
+      const dispatcher = opts.caFile ? new Agent({ connect: { ca: readFileSync(opts.caFile) }, pipelining: 0 }) : undefined;
+      try {
+        await waitForHttp(`${scheme}://${host}/readyz`, { timeoutMs: opts.readyTimeoutMs ?? 20000, expectStatus: 200, process: proc, ...(dispatcher ? { dispatcher } : {}) });
+      } finally {
+        await dispatcher?.close();
+      }
     }
   };
   await start();
 
   return {
-    url: `http://${host}`,
+    url: `${scheme}://${host}`,
     host,
     port,
     dataDir: String(storage.path),

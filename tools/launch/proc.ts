@@ -9,6 +9,7 @@ import { mkdtempSync, openSync, closeSync, readFileSync, rmSync, existsSync } fr
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fetch as undiciFetch, type Dispatcher } from 'undici';
 
 export interface ProcessHandle {
   pid: number;
@@ -187,6 +188,8 @@ export interface WaitForHttpOptions {
   expectStatus?: number | number[];
   /** Give up at once, with its log in the error, if this process exits while we wait. */
   process?: ProcessHandle;
+  /** An undici dispatcher (e.g. an Agent trusting a test CA, for https); requests then go through undici's fetch. */
+  dispatcher?: Dispatcher;
 }
 
 /** Polls url until it answers (with expectStatus, if given). Throws on timeout. */
@@ -200,7 +203,8 @@ export async function waitForHttp(url: string, opts: WaitForHttpOptions = {}): P
       throw new Error(`process ${opts.process.pid} exited while waiting for ${url}:\n${tail(opts.process.logText())}`);
     }
     try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(Math.max(500, Math.min(3000, deadline - Date.now()))) });
+      const signal = AbortSignal.timeout(Math.max(500, Math.min(3000, deadline - Date.now())));
+      const res = opts.dispatcher ? ((await undiciFetch(url, { signal, dispatcher: opts.dispatcher })) as unknown as Response) : await fetch(url, { signal });
       await res.arrayBuffer();
       if (!want || want.includes(res.status)) return res;
       last = `status ${res.status}`;

@@ -37,14 +37,20 @@ export interface CopyOptions extends SkopeoOptions {
   format?: 'oci' | 'v2s2';
   srcCreds?: string;
   destCreds?: string;
+  /**
+   * A containers-certs.d directory for the source (*.crt CAs, client.cert/client.key): the
+   * source is then reached over verified https.
+   */
+  srcCertDir?: string;
 }
 
 /**
  * skopeo copy SRC DST with TLS verification off on both sides (everything is plain HTTP on
- * loopback). Throws with skopeo's stderr on failure or after the timeout.
+ * loopback), except a source with srcCertDir. Throws with skopeo's stderr on failure or after the timeout.
  */
 export async function skopeoCopy(src: string, dest: string, opts: CopyOptions = {}): Promise<void> {
-  const args = ['copy', '--src-tls-verify=false', '--dest-tls-verify=false'];
+  const args = ['copy', opts.srcCertDir ? '--src-tls-verify=true' : '--src-tls-verify=false', '--dest-tls-verify=false'];
+  if (opts.srcCertDir) args.push('--src-cert-dir', opts.srcCertDir);
   if (opts.all) args.push('--all');
   if (opts.format) args.push('--format', opts.format);
   if (opts.srcCreds) args.push('--src-creds', opts.srcCreds);
