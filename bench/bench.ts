@@ -24,6 +24,10 @@
 // Servers are measured one after the other, in an order rotated per run, and the CPU time
 // each server spends is recorded next to the wall times: on a shared machine it varies far
 // less. Output: a Markdown table on stdout, the figures in BENCH_RESULTS_DIR/<timestamp>.json.
+//
+// `npm run bench -- fleet` runs instead the fleet sections of issue 16 (items 8 and 9: replicas on
+// one bucket against distribution's proxy, then a rollout to simulated nodes), and `-- rollout`
+// the rollout alone: bench/fleet.ts, knobs in bench/params.ts; BENCH_RESULTS_DIR/<timestamp>-<scenario>.json.
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -31,7 +35,9 @@ import { createRequire } from 'node:module';
 import autocannon from 'autocannon';
 import type { Agent } from 'undici';
 import { buildBenchFixtures, splitImage, BENCH_TAG, type BenchFixtures } from './fixtures.js';
-import { estimateSeconds, paramsFromEnv, type BenchParams } from './params.js';
+import { estimateSeconds, fleetParamsFromEnv, paramsFromEnv, type BenchParams } from './params.js';
+import { FleetBench } from './fleet.js';
+import { renderFleetTables } from './fleet-report.js';
 import { BENCH_USER_AGENT, benchAgent, blobThroughput, fetchBlob, pullImage, BLOB_CONCURRENCY } from './pull.js';
 import { cpuMs, RssTracker } from './rss.js';
 import {
@@ -42,6 +48,7 @@ import {
   computeRatios,
   median,
   renderTable,
+  rotate,
   round,
   type BenchResult,
   type ColdBlobFigures,
@@ -53,6 +60,7 @@ import {
   type Timed,
 } from './report.js';
 import { S3Section } from './s3.js';
+import { upstreamRequestsSince } from './upstream-log.js';
 import { startRegistry, type AccessEntry, type RegistryHandle } from '../tools/launch/registry.js';
 import { repoRoot, startMirror, type MirrorHandle } from '../tools/launch/mirror.js';
 import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type ProcessHandle } from '../tools/launch/proc.js';
@@ -312,18 +320,8 @@ class Bench {
   }
 
   /** Requests the upstream logged since `from`, from the caches only (not the bench's own). */
-  private async upstreamSince(from: number): Promise<AccessEntry[]> {
-    // A line is written after its body went out: wait until the log stops growing.
-    let last = -1;
-    let entries: AccessEntry[] = [];
-    await waitFor(async () => {
-      await sleep(300);
-      entries = await this.upstream.requests();
-      const stable = entries.length === last;
-      last = entries.length;
-      return stable;
-    }, 120_000, 'the upstream access log to settle');
-    return entries.slice(from).filter((e) => e.userAgent !== BENCH_USER_AGENT);
+  private upstreamSince(from: number): Promise<AccessEntry[]> {
+    return upstreamRequestsSince(this.upstream, from);
   }
 
   // ---- (1) and (2): single pulls ---------------------------------------------------------
@@ -731,17 +729,31 @@ function rowShape(spec: ColdSpec): Pick<ColdBlobRow, 'id' | 'kind' | 'clients' |
   };
 }
 
-function rotate<T>(items: readonly T[], by: number): T[] {
-  const k = by % items.length;
-  return [...items.slice(k), ...items.slice(0, k)];
-}
-
 function timed(runs: Record<PullRole, number[]>, cpu: Record<PullRole, number[]>): Record<PullRole, Timed> {
   const t = (v: number[], c: number[]): Timed => ({ ms: round(median(v)), runs: v.map((n) => round(n)), cpuMs: Math.round(median(c)) });
   return { mirror: t(runs.mirror, cpu.mirror), distribution: t(runs.distribution, cpu.distribution), direct: t(runs.direct, cpu.direct) };
 }
 
+/** `npm run bench -- fleet` (items 8 and 9 of issue 16) or `-- rollout` (item 9 alone): bench/fleet.ts. */
+async function fleetMain(scenario: 'fleet' | 'rollout'): Promise<void> {
+  const params = fleetParamsFromEnv(scenario);
+  const started = loadavg();
+  const result = await new FleetBench(params, log).run();
+  const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', loadavgStart: started.map((v) => round(v, 2)), loadavgEnd: loadavg().map((v) => round(v, 2)) };
+  mkdirSync(params.resultsDir, { recursive: true });
+  const file = join(params.resultsDir, `${result.startedAt.replace(/[:.]/g, '-')}-${scenario}.json`);
+  writeFileSync(file, JSON.stringify({ ...result, machine, node: process.version }, null, 2) + '\n');
+  process.stdout.write(`\nregistry-mirror fleet bench (${result.sections.join(' + ')}) — ${result.startedAt}\n`);
+  process.stdout.write(`${machine.cpus} × ${machine.cpuModel}, node ${process.version}, load average ${machine.loadavgStart[0]} at start, ${machine.loadavgEnd[0]} at end; took ${result.seconds} s\n`);
+  process.stdout.write(`image: ${result.params.layersMiB.join(' + ')} MiB layers; parts of ${result.params.partMiB} MiB; client: ${result.params.client}\n\n`);
+  process.stdout.write(renderFleetTables(result) + '\n');
+  process.stdout.write(`\nresults: ${file}\n`);
+}
+
 async function main(): Promise<void> {
+  const scenario = process.argv[2];
+  if (scenario === 'fleet' || scenario === 'rollout') return fleetMain(scenario);
+  if (scenario !== undefined) throw new Error(`unknown scenario ${scenario}: want none (the main bench), fleet or rollout`);
   const params = paramsFromEnv();
   const est = estimateSeconds(params);
   const parts = Object.entries(est)

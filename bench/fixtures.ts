@@ -81,7 +81,7 @@ function load(dir: string, sizes: BenchFixtureSizes): BenchFixtures | undefined 
   };
 }
 
-async function writeLayout(dir: string, name: string, layerBytes: number[]): Promise<Omit<BenchLayout, 'layoutDir'>> {
+export async function writeLayout(dir: string, name: string, layerBytes: number[]): Promise<Omit<BenchLayout, 'layoutDir'>> {
   const w = new LayoutWriter(dir);
   const layers: LayerInfo[] = [];
   for (const [i, bytes] of layerBytes.entries()) {

@@ -178,3 +178,62 @@ export function estimateSeconds(p: BenchParams): Record<'setup' | 'coldPull' | '
   };
   return { ...phases, total: Object.values(phases).reduce((a, b) => a + b, 0) };
 }
+
+// ---- `npm run bench -- fleet` / `-- rollout` (issue 16, items 8 and 9; bench/fleet.ts) --------
+//
+//   BENCH_FLEET_REPLICAS=3         replicas of each side, on one bucket of one Ceph RGW
+//   BENCH_FLEET_LAYERS_MB=4,3.5,3,2.5,2   the 5 layers of the fleet image and of the rollout's
+//                                  new image (same sizes, other content), MiB each
+//   BENCH_FLEET_PULLS=50           concurrent cold pulls, round-robin over the replicas
+//   BENCH_FLEET_ROUNDS=1           rounds of the cold pulls and warm throughput, fresh prefixes each
+//   BENCH_FLEET_WARM_CLIENTS=12    clients pulling the warm image in a loop, spread over all
+//                                  replicas, then all on one
+//   BENCH_FLEET_WARM_SECONDS=8     duration of each warm throughput run
+//   BENCH_ROLLOUT_NODES=500        simulated nodes pulling the new image
+//   BENCH_ROLLOUT_SURGE=100        nodes pulling at once at most (the rollout's surge)
+//   BENCH_ROLLOUT_SPREAD_S=20      node start times spread uniformly over this many seconds
+//   BENCH_ROLLOUT_NODE_CONCURRENCY=3  blob GETs at once per node (containerd's max_concurrent_downloads)
+//   BENCH_ROLLOUT_SEED=1           seed of the start times
+//   BENCH_RESULTS_DIR, BENCH_S3_PART_MB as above
+
+export interface FleetParams {
+  /** Sections to run: `fleet` runs both, `rollout` the rollout alone. */
+  fleet: boolean;
+  rollout: boolean;
+  replicas: number;
+  layerBytes: number[];
+  pulls: number;
+  rounds: number;
+  warmClients: number;
+  warmSeconds: number;
+  nodes: number;
+  surge: number;
+  spreadSeconds: number;
+  nodeConcurrency: number;
+  seed: number;
+  partBytes: number;
+  resultsDir: string;
+}
+
+export function fleetParamsFromEnv(scenario: 'fleet' | 'rollout', env: NodeJS.ProcessEnv = process.env): FleetParams {
+  const layersRaw = (env.BENCH_FLEET_LAYERS_MB ?? '').trim() || '4,3.5,3,2.5,2';
+  const layers = layersRaw.split(',').map((s) => Number(s.trim()));
+  if (layers.some((v) => !Number.isFinite(v) || v < 0.01)) throw new Error(`BENCH_FLEET_LAYERS_MB=${layersRaw}: want a comma-separated list of sizes >= 0.01`);
+  return {
+    fleet: scenario === 'fleet',
+    rollout: true,
+    replicas: num(env, 'BENCH_FLEET_REPLICAS', 3, { min: 1, integer: true }),
+    layerBytes: layers.map((v) => Math.round(v * MiB)),
+    pulls: num(env, 'BENCH_FLEET_PULLS', 50, { min: 1, integer: true }),
+    rounds: num(env, 'BENCH_FLEET_ROUNDS', 1, { min: 1, integer: true }),
+    warmClients: num(env, 'BENCH_FLEET_WARM_CLIENTS', 12, { min: 1, integer: true }),
+    warmSeconds: num(env, 'BENCH_FLEET_WARM_SECONDS', 8, { min: 1 }),
+    nodes: num(env, 'BENCH_ROLLOUT_NODES', 500, { min: 1, integer: true }),
+    surge: num(env, 'BENCH_ROLLOUT_SURGE', 100, { min: 1, integer: true }),
+    spreadSeconds: num(env, 'BENCH_ROLLOUT_SPREAD_S', 20, { min: 0 }),
+    nodeConcurrency: num(env, 'BENCH_ROLLOUT_NODE_CONCURRENCY', 3, { min: 1, integer: true }),
+    seed: num(env, 'BENCH_ROLLOUT_SEED', 1, { min: 0, integer: true }),
+    partBytes: Math.round(num(env, 'BENCH_S3_PART_MB', 16, { min: 5 }) * MiB),
+    resultsDir: env.BENCH_RESULTS_DIR || join(repoRoot(), 'bench', 'results'),
+  };
+}

@@ -102,7 +102,10 @@ export async function pullImage(base: string, repo: string, ref: string, opts: P
   const blobs: Descriptor[] = [m.json.config!, ...(m.json.layers ?? [])];
   let bytes = 0;
   await eachLimit(blobs, opts.concurrency ?? BLOB_CONCURRENCY, async (d) => {
-    bytes += await fetchBlob(dispatcher, `${base}/v2/${repo}/blobs/${d.digest}`, { digest: d.digest, size: d.size, verify: opts.verify });
+    // Not `bytes += await ...`: that reads `bytes` before the await and loses the other
+    // transfers' additions made meanwhile.
+    const n = await fetchBlob(dispatcher, `${base}/v2/${repo}/blobs/${d.digest}`, { digest: d.digest, size: d.size, verify: opts.verify });
+    bytes += n;
   });
   return { ms: performance.now() - t0, bytes, blobs: blobs.length };
 }

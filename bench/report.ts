@@ -216,6 +216,12 @@ export function round(v: number, digits = 1): number {
   return Math.round(v * f) / f;
 }
 
+/** The items starting at index `by` (mod length): the order servers are measured in, per run. */
+export function rotate<T>(items: readonly T[], by: number): T[] {
+  const k = by % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
+
 export function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
   const mid = s.length >> 1;
@@ -367,14 +373,14 @@ function coldRowsLabel(r: WithMain): string {
   return [...(same.length ? [`${same.join(' / ')} client${same.length === 1 && same[0] === 1 ? '' : 's'}`] : []), ...many].join(' / ');
 }
 
-const dash = '–';
+export const dash = '–';
 
-function fmt(v: number | undefined, digits = 1): string {
+export function fmt(v: number | undefined, digits = 1): string {
   if (v === undefined || !Number.isFinite(v)) return dash;
   return v.toFixed(digits);
 }
 
-function x(v: number | undefined): string {
+export function x(v: number | undefined): string {
   return v === undefined || !Number.isFinite(v) ? dash : `${v.toFixed(2)}x`;
 }
 
@@ -385,27 +391,41 @@ function span(c: { minGetsPerBlob?: number; maxGetsPerBlob?: number }): string {
 
 /** The results as a Markdown table (last column: the row's targets, MISS when missed) plus the target list. */
 export function renderTable(r: BenchResult): string {
-  const targetsOf = (row: string): string =>
-    r.targets
-      .filter((t) => t.row === row)
-      .map((t) => `${t.pass ? 'ok' : 'MISS'} ${t.short} (#${t.issue})`)
-      .join('; ') || dash;
+  const targetsOf = (row: string): string => targetsCell(r.targets, row);
   const rows: string[][] = [
     ['', 'mirror', 'distribution proxy', 'direct (upstream)', 'static file server', 'mirror / distribution', 'mirror / direct', 'mirror / static', 'targets'],
   ];
   if (hasMain(r)) rows.push(...mainRows(r, targetsOf));
   if (r.s3) rows.push(...s3Rows(r.s3, r, targetsOf));
+  return [markdownTable(rows), '', targetList(r.targets)].join('\n');
+}
+
+/** Rows (the first is the header) as an aligned Markdown table: first and last columns left, the rest right. */
+export function markdownTable(rows: string[][]): string {
   const last = rows[0]!.length - 1;
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   const line = (row: string[]) => `| ${row.map((c, i) => (i === 0 || i === last ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
-  const out = [line(rows[0]!), `|${widths.map((w, i) => (i === 0 || i === last ? ':' + '-'.repeat(w + 1) : '-'.repeat(w + 1) + ':')).join('|')}|`, ...rows.slice(1).map(line)];
-  out.push('');
-  const missed = r.targets.filter((t) => !t.pass).length;
-  const issues = [...new Set(r.targets.map((t) => t.issue))].sort((a, b) => a - b);
+  return [line(rows[0]!), `|${widths.map((w, i) => (i === 0 || i === last ? ':' + '-'.repeat(w + 1) : '-'.repeat(w + 1) + ':')).join('|')}|`, ...rows.slice(1).map(line)].join('\n');
+}
+
+/** "Targets (issues ...): n met, m missed" and one PASS/MISS line per target. */
+export function targetList(targets: Target[]): string {
+  const missed = targets.filter((t) => !t.pass).length;
+  const issues = [...new Set(targets.map((t) => t.issue))].sort((a, b) => a - b);
   const issueList = issues.length > 1 ? `${issues.slice(0, -1).join(', ')} and ${issues.at(-1)}` : `${issues[0] ?? '–'}`;
-  out.push(`Targets (issue${issues.length > 1 ? 's' : ''} ${issueList}): ${r.targets.length - missed} met, ${missed} missed`);
-  for (const t of r.targets) out.push(`- ${t.pass ? 'PASS' : 'MISS'} [#${t.issue}] ${t.name}: ${fmt(t.value, 2)} (target ${t.target})`);
+  const out = [`Targets (issue${issues.length > 1 ? 's' : ''} ${issueList}): ${targets.length - missed} met, ${missed} missed`];
+  for (const t of targets) out.push(`- ${t.pass ? 'PASS' : 'MISS'} [#${t.issue}] ${t.name}: ${fmt(t.value, 2)} (target ${t.target})`);
   return out.join('\n');
+}
+
+/** The targets of one table row, for its last column: "ok <= 1 (#16)", "MISS ...", or a dash. */
+export function targetsCell(targets: Target[], row: string): string {
+  return (
+    targets
+      .filter((t) => t.row === row)
+      .map((t) => `${t.pass ? 'ok' : 'MISS'} ${t.short} (#${t.issue})`)
+      .join('; ') || dash
+  );
 }
 
 function mainRows(r: WithMain, targetsOf: (row: string) => string): string[][] {
@@ -504,6 +524,6 @@ function cpuPair(r: WithMain, role: Role): string {
   return `${fmt(r.blobWarmCpuMsPerGiB.one[role], 0)} / ${fmt(r.blobWarmCpuMsPerGiB.many[role], 0)}`;
 }
 
-function ratioOf(a: number | undefined, b: number | undefined): number {
+export function ratioOf(a: number | undefined, b: number | undefined): number {
   return a === undefined || b === undefined ? NaN : ratio(a, b);
 }

@@ -27,7 +27,7 @@ import { interceptors, type Dispatcher } from 'undici';
 import type { BenchParams } from './params.js';
 import { BENCH_USER_AGENT, benchAgent, pullImage } from './pull.js';
 import { cpuMs, type RssTracker } from './rss.js';
-import { median, round, type S3Figures, type S3Pull, type S3Result } from './report.js';
+import { median, rotate, round, type S3Figures, type S3Pull, type S3Result } from './report.js';
 import { rgwClient, startCeph, type CephHandle, type RgwOp, type RgwRequest } from '../tools/launch/ceph.js';
 import { startMirror, type MirrorHandle } from '../tools/launch/mirror.js';
 import { startRegistry, type RegistryHandle } from '../tools/launch/registry.js';
@@ -410,7 +410,7 @@ export class S3Section {
 }
 
 /** GET/HEAD/PUT/POST/DELETE, and LIST for a GET of the bucket itself (ListObjects). */
-function methodOf(r: RgwRequest): string {
+export function methodOf(r: RgwRequest): string {
   const path = r.path.split('?')[0]!;
   if (r.method === 'GET' && /^\/[^/]+\/?$/.test(path)) return 'LIST';
   return r.method;
@@ -435,9 +435,4 @@ function pullFigures(samples: Sample[], blobs: number): S3Pull {
     requestsPerBlob: perBlob,
     operationsPerBlob: operations,
   };
-}
-
-function rotate<T>(items: readonly T[], by: number): T[] {
-  const k = by % items.length;
-  return [...items.slice(k), ...items.slice(0, k)];
 }

@@ -170,3 +170,74 @@ describe('npm run bench (tiny sizes)', { timeout: 260_000 }, () => {
     assert.equal((r.stdout.match(/\bMISS [<>=]/g) ?? []).length, missed);
   });
 });
+
+// `npm run bench -- fleet` (issue 16, items 8 and 9) with tiny sizes: three replicas of each
+// side on one RGW bucket, then a rollout to 20 simulated nodes. Our fleet must cost the
+// upstream exactly one GET per blob in both, fail no pull, and every figure must be there.
+describe('npm run bench -- fleet (tiny sizes)', { timeout: 330_000 }, () => {
+  it('runs end to end: one upstream GET per blob fleet-wide, every figure written and printed', async () => {
+    const out = tempDir('bench-fleet-results');
+    const r = await run(process.execPath, [join(repoRoot(), 'dist', 'bench', 'bench.js'), 'fleet'], {
+      timeoutMs: 300_000,
+      env: {
+        BENCH_FLEET_LAYERS_MB: '0.5,0.4,0.3,0.2,0.1',
+        BENCH_FLEET_PULLS: '12',
+        BENCH_FLEET_WARM_CLIENTS: '3',
+        BENCH_FLEET_WARM_SECONDS: '1',
+        BENCH_ROLLOUT_NODES: '20',
+        BENCH_ROLLOUT_SURGE: '8',
+        BENCH_ROLLOUT_SPREAD_S: '2',
+        BENCH_S3_PART_MB: '5',
+        BENCH_RESULTS_DIR: out,
+      },
+      allowFail: true,
+    });
+    assert.equal(r.code, 0, `bench exited ${r.code}:\n${r.stderr.slice(-3000)}`);
+    const files = readdirSync(out).filter((f) => f.endsWith('-fleet.json'));
+    assert.equal(files.length, 1, 'one results file');
+    const result = JSON.parse(readFileSync(join(out, files[0]!), 'utf8'));
+    assert.deepEqual(result.sections, ['fleet', 'rollout']);
+    assert.equal(result.params.blobs, 6, 'config + 5 layers');
+
+    // Item 8: 12 cold pulls round-robin over 3 replicas.
+    const f = result.fleet;
+    assert.equal(f.replicas, 3);
+    assert.deepEqual(Object.values(f.cold.mirror.upstreamGetsPerBlob), [1, 1, 1, 1, 1, 1], 'ours: one upstream GET per blob');
+    assert.equal(f.cold.mirror.failedPulls, 0);
+    assert.equal(f.cold.mirror.upstreamManifestRequests, 1, 'one manifest GET for the tag, fleet-wide');
+    assert.equal(Object.keys(f.cold.distribution.upstreamGetsPerBlob).length, 6);
+    assert.ok(f.cold.distribution.minGetsPerBlob >= 1, 'distribution measured the same way');
+    for (const side of ['mirror', 'distribution']) {
+      assert.ok(f.cold[side].ms > 0, `fleet.cold.${side}.ms`);
+      assert.ok(f.cold[side].s3RequestsPerPull.total > 0, `fleet.cold.${side}: S3 requests counted`);
+      for (const mode of ['all', 'one']) assert.ok(f.warm[side][mode].mibps > 0, `fleet.warm.${side}.${mode}`);
+      assert.ok(f.warm[side].ratio > 0);
+    }
+    assert.equal(f.warm.mirror.upstreamRequests, 0, 'a warm fleet never goes upstream for a blob');
+
+    // Item 9: the rollout.
+    const o = result.rollout;
+    assert.equal(o.nodes, 20);
+    assert.deepEqual(Object.values(o.upstreamGetsPerBlob), [1, 1, 1, 1, 1, 1], 'rollout: one upstream GET per blob');
+    assert.equal(o.failedNodes, 0);
+    assert.ok(o.maxNodesPulling <= 8, `surge respected: ${o.maxNodesPulling}`);
+    assert.ok(o.lastNodeMs > 0 && o.nodeMs.max <= o.lastNodeMs + 1 && o.nodeMs.p50 > 0);
+    assert.ok(Math.abs(o.deliveredMiB - 20 * result.params.imageMiB) < 0.2, `every node got the whole image: ${o.deliveredMiB} MiB`);
+    assert.ok(o.s3RequestsPerNode.total > 0 && o.s3RequestsPerNodeBlob.GET > 0);
+    assert.equal(o.replicaFigures.length, 3);
+    for (const rep of o.replicaFigures) {
+      assert.ok(rep.pulls > 0 && rep.servedMiB > 0 && rep.peakMiBps > 0 && rep.peak5sMiBps > 0 && rep.peakRssMiB > 0, JSON.stringify(rep));
+    }
+    assert.ok(o.fleetPeakMiBps > 0 && o.service.rgwPeakRssMiB > 0);
+
+    assert.equal(result.targets.length, 4);
+    for (const t of result.targets) assert.ok(t.issue === 16 && t.pass, JSON.stringify(t));
+    for (const [path, v] of leaves(result)) {
+      assert.notEqual(v, null, `${path} is null`);
+      if (typeof v === 'number') assert.ok(Number.isFinite(v), `${path} is ${v}`);
+    }
+    assert.match(r.stdout, /\| 7\. 12 cold pulls, [\d.]+ MiB in 6 blobs, round-robin over 3 replicas/);
+    assert.match(r.stdout, /\| 8\. rollout: 20 nodes/);
+    assert.match(r.stdout, /Targets \(issue 16\): 4 met, 0 missed/);
+  });
+});
