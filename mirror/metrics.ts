@@ -4,6 +4,10 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BreakerSnapshot, BreakerState } from './upstream/circuit-breaker.js';
+import type { RateLimitObservation } from './upstream/rate-limit.js';
+import { InflightDownloads, type DownloadInfo, type DownloadLike } from './status/inflight-downloads.js';
+import { RepositoryTraffic } from './status/repository-traffic.js';
+import { TrafficHistory } from './status/traffic-history.js';
 
 export type Api = 'v2' | 'v1';
 export type Kind = 'manifest' | 'blob' | 'tags' | 'catalog' | 'tag' | 'image' | 'referrers';
@@ -29,6 +33,33 @@ export interface Stats {
   prefetch?: PrefetchStatus[];
   /** Per upstream (and the v1 source), by name: its circuit breaker. */
   upstreams?: Record<string, UpstreamStatus>;
+  /** Per upstream that stated a rate limit (Docker Hub's ratelimit-* headers); absent until one has. */
+  rateLimits?: RateLimitStatus[];
+}
+
+/**
+ * One upstream's rate limit as its last answer stated it: what the operator copies into the
+ * RegistryMirror status (a contract: fields are only ever added).
+ */
+export interface RateLimitStatus {
+  /** The upstream's key in the config (`upstreams`). */
+  upstream: string;
+  /** Requests allowed per window; absent when the answer stated only what remains. */
+  limit?: number;
+  /** Requests left in the window; absent when the answer stated only the limit. */
+  remaining?: number;
+  /** The window in seconds (w=), when stated. */
+  windowSeconds?: number;
+  /** When the answer was read (ISO 8601). */
+  observedAt: string;
+}
+
+/** What the status page shows of an upstream beyond its breaker. */
+export interface UpstreamFigures {
+  retries: number;
+  errors: number;
+  /** The last upstream error: when, and what (when the caller said). */
+  lastError?: { at: number; message?: string };
 }
 
 /** One upstream as /stats reports it. */
@@ -85,15 +116,29 @@ export class MirrorMetrics {
   private readonly noRoomCounter: Counter;
   private readonly storeErrors: Counter<'op'>;
   private readonly clusterForwards: Counter<'result'>;
-  readonly inflightDownloads: Gauge;
+  private readonly inflightDownloads: Gauge;
   readonly duration: Histogram<'api' | 'kind'>;
   private readonly counts = { hits: 0, misses: 0, staleServed: 0, bytesServed: 0, bytesFromUpstream: 0, upstreamErrors: 0, upstreamBlobFetches: 0, blobsAdded: 0 };
   private readonly blobFetches: Counter<'upstream'>;
   private readonly blobsAddedCounter: Counter;
   private readonly since = new Date().toISOString();
   private prefetchStatus: (() => PrefetchStatus[]) | undefined;
+  private rateLimitStates: (() => Array<{ upstream: string; rateLimit: RateLimitObservation | undefined }>) | undefined;
+  /** Per upstream name (the configured ones and the v1 source: a bounded set). */
+  private readonly figures = new Map<string, UpstreamFigures>();
+  /** Per-minute traffic of the last hour (the status page's chart). */
+  readonly history: TrafficHistory;
+  /** Bytes served and misses per repository (the status page's top lists). */
+  readonly repositories = new RepositoryTraffic();
+  /** The downloads running now (the status page's progress table). */
+  readonly downloads: InflightDownloads;
 
-  constructor(private readonly storeTotals: () => { storedBytes: number; blobs: number }) {
+  constructor(
+    private readonly storeTotals: () => { storedBytes: number; blobs: number },
+    now: () => number = Date.now,
+  ) {
+    this.history = new TrafficHistory(now);
+    this.downloads = new InflightDownloads(now);
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'registry_mirror_' });
     this.requests = new Counter({
@@ -277,6 +322,63 @@ export class MirrorMetrics {
     return c;
   }
 
+  /**
+   * Each upstream's last stated rate limit: registry_mirror_upstream_ratelimit_limit and
+   * _remaining (a series per upstream that stated one) and /stats `rateLimits`.
+   */
+  watchRateLimits(states: () => Array<{ upstream: string; rateLimit: RateLimitObservation | undefined }>): void {
+    this.rateLimitStates = states;
+    const read = (field: 'limit' | 'remaining') =>
+      function (this: Gauge<'upstream'>) {
+        this.reset();
+        for (const s of states()) {
+          const v = s.rateLimit?.[field];
+          if (v !== undefined) this.set({ upstream: s.upstream }, v);
+        }
+      };
+    new Gauge({
+      name: 'registry_mirror_upstream_ratelimit_limit',
+      help: 'Requests per window the upstream allows, as its last answer stated (ratelimit-limit header)',
+      labelNames: ['upstream'],
+      registers: [this.registry],
+      collect: read('limit'),
+    });
+    new Gauge({
+      name: 'registry_mirror_upstream_ratelimit_remaining',
+      help: 'Requests left in the upstream\'s window, as its last answer stated (ratelimit-remaining header)',
+      labelNames: ['upstream'],
+      registers: [this.registry],
+      collect: read('remaining'),
+    });
+  }
+
+  /** The rate limits as /stats reports them (empty until an upstream stated one). */
+  rateLimits(): RateLimitStatus[] {
+    const out: RateLimitStatus[] = [];
+    for (const s of this.rateLimitStates?.() ?? []) {
+      const r = s.rateLimit;
+      if (!r) continue;
+      out.push({
+        upstream: s.upstream,
+        ...(r.limit !== undefined ? { limit: r.limit } : {}),
+        ...(r.remaining !== undefined ? { remaining: r.remaining } : {}),
+        ...(r.windowSeconds !== undefined ? { windowSeconds: r.windowSeconds } : {}),
+        observedAt: new Date(r.observedAt).toISOString(),
+      });
+    }
+    return out;
+  }
+
+  /** Retries, errors and the last error of an upstream (for the status page). */
+  upstreamFigures(upstream: string): UpstreamFigures {
+    let f = this.figures.get(upstream);
+    if (!f) {
+      f = { retries: 0, errors: 0 };
+      this.figures.set(upstream, f);
+    }
+    return f;
+  }
+
   /** Adds the prefetched images' status to /stats. */
   watchPrefetch(status: () => PrefetchStatus[]): void {
     this.prefetchStatus = status;
@@ -284,8 +386,13 @@ export class MirrorMetrics {
 
   request(api: Api, kind: Kind, result: CacheResult): void {
     this.requests.inc({ api, kind, result });
-    if (result === 'hit') this.counts.hits++;
-    else if (result === 'miss') this.counts.misses++;
+    if (result === 'hit') {
+      this.counts.hits++;
+      this.history.add({ hits: 1 });
+    } else if (result === 'miss') {
+      this.counts.misses++;
+      this.history.add({ misses: 1 });
+    }
     else if (result === 'stale') this.counts.staleServed++;
   }
 
@@ -293,23 +400,30 @@ export class MirrorMetrics {
     if (bytes <= 0) return;
     this.bytesServedCounter.inc({ source }, bytes);
     this.counts.bytesServed += bytes;
+    this.history.add({ bytesServed: bytes });
   }
 
   fromUpstream(bytes: number): void {
     this.counts.bytesFromUpstream += bytes;
+    this.history.add({ bytesFromUpstream: bytes });
   }
 
   upstreamRequest(upstream: string, status: number | 'error'): void {
     this.upstreamRequests.inc({ upstream, status: String(status) });
   }
 
-  upstreamError(upstream: string): void {
+  /** `message` (no secrets: an upstream status or a transfer failure) shows on the status page. */
+  upstreamError(upstream: string, message?: string): void {
     this.upstreamErrorsCounter.inc({ upstream });
     this.counts.upstreamErrors++;
+    const f = this.upstreamFigures(upstream);
+    f.errors++;
+    f.lastError = { at: Date.now(), ...(message !== undefined ? { message } : {}) };
   }
 
   upstreamRetry(upstream: string): void {
     this.upstreamRetries.inc({ upstream });
+    this.upstreamFigures(upstream).retries++;
   }
 
   evicted(reason: 'ttl' | 'size', n = 1): void {
@@ -319,6 +433,16 @@ export class MirrorMetrics {
   /** A size eviction could not make room: the incoming content is not cached. */
   noRoom(): void {
     this.noRoomCounter.inc();
+  }
+
+  /** A download from an upstream started: counted in the gauge and listed until `finished()`. */
+  downloadStarted(info: DownloadInfo, dl: DownloadLike): () => void {
+    this.inflightDownloads.inc();
+    const untrack = this.downloads.track(info, dl);
+    return () => {
+      untrack();
+      this.inflightDownloads.dec();
+    };
   }
 
   /** A blob transfer from an upstream began (its GET answered 200). */
@@ -359,6 +483,7 @@ export class MirrorMetrics {
     const t = this.storeTotals();
     const prefetch = this.prefetchStatus?.();
     const upstreams = this.upstreamStatus();
+    const rateLimits = this.rateLimits();
     return {
       ...this.counts,
       storedBytes: t.storedBytes,
@@ -366,6 +491,7 @@ export class MirrorMetrics {
       since: this.since,
       ...(prefetch && prefetch.length > 0 ? { prefetch } : {}),
       ...(upstreams ? { upstreams } : {}),
+      ...(rateLimits.length > 0 ? { rateLimits } : {}),
     };
   }
 

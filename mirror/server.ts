@@ -29,12 +29,14 @@ import { RepoIndex } from './store/repo-index.js';
 import type { BreakerEvent } from './upstream/circuit-breaker.js';
 import { UpstreamClient } from './upstream/client.js';
 import { loadCredentials } from './upstream/credentials.js';
+import { registerStatusPage } from './status/route.js';
 import { registerV1 } from './v1/routes.js';
 import { registerV2 } from './v2/routes.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    mirror?: { api: Api; kind: Kind; upstream?: string; result?: CacheResult; source?: 'cache' | 'upstream' | 'peer' };
+    /** repository: as the upstream knows it (v2 manifests and blobs), for the status page's top lists. */
+    mirror?: { api: Api; kind: Kind; upstream?: string; repository?: string; result?: CacheResult; source?: 'cache' | 'upstream' | 'peer' };
   }
 }
 
@@ -113,6 +115,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       }),
     );
   }
+  metrics.watchRateLimits(() => [...clients.values()].map((c) => ({ upstream: c.name, rateLimit: c.rateLimit() })));
   metrics.watchTokenCaches(() => [...clients.values()].map((c) => ({ upstream: c.name, ...c.tokenCacheSize() })));
   const policies = new Map<string, RepositoryPolicy>();
   for (const u of Object.values(config.upstreams)) {
@@ -180,7 +183,12 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
       // A remembered upstream 404 is a 404 answered by the cache: counted as result "negative".
       metrics.request(m.api, m.kind, m.result === 'negative' ? 'negative' : reply.statusCode >= 400 ? 'error' : (m.result ?? 'pass'));
       metrics.duration.observe({ api: m.api, kind: m.kind }, reply.elapsedTime / 1000);
-      if (complete && (m.kind === 'blob' || m.kind === 'manifest' || m.kind === 'image')) metrics.served(m.source ?? 'cache', bytes);
+      const served = complete && (m.kind === 'blob' || m.kind === 'manifest' || m.kind === 'image') ? bytes : 0;
+      if (served > 0) metrics.served(m.source ?? 'cache', served);
+      // Only answers that succeeded: a name counts once the upstream has had it (repository-traffic.ts).
+      if (m.repository && m.upstream && reply.statusCode < 400 && (served > 0 || m.result === 'miss')) {
+        metrics.repositories.record(`${m.upstream}/${m.repository}`, { bytesServed: served, misses: m.result === 'miss' ? 1 : 0 });
+      }
     }
     req.log.info(
       {
@@ -237,6 +245,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
   app.get('/readyz', async (_req, reply) => (ready && !closing && (cluster?.peers.ready ?? true) ? { status: 'ready' } : reply.code(503).send({ status: 'not ready' })));
   app.get('/metrics', async (_req, reply) => reply.header('Content-Type', metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/stats', async () => ({ ...metrics.stats(), ...(cluster ? { cluster: cluster.peers.snapshot() } : {}) }));
+  registerStatusPage(app, metrics, config);
   registerV2(app, { router, blobs, manifests, repos, metrics, referrers: new ReferrersCache(manifests, metrics, logger, config.cache.tagTTLMs), ...(cluster ? { cluster } : {}) });
   let v1: ReturnType<typeof registerV1> | undefined;
   if (config.v1.enabled) {

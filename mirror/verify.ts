@@ -25,9 +25,11 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 import { ConfigError, type MirrorConfig } from './config.js';
+import { formatBytes } from './format.js';
 import { isSignedSchema1, provesDigest } from './manifest-digest.js';
 import { parseDigest, type Digest } from './reference.js';
-import { isStoreUnavailable, type StoreDriver } from './store/driver.js';
+import { isStoreUnavailable, type ObjectInfo, type StoreDriver } from './store/driver.js';
+import { ProgressReporter, type VerifyProgress } from './verify-progress.js';
 import { createDriver } from './store/drivers/create.js';
 import { activeOwner, claimStore, describeOwner } from './store/owner.js';
 
@@ -54,8 +56,11 @@ export interface VerifyReport {
 
 const digestAlgorithms = ['sha256', 'sha512'] as const;
 
-/** Checks (and with repair, fixes) a store. Pure of any server state. */
-export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean; now?: Date } = {}): Promise<VerifyReport> {
+/**
+ * Checks (and with repair, fixes) a store. Pure of any server state. `onProgress` hears of
+ * every chunk rehashed (the bytes and objects of the content listed at the start).
+ */
+export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean; now?: Date; onProgress?: (p: VerifyProgress) => void } = {}): Promise<VerifyReport> {
   const t0 = Date.now();
   const stamp = (opts.now ?? new Date()).toISOString().replace(/[:.]/g, '-');
   const quarantinePrefix = `quarantine/${stamp}`;
@@ -86,18 +91,29 @@ export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean;
     report.findings.push(f);
     report.leftovers++;
   };
-  const keysUnder = async (prefix: string): Promise<string[]> => {
-    const keys: string[] = [];
-    for await (const o of driver.list(prefix)) keys.push(o.key);
-    return keys.sort();
+  const objectsUnder = async (prefix: string): Promise<ObjectInfo[]> => {
+    const objects: ObjectInfo[] = [];
+    for await (const o of driver.list(prefix)) objects.push(o);
+    return objects.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   };
+  const keysUnder = async (prefix: string): Promise<string[]> => (await objectsUnder(prefix)).map((o) => o.key);
 
   // ---- content: blobs and manifests ------------------------------------------------------
   const present = { blob: new Set<string>(), manifest: new Set<string>() };
+  // Listed first, so progress can say how much is left.
+  const listed = { blob: await objectsUnder('blobs/'), manifest: await objectsUnder('manifests/') };
+  const content = [...listed.blob, ...listed.manifest].filter((o) => !o.key.endsWith('.type'));
+  const progress: VerifyProgress = { objects: 0, totalObjects: content.length, bytes: 0, totalBytes: content.reduce((n, o) => n + o.size, 0), elapsedMs: 0 };
+  const tell = (done = false) => opts.onProgress?.({ ...progress, elapsedMs: Date.now() - t0, ...(done ? { done } : {}) });
+  tell();
   for (const kind of ['blob', 'manifest'] as const) {
-    const keys = await keysUnder(kind === 'blob' ? 'blobs/' : 'manifests/');
+    const keys = listed[kind].map((o) => o.key);
     const have = new Set(keys);
     for (const key of keys) {
+      if (!key.endsWith('.type')) {
+        progress.objects++;
+        tell();
+      }
       const [, alg = '', xx = '', name = '', ...deeper] = key.split('/');
       if (!(digestAlgorithms as readonly string[]).includes(alg)) {
         await corrupt(key, 'not under a digest algorithm the mirror writes');
@@ -128,7 +144,10 @@ export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean;
       let bytes = 0;
       let actual: string;
       try {
-        ({ hex: actual, bytes } = await hashObject(driver, key, digest.algorithm));
+        ({ hex: actual, bytes } = await hashObject(driver, key, digest.algorithm, (n) => {
+          progress.bytes += n;
+          tell();
+        }));
       } catch (err) {
         if (isStoreUnavailable(err)) throw err;
         await corrupt(key, `unreadable: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, typeKey);
@@ -147,6 +166,8 @@ export async function verifyStore(driver: StoreDriver, opts: { repair?: boolean;
       present[kind].add(digest.value);
     }
   }
+
+  tell(true);
 
   // ---- records: tags and links of v2 repositories ----------------------------------------
   for (const key of await keysUnder('repos/')) {
@@ -236,7 +257,7 @@ export async function runVerify(argv: string[]): Promise<void> {
     }
     let report: VerifyReport;
     try {
-      report = await verifyStore(driver, { repair });
+      report = await verifyStore(driver, { repair, onProgress: progressOnStderr() });
     } finally {
       await driver.close();
     }
@@ -260,12 +281,21 @@ export async function runVerify(argv: string[]): Promise<void> {
   const release = await claimStore(root, 'verify');
   let report: VerifyReport;
   try {
-    report = await verifyStore(driver, { repair });
+    report = await verifyStore(driver, { repair, onProgress: progressOnStderr() });
   } finally {
     await release();
   }
   process.stdout.write(`${formatReport(report)}\n`);
   process.exitCode = report.corrupt > 0 ? 1 : 0;
+}
+
+/** Progress lines on stderr (verify-progress.ts): rewritten in place on a terminal, plain otherwise. */
+function progressOnStderr(): (p: VerifyProgress) => void {
+  const reporter = new ProgressReporter(process.stderr.isTTY === true);
+  return (p) => {
+    const out = p.done ? reporter.finish(p) : reporter.update(p, Date.now());
+    if (out !== undefined) process.stderr.write(out);
+  };
 }
 
 function tryDigest(value: string): Digest | undefined {
@@ -276,7 +306,7 @@ function tryDigest(value: string): Digest | undefined {
   }
 }
 
-async function hashObject(driver: StoreDriver, key: string, algorithm: string): Promise<{ hex: string; bytes: number }> {
+async function hashObject(driver: StoreDriver, key: string, algorithm: string, onBytes: (n: number) => void): Promise<{ hex: string; bytes: number }> {
   const hash = createHash(algorithm);
   let bytes = 0;
   const size = (await driver.stat(key))?.size ?? 0;
@@ -285,6 +315,7 @@ async function hashObject(driver: StoreDriver, key: string, algorithm: string): 
   for await (const chunk of body) {
     hash.update(chunk as Buffer);
     bytes += (chunk as Buffer).length;
+    onBytes((chunk as Buffer).length);
   }
   return { hex: hash.digest('hex'), bytes };
 }
@@ -305,11 +336,4 @@ async function readJsonRecord(driver: StoreDriver, key: string): Promise<{ diges
   } catch {
     return 'invalid';
   }
-}
-
-function formatBytes(n: number): string {
-  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
-  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
-  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
-  return `${n} B`;
 }

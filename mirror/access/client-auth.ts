@@ -1,7 +1,7 @@
 // Optional client authentication (config `auth` and/or tls.clientCAFile, off by default), as one fastify onRequest
 // hook: it runs after routing and before any handler, so nothing reaches the store or an
 // upstream without passing it. Open: /healthz and /readyz always (probes carry no
-// credentials), /v1/_ping (v1 clients' discovery), and /metrics and /stats unless
+// credentials), /v1/_ping (v1 clients' discovery), and /metrics, /stats and the status page unless
 // `auth.protectMetrics`. Everything else, unknown routes included, needs htpasswd Basic
 // credentials or a bearer token; a token grants pulls only (GET/HEAD). With tls.clientCAFile
 // a verified client certificate (client-certificate.ts) does too; without `auth` it is required.
@@ -32,7 +32,8 @@ export type AuthConfig = NonNullable<MirrorConfig['auth']>;
 export const REALM = 'registry-mirror';
 const readMethods = new Set(['GET', 'HEAD']);
 const alwaysOpen = new Set(['/healthz', '/readyz']);
-const metricsRoutes = new Set(['/metrics', '/stats']);
+// The status page (GET /) shows what /stats does: protected alike.
+const metricsRoutes = new Set(['/metrics', '/stats', '/']);
 
 /** Reads and checks the htpasswd and tokens files; a problem is a ConfigError naming the key. */
 export function loadAuthenticator(auth: AuthConfig, o: AuthenticatorOptions = {}): Authenticator {

@@ -235,7 +235,7 @@ export class BlobCache {
       throw err;
     }
     const release = this.store.pin(digest.value);
-    this.metrics.inflightDownloads.inc();
+    const finished = this.metrics.downloadStarted({ upstream: t.upstream.name, object: `${t.name}@${digest.value}` }, dl);
     let noRoom = false;
     const commit = async (tmp: string, bytes: number) => {
       if (bound > 0 && bytes > bound) throw Object.assign(new Error('larger than the store bound'), { code: 'ENOSPC' });
@@ -251,11 +251,11 @@ export class BlobCache {
     // dl.done settles before the temp file is cleaned up, so the figures are current by then.
     void dl.done.then((outcome) => {
       release();
-      this.metrics.inflightDownloads.dec();
+      finished();
       // A failed transfer counts too: it shows what the upstream cost.
       this.metrics.fromUpstream(dl.received);
       if (!outcome.ok) {
-        this.metrics.upstreamError(t.upstream.name);
+        this.metrics.upstreamError(t.upstream.name, `blob ${t.name}@${digest.value}: ${outcome.error.message}`);
         this.log.warn({ upstream: t.upstream.name, repository: t.name, digest: digest.value, err: outcome.error.message }, 'blob download failed; nothing cached');
       } else if (dl.noSpace && noRoom) {
         // The evictor logged and counted it: content in use fills storage.maxBytes.
@@ -274,7 +274,7 @@ export class BlobCache {
   }
 
   private failure(t: Target, status: number, digest: Digest): RegistryError {
-    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
+    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name, `answered ${status} for blob ${t.name}@${digest.value}`);
     return upstreamError(status, t.upstream.name, new RegistryError('BLOB_UNKNOWN', undefined, { digest: digest.value }));
   }
 }

@@ -236,7 +236,7 @@ export class ManifestCache {
   }
 
   private stale(t: Target, tag: string, manifest: StoredManifest, err: unknown): ManifestAnswer {
-    this.metrics.upstreamError(t.upstream.name);
+    this.metrics.upstreamError(t.upstream.name, (err as Error).message);
     this.log.warn({ upstream: t.upstream.name, repository: t.name, tag, err: (err as Error).message }, 'upstream unavailable: serving stale manifest');
     this.store.touch('manifest', manifest.digest);
     return { manifest, result: 'stale' };
@@ -274,7 +274,7 @@ export class ManifestCache {
     const header = typeof res.headers['docker-content-digest'] === 'string' ? res.headers['docker-content-digest'] : undefined;
     const digest = verify(bytes, mediaType, expected ?? (header ? tryDigest(header) : undefined));
     if (!digest) {
-      this.metrics.upstreamError(t.upstream.name);
+      this.metrics.upstreamError(t.upstream.name, `manifest ${t.name}:${reference} does not match its digest`);
       throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match its digest', { reference });
     }
     try {
@@ -303,7 +303,7 @@ export class ManifestCache {
   }
 
   private failure(t: Target, status: number, reference: string): RegistryError {
-    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name);
+    if (status >= 500 || status === 429) this.metrics.upstreamError(t.upstream.name, `answered ${status} for manifest ${t.name}:${reference}`);
     const err = upstreamError(status, t.upstream.name, notFound(reference));
     if (status === 404) upstream404.add(err);
     return err;

@@ -313,7 +313,7 @@ export class V1Cache {
       res.body.destroy();
       throw err;
     }
-    this.metrics.inflightDownloads.inc();
+    const finished = this.metrics.downloadStarted({ upstream: this.source.name, object: `v1 layer of image ${id}` }, dl);
     let noRoom = false;
     const commit = async (tmp: string, bytes: number, hashHex: string) => {
       if (bound > 0 && bytes > bound) throw Object.assign(new Error('larger than the store bound'), { code: 'ENOSPC' });
@@ -329,7 +329,7 @@ export class V1Cache {
     // The first reader attaches in the same tick (layer()), before any chunk can arrive.
     setImmediate(() => void dl.run({ body: res.body, size, tap: (chunk) => payload.update(chunk) }, commit));
     void dl.done.then((outcome) => {
-      this.metrics.inflightDownloads.dec();
+      finished();
       this.metrics.fromUpstream(dl.received);
       if (!outcome.ok) {
         this.metrics.upstreamError(this.source.name);

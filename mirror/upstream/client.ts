@@ -26,6 +26,7 @@ import { parseChallenge, type Challenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
 import { documentLimits, readBody } from './read-body.js';
 import { fastFailReason, reportingBreaker, type BreakerEvent, type BreakerPermit, type BreakerPolicy, type BreakerSnapshot, type CircuitBreaker } from './circuit-breaker.js';
+import { parseRateLimit, type RateLimitObservation } from './rate-limit.js';
 import { defaultRetryPolicy, describeError as describe, isRetryableError, withRetries, type RetryPolicy } from './retry.js';
 
 export interface UpstreamClientOptions {
@@ -85,6 +86,7 @@ export class UpstreamClient {
   });
   private readonly tokenRequests = new Map<string, Promise<CachedToken>>();
   private readonly breaker: CircuitBreaker;
+  private lastRateLimit: RateLimitObservation | undefined;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -143,6 +145,19 @@ export class UpstreamClient {
   /** The breaker's state (for /metrics and /stats). */
   breakerState(): BreakerSnapshot {
     return this.breaker.snapshot();
+  }
+
+  /**
+   * The rate limit the upstream's own origin last stated (rate-limit.ts), on any answer:
+   * manifest GETs and HEADs, a 429 too. Kept until the next answer that states one.
+   */
+  rateLimit(): RateLimitObservation | undefined {
+    return this.lastRateLimit;
+  }
+
+  private noteRateLimit(headers: UpstreamResponse['headers']): void {
+    const r = parseRateLimit(headers);
+    if (r) this.lastRateLimit = { ...r, observedAt: Date.now() };
   }
 
   /** What the token cache holds now (for /metrics). */
@@ -211,7 +226,12 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData;
       const target = url;
       try {
-        res = await this.retrying(target, permit, () => request(target, { method: req.method, headers, dispatcher: this.dispatcher }));
+        res = await this.retrying(target, permit, async () => {
+          const r = await request(target, { method: req.method, headers, dispatcher: this.dispatcher });
+          // Only the upstream speaks for its own limit: not a redirect target (blob storage).
+          if (sameOrigin) this.noteRateLimit(r.headers);
+          return r;
+        });
       } catch (err) {
         if (err instanceof RegistryError) throw err;
         throw new RegistryError('UNAVAILABLE', `upstream ${this.name} unreachable: ${describe(err)}`);

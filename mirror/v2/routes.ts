@@ -81,7 +81,7 @@ function single(v: string | string[] | undefined): string | undefined {
 async function manifest(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawRef: string, ns: string | undefined) {
   const routed = deps.router.route(rawName, ns);
   const ref = manifestReference(rawRef);
-  req.mirror = { api: 'v2', kind: 'manifest', upstream: routed.target.upstream.name };
+  req.mirror = { api: 'v2', kind: 'manifest', upstream: routed.target.upstream.name, repository: routed.target.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
   const accept = typeof req.headers.accept === 'string' ? req.headers.accept : undefined;
   let answer: ManifestAnswer | undefined;
@@ -111,7 +111,7 @@ async function manifest(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, 
 async function blob(req: FastifyRequest, reply: FastifyReply, deps: V2Deps, rawName: string, rawDigest: string, ns: string | undefined) {
   const routed = deps.router.route(rawName, ns);
   const digest = parseDigest(rawDigest);
-  req.mirror = { api: 'v2', kind: 'blob', upstream: routed.target.upstream.name };
+  req.mirror = { api: 'v2', kind: 'blob', upstream: routed.target.upstream.name, repository: routed.target.name };
   if (routed.namespace) reply.header('OCI-Namespace', routed.namespace);
   if (deps.cluster && !Cluster.isHop(req) && !(await deps.blobs.isWarm(routed.target, digest))) {
     // A cold blob is fetched by its owner alone: one upstream GET fleet-wide.

@@ -50,6 +50,12 @@ export interface FaultProxyHandle {
    * extraBytes less than the true body and sends it all.
    */
   extendBody(pathSubstring: string, extraBytes: number, declare?: 'real' | 'short'): void;
+  /**
+   * Add these headers to the upstream's answers to requests whose path contains pathSubstring
+   * (replacing the upstream's own of the same name), e.g. Docker Hub's ratelimit-limit. A later
+   * call for the same substring replaces the earlier one's headers.
+   */
+  addHeaders(pathSubstring: string, headers: Record<string, string>): void;
   /** Hold requests whose path contains pathSubstring for ms before forwarding them. */
   delay(pathSubstring: string, ms: number): void;
   /**
@@ -105,6 +111,7 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
   const canned: { sub: string; status: number; headers: Record<string, string>; body: Buffer }[] = [];
   const extended: { sub: string; extraBytes: number; declare: 'real' | 'short' }[] = [];
   const delays: { sub: string; ms: number }[] = [];
+  const added = new Map<string, Record<string, string>>();
   const redirects = new Map<string, string>();
   const log: ProxyLogEntry[] = [];
 
@@ -190,7 +197,7 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     });
     // 206 too: containerd resumes an interrupted blob with `Range: bytes=N-`, and a fault
     // that vanished on the resume would hide what a flaky upstream really does.
-    upReq.on('response', (upRes) => relay(upRes, res, entry, upRes.statusCode === 200 || upRes.statusCode === 206 ? fault : undefined));
+    upReq.on('response', (upRes) => relay(upRes, res, entry, upRes.statusCode === 200 || upRes.statusCode === 206 ? fault : undefined, extraHeaders(path)));
   }
 
   /**
@@ -223,9 +230,15 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     setTimeout(() => socket.destroy(), 200);
   }
 
-  function relay(upRes: IncomingMessage, res: ServerResponse, entry: ProxyLogEntry, fault: BlobFault | undefined): void {
+  function extraHeaders(path: string): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [sub, h] of added) if (path.includes(sub)) for (const [k, v] of Object.entries(h)) out[k.toLowerCase()] = v;
+    return out;
+  }
+
+  function relay(upRes: IncomingMessage, res: ServerResponse, entry: ProxyLogEntry, fault: BlobFault | undefined, extra: Record<string, string> = {}): void {
     const status = upRes.statusCode ?? 502;
-    const headers = endToEnd(upRes.headers);
+    const headers = { ...endToEnd(upRes.headers), ...extra };
     const length = Number(upRes.headers['content-length'] ?? NaN);
     if (fault) entry.fault = fault.kind;
     res.writeHead(status, headers);
@@ -320,6 +333,9 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
     extendBody(sub, extraBytes, declare = 'real') {
       extended.push({ sub, extraBytes, declare });
     },
+    addHeaders(sub, headers) {
+      added.set(sub, { ...headers });
+    },
     delay(sub, ms) {
       delays.push({ sub, ms });
     },
@@ -341,6 +357,7 @@ export async function startFaultProxy(upstreamUrl: string, opts: { port?: number
       delays.length = 0;
       canned.length = 0;
       extended.length = 0;
+      added.clear();
     },
     requests: () => log.map((e) => ({ ...e })),
     countRequests: (method, sub) => log.filter((e) => e.method === method.toUpperCase() && e.path.includes(sub)).length,

@@ -13,6 +13,7 @@ import { ContentStore } from '../../mirror/store/content-store.js';
 import { RepoIndex } from '../../mirror/store/repo-index.js';
 import { V1Index } from '../../mirror/store/v1-index.js';
 import { verifyStore } from '../../mirror/verify.js';
+import type { VerifyProgress } from '../../mirror/verify-progress.js';
 import { tempDir } from '../../tools/launch/proc.js';
 import { FsDriver } from '../../mirror/store/drivers/fs-driver.js';
 
@@ -53,6 +54,21 @@ describe('verify', () => {
     assert.equal(r.checked.tags, 1);
     assert.equal(r.checked.links, 3);
     assert.equal(r.checked.v1Records, 1);
+  });
+
+  it('reports progress: every object and byte of the content listed at the start, then done', async () => {
+    const { root, blobs, manifest } = await makeStore();
+    const seen: VerifyProgress[] = [];
+    await verifyStore(new FsDriver(root), { onProgress: (p) => seen.push(p) });
+    const total = blobs.reduce((n, b) => n + b.length, 0) + manifest.length;
+    assert.ok(seen.length >= 4);
+    assert.ok(seen.every((p) => p.totalObjects === 3 && p.totalBytes === total));
+    assert.deepEqual(seen.at(0), { objects: 0, totalObjects: 3, bytes: 0, totalBytes: total, elapsedMs: seen[0]!.elapsedMs });
+    const last = seen.at(-1)!;
+    assert.equal(last.done, true);
+    assert.equal(last.objects, 3);
+    assert.equal(last.bytes, total);
+    for (let i = 1; i < seen.length; i++) assert.ok(seen[i]!.bytes >= seen[i - 1]!.bytes && seen[i]!.objects >= seen[i - 1]!.objects, 'never backwards');
   });
 
   it('a flipped byte is corruption: reported, then quarantined with --repair, never deleted', async () => {
