@@ -67,6 +67,7 @@ import { freePort, run, sleep, startProcess, tempDir, waitFor, waitForHttp, type
 import { skopeoCopy } from '../tools/launch/skopeo.js';
 import type { LayerInfo } from '../tools/oci/layout.js';
 import { MANIFEST_ACCEPT, describePushed, type PushedImage } from '../tools/oci/oci-client.js';
+import { stepsCollectingErrors } from './shutdown.js';
 
 const MiB = 1 << 20;
 const IMAGE_REPO = 'bench/image';
@@ -298,14 +299,7 @@ class Bench {
   }
 
   private async shutdown(): Promise<void> {
-    const errors: unknown[] = [];
-    const attempt = async (f: () => Promise<unknown>) => {
-      try {
-        await f();
-      } catch (err) {
-        errors.push(err);
-      }
-    };
+    const { attempt, errors } = stepsCollectingErrors();
     await attempt(() => this.stopCaches());
     if (this.staticServer) await attempt(() => this.staticServer!.stop(5000));
     if (this.upstream) await attempt(() => this.upstream.stop());

@@ -42,6 +42,7 @@ import { startRegistry, type RegistryHandle } from '../tools/launch/registry.js'
 import { freePort, sleep, tempDir, waitFor } from '../tools/launch/proc.js';
 import { skopeoCopy } from '../tools/launch/skopeo.js';
 import { describePushed, type PushedImage } from '../tools/oci/oci-client.js';
+import { stepsCollectingErrors } from './shutdown.js';
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -238,14 +239,7 @@ export class FleetBench {
   }
 
   private async shutdown(): Promise<void> {
-    const errors: unknown[] = [];
-    const attempt = async (f: () => Promise<unknown>) => {
-      try {
-        await f();
-      } catch (err) {
-        errors.push(err);
-      }
-    };
+    const { attempt, errors } = stepsCollectingErrors();
     await attempt(() => this.stopReplicas());
     this.admin?.destroy();
     if (this.ceph) await attempt(() => this.ceph.stop());
