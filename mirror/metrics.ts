@@ -237,6 +237,11 @@ export class MirrorMetrics {
         this.set(storeTotals().storedBytes);
       },
     });
+    // Counters the chart's alerts and dashboard take rate() of start at 0, so their series
+    // exist from the first scrape (a counter first seen at 1 loses that first increment).
+    for (const reason of ['ttl', 'size'] as const) this.evictions.inc({ reason }, 0);
+    this.noRoomCounter.inc(0);
+    for (const kind of ['manifest', 'blob'] as const) for (const result of ['hit', 'miss'] as const) this.requests.inc({ api: 'v2', kind, result }, 0);
     new Gauge({
       name: 'registry_mirror_stored_blobs',
       help: 'Blobs in the store',
@@ -270,6 +275,15 @@ export class MirrorMetrics {
     });
   }
 
+  /** registry_mirror_storage_max_bytes: the bound stored bytes are held under (storage.maxBytes; 0 = unbounded). */
+  watchStorageBound(maxBytes: number): void {
+    new Gauge({
+      name: 'registry_mirror_storage_max_bytes',
+      help: 'The bound on stored bytes (storage.maxBytes); 0 = unbounded',
+      registers: [this.registry],
+    }).set(maxBytes);
+  }
+
   /** Gauge of the upstream 404s remembered (bounded: cache/manifest-cache.ts notFoundMax). */
   watchNotFoundCache(entries: () => number): void {
     new Gauge({
@@ -284,7 +298,8 @@ export class MirrorMetrics {
 
   /**
    * Each upstream's circuit breaker: the registry_mirror_upstream_breaker_state gauge (0
-   * closed, 1 open, 2 half-open) and /stats `upstreams`. The counters start at 0 for each.
+   * closed, 1 open, 2 half-open) and /stats `upstreams`. The per-upstream counters (breaker,
+   * errors, retries) start at 0 for each.
    */
   watchBreakers(states: () => Array<{ upstream: string } & BreakerSnapshot>): void {
     this.breakerStates = states;
@@ -318,6 +333,8 @@ export class MirrorMetrics {
       this.breakerCounts.set(upstream, c);
       this.breakerOpens.inc({ upstream }, 0);
       this.breakerFastFails.inc({ upstream }, 0);
+      this.upstreamErrorsCounter.inc({ upstream }, 0);
+      this.upstreamRetries.inc({ upstream }, 0);
     }
     return c;
   }

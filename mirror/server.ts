@@ -143,6 +143,7 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     notFoundTTLMs: config.cache.notFoundTTLMs,
   });
   metrics.watchNotFoundCache(() => manifests.notFoundEntries());
+  metrics.watchStorageBound(config.storage.maxBytes);
   const prefetcher = new Prefetcher(config.prefetch, router, manifests, blobs, store, repos, metrics, logger, {
     tagTTLMs: config.cache.tagTTLMs,
     maxBytes: config.storage.maxBytes,

