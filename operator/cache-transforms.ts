@@ -13,7 +13,7 @@
 //  - owned Deployment/ConfigMap/Service/PVC/PodDisruptionBudget: identity, the instance and managed-by labels, the
 //    applied-hash annotation, owner references (uid, controller; at most 8), and for a
 //    Deployment its replicas and rollout status (at most 8 conditions, messages clipped to
-//    1 KiB), for a PVC its storage request.
+//    1 KiB), for a PVC its storage request, for a Service its ClusterIPs (at most 2).
 import { createHash } from 'node:crypto';
 import { ANNOTATION, INSTANCE_LABEL } from './render/names.js';
 import type { KubeObject } from './kube/informer.js';
@@ -120,6 +120,11 @@ function slimOwnedObject(o: Any, rt: { apiVersion: string; kind: string }): Kube
           )
         : undefined,
     });
+  } else if (kind === 'Service') {
+    // The ClusterIP(s) go into the serving certificate (nodes reach the mirror by address).
+    const ips = Array.isArray(o?.spec?.clusterIPs) ? (o.spec.clusterIPs as unknown[]) : [o?.spec?.clusterIP];
+    const kept = ips.slice(0, 2).map((ip) => str(ip, 64)).filter((ip): ip is string => !!ip && ip !== 'None');
+    if (kept.length > 0) out.spec = { clusterIPs: kept };
   } else if (kind === 'PersistentVolumeClaim') {
     const storage = o?.spec?.resources?.requests?.storage;
     out.spec = { resources: { requests: compact({ storage: typeof storage === 'string' || typeof storage === 'number' ? String(storage).slice(0, 64) : undefined }) } };

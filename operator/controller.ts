@@ -17,6 +17,8 @@ import { INSTANCE_LABEL, MANAGED_SELECTOR } from './render/names.js';
 import type { PdbApiVersion } from './render/pdb.js';
 import { summarizeSecret, type SecretSummary } from './secrets.js';
 import { isPodReady, mapLimit, STATS_PARALLELISM, statsUrl, type FetchStats, type PodLike } from './stats-scraper.js';
+import type { OperatorCa } from './tls/serving.js';
+import { csrState, CsrSigner, NODE_CLIENT_SIGNER } from './tls/csr.js';
 import type { CacheStatus } from './types.js';
 import { keyOf } from './types.js';
 
@@ -39,6 +41,25 @@ export interface ControllerOptions {
   concurrency?: number;
   /** The admin's node policy, handed to reconcile (operator/node-policy.ts). */
   policy?: import('./node-policy.js').NodePolicy;
+  /** The operator's CA (spec.tls generated, spec.auth's node client certificates). */
+  ca?: () => Promise<OperatorCa>;
+  clusterDomain?: string;
+  /** The node agents' user (system:serviceaccount:NS:NAME): with ca, node client CSRs are approved and signed. */
+  nodeAgentUser?: string;
+}
+
+/** What the CSR informer keeps: the name, and whether it is ours and still to be handled. */
+interface CsrSummary extends KubeObject {
+  metadata: { name: string; resourceVersion?: string };
+  open: boolean;
+}
+
+function summarizeCsr(o: any): CsrSummary {
+  const state = o?.spec?.signerName === NODE_CLIENT_SIGNER ? csrState(o) : 'issued';
+  return {
+    metadata: { name: String(o?.metadata?.name ?? '').slice(0, 253), resourceVersion: String(o?.metadata?.resourceVersion ?? '').slice(0, 64) },
+    open: state === 'pending' || state === 'approved',
+  };
 }
 
 const OWNED_KINDS = {
@@ -57,8 +78,13 @@ export class Controller {
   private readonly pods: Informer<PodLike & KubeObject>;
   private readonly secrets: Informer<SecretSummary & KubeObject>;
   private readonly queue: WorkQueue;
+  /** Node client CSRs (cluster-scoped), and their queue of names; only with a CA and an agent user. */
+  private readonly csrs: Informer<CsrSummary> | undefined;
+  private readonly csrQueue: WorkQueue | undefined;
   private readonly stats = new Map<string, CacheStatus>();
   private timers: NodeJS.Timeout[] = [];
+  /** One pending renewal reconcile per RegistryMirror (bounded by the RegistryMirrors that exist). */
+  private readonly renewals = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   private stopped = false;
   private readonly stopping = new AbortController();
   /** Known once start() has asked discovery; PodDisruptionBudgets are watched in that version. */
@@ -102,19 +128,50 @@ export class Controller {
         this.queue.add(keyOf(cr));
       }
     });
-    this.crs.on('delete', (cr) => this.stats.delete(keyOf(cr)));
+    this.crs.on('delete', (cr) => {
+      this.stats.delete(keyOf(cr));
+      const r = this.renewals.get(keyOf(cr));
+      if (r) clearTimeout(r.timer);
+      this.renewals.delete(keyOf(cr));
+    });
     const toReferrers = (s: SecretSummary) => {
       for (const cr of this.crs.list(s.metadata.namespace)) {
         if (
           cr.spec?.upstream?.credentialsSecret?.name === s.metadata.name ||
           cr.spec?.auth?.secret?.name === s.metadata.name ||
-          cr.spec?.storage?.s3?.credentialsSecret?.name === s.metadata.name
+          cr.spec?.storage?.s3?.credentialsSecret?.name === s.metadata.name ||
+          cr.spec?.tls?.secretName === s.metadata.name ||
+          `${cr.metadata.name}-tls` === s.metadata.name
         ) {
           this.queue.add(keyOf(cr));
         }
       }
     };
     this.secrets.on('add', toReferrers).on('update', toReferrers).on('delete', toReferrers);
+
+    if (o.ca && o.nodeAgentUser) {
+      const signer = new CsrSigner({ kube: o.kube, ca: o.ca, agentUser: o.nodeAgentUser, log: o.log });
+      this.csrQueue = new WorkQueue((name) => signer.handle(name), {
+        concurrency: 1,
+        onError: (name, err, retryInMs) => o.log.warn({ csr: name, err: errorText(err), retryInMs }, 'CSR handling failed; will retry'),
+      });
+      const rt = RESOURCES.csrs;
+      this.csrs = new Informer<CsrSummary>({
+        name: rt.plural,
+        path: collectionPath(rt),
+        list: lister(o.kube, rt),
+        watch: o.kube.watch,
+        transform: summarizeCsr,
+        log: o.log,
+        relistIntervalMs: o.informer?.relistIntervalMs,
+        watchdogMs: o.informer?.watchdogMs,
+        onRestart: (reason) => o.metrics.informerRestarts.inc({ informer: rt.plural, reason }),
+      });
+      const toQueue = (c: CsrSummary) => {
+        if (c.open) this.csrQueue!.add(c.metadata.name);
+      };
+      this.csrs.on('add', toQueue).on('update', toQueue);
+    }
   }
 
   /** An informer on one owned kind (our managed-by label only) whose events queue the owner. */
@@ -151,7 +208,7 @@ export class Controller {
   }
 
   private all(): Informer<any>[] {
-    return [this.crs, ...this.owned.values(), this.pods, this.secrets];
+    return [this.crs, ...this.owned.values(), this.pods, this.secrets, ...(this.csrs ? [this.csrs] : [])];
   }
 
   /** All caches have listed once. */
@@ -186,7 +243,10 @@ export class Controller {
     this.stopped = true;
     this.stopping.abort();
     for (const t of this.timers) clearTimeout(t);
+    for (const r of this.renewals.values()) clearTimeout(r.timer);
+    this.renewals.clear();
     await this.queue.stop();
+    await this.csrQueue?.stop();
     await Promise.all(this.all().map((i) => i.stop()));
   }
 
@@ -221,6 +281,9 @@ export class Controller {
       metrics: this.o.metrics,
       policy: this.o.policy,
       pdbApiVersion: this.pdbApiVersion,
+      ca: this.o.ca,
+      clusterDomain: this.o.clusterDomain,
+      requeueAt: (k: string, at: Date) => this.requeueAt(k, at),
     };
     return reconcile(key, deps).then(
       () => {
@@ -233,6 +296,26 @@ export class Controller {
         throw err;
       },
     );
+  }
+
+  /** One pod's /stats, over https with the mirror's published CA unless spec.tls is disabled. */
+  private fetchStatsOf(cr: CachedRegistryMirror, podIP: string) {
+    if (cr.spec?.tls?.mode === 'disabled') return this.o.fetchStats(statsUrl(podIP, this.o.statsPort));
+    return this.o.fetchStats(statsUrl(podIP, this.o.statsPort, true), { ca: cr.status?.tls?.caBundle });
+  }
+
+  /** Queues key again at `at` (the periodic resync would too, but a renewal should not wait for it). */
+  private requeueAt(key: string, at: Date): void {
+    const when = at.getTime();
+    const pending = this.renewals.get(key);
+    if (pending && pending.at === when) return;
+    if (pending) clearTimeout(pending.timer);
+    const timer = setTimeout(() => {
+      this.renewals.delete(key);
+      this.queue.add(key);
+    }, timerDelay(when - Date.now()));
+    timer.unref?.();
+    this.renewals.set(key, { at: when, timer });
   }
 
   /**
@@ -250,7 +333,7 @@ export class Controller {
         .map((p) => ({ cr: i, pod: p })),
     );
     const results = await mapLimit(jobs, this.o.statsParallelism ?? STATS_PARALLELISM, (j) =>
-      this.o.fetchStats(statsUrl(j.pod.status!.podIP!, this.o.statsPort)).catch((err) => {
+      this.fetchStatsOf(crs[j.cr]!, j.pod.status!.podIP!).catch((err) => {
         this.o.metrics.statsScrapeErrors.inc();
         this.o.log.debug({ pod: j.pod.metadata?.name, err: errorText(err) }, 'stats scrape failed');
         return undefined;

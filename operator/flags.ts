@@ -23,6 +23,13 @@ export interface OperatorFlags {
   logLevel: string;
   /** Who may configure the nodes, and which upstreams a namespace may use (node agents share it). */
   policy: NodePolicy;
+  /** Where the operator's CA Secret lives (its own namespace). */
+  caNamespace: string;
+  caSecret: string;
+  /** DNS domain of the cluster, for the serving certificates' names. */
+  clusterDomain: string;
+  /** The node agents' ServiceAccount user: the only requester whose client-certificate CSRs are approved. */
+  nodeAgentUser: string;
 }
 
 export const USAGE = `registry-mirror operator [flags]
@@ -41,6 +48,12 @@ export const USAGE = `registry-mirror operator [flags]
   --resync-interval D      how often every RegistryMirror is reconciled without an event (default: 5m)
   --stats-port N           port of the mirror pods' /stats (default: 5000; tests only)
   --log-level L            trace|debug|info|warn|error (default: info)
+  --ca-namespace NS        namespace of the operator's CA Secret (default: the Lease's namespace)
+  --ca-secret NAME         the CA Secret (default: registry-mirror-ca; made when absent)
+  --cluster-domain D       the cluster's DNS domain, named in serving certificates (default: cluster.local)
+  --node-agent-service-account NS/NAME   the node agents' ServiceAccount: only its CSRs for
+                           node:<node> client certificates are approved
+                           (default: <ca-namespace>/registry-mirror-node-agent)
 Node policy (give the node agents the same flags):
 ${POLICY_USAGE}`;
 
@@ -67,6 +80,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
       'resync-interval': { type: 'string' },
       'stats-port': { type: 'string' },
       'log-level': { type: 'string' },
+      'ca-namespace': { type: 'string' },
+      'ca-secret': { type: 'string' },
+      'cluster-domain': { type: 'string' },
+      'node-agent-service-account': { type: 'string' },
       ...POLICY_OPTIONS,
     },
   });
@@ -84,6 +101,15 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     return n;
   };
   const namespace = values.namespace || undefined;
+  // The operator's own namespace, as for its Lease.
+  const caNamespace = values['ca-namespace'] || values['lease-namespace'] || env.POD_NAMESPACE || namespace || 'default';
+  const agentSa = values['node-agent-service-account'] || `${caNamespace}/registry-mirror-node-agent`;
+  const sa = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$/.exec(agentSa);
+  if (!sa) throw new Error(`--node-agent-service-account "${agentSa}" must be NAMESPACE/NAME`);
+  const clusterDomain = values['cluster-domain'] || 'cluster.local';
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(clusterDomain)) {
+    throw new Error(`--cluster-domain "${clusterDomain}" is not a DNS name`);
+  }
   const flags: OperatorFlags = {
     kubeconfig: values.kubeconfig,
     namespace,
@@ -102,6 +128,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     statsPort: port('stats-port', 5000),
     logLevel: values['log-level'] || 'info',
     policy: parsePolicy(values, env),
+    caNamespace,
+    caSecret: values['ca-secret'] || 'registry-mirror-ca',
+    clusterDomain,
+    nodeAgentUser: `system:serviceaccount:${sa[1]}:${sa[3]}`,
   };
   if (flags.renewDeadlineMs >= flags.leaseDurationMs) {
     throw new Error('--renew-deadline must be shorter than --lease-duration (a leader must stop before others may take over)');

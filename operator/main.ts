@@ -12,6 +12,7 @@ import { LeaderElector } from './leader.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
 import { httpStatsFetcher, type FetchStats } from './stats-scraper.js';
+import { CaStore } from './tls/serving.js';
 
 export interface OperatorHandle {
   /** Port of /healthz /readyz /metrics. */
@@ -34,6 +35,8 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
   const log = opts.log ?? createLogger(flags.logLevel);
   const metrics = createMetrics();
   const kube = connect(flags.kubeconfig);
+  // One CA per process, loaded (or made) on first need and kept across leadership changes.
+  const ca = new CaStore(kube, flags.caNamespace, flags.caSecret);
   let controller: Controller | undefined;
   let transition = Promise.resolve();
 
@@ -49,6 +52,9 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
       statsPort: flags.statsPort,
       fetchStats: opts.fetchStats ?? httpStatsFetcher(3000),
       policy: flags.policy,
+      ca: () => ca.get(),
+      clusterDomain: flags.clusterDomain,
+      nodeAgentUser: flags.nodeAgentUser,
     });
   // Leadership changes are serialised: a stop always completes before the next start.
   const startLeading = () => {

@@ -16,7 +16,10 @@ import { authForm, credentialsForm, s3CredentialsForm, type SecretSummary } from
 import { DEFAULT_POLICY, nodeConfigRefusal, POLICY_REASONS, upstreamRefusal, type NodePolicy } from './node-policy.js';
 import { resolveSpec, type ResolvedSpec } from './spec.js';
 import { computeStatus, NODE_CONFIG, statusEqual, type DeploymentLike, type NodeConfigUpdate, type Outcome } from './status.js';
-import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from './types.js';
+import type { CaBundles } from './render/ca-config-map.js';
+import { DEFAULT_CLUSTER_DOMAIN, objectNames, serviceDnsNames } from './render/names.js';
+import { issueServingSecret, servingAction, servingDates, type OperatorCa } from './tls/serving.js';
+import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm, TlsStatus } from './types.js';
 import { splitKey } from './types.js';
 
 export interface ReconcileCaches {
@@ -38,6 +41,12 @@ export interface ReconcileDeps {
   /** The PodDisruptionBudget API the apiserver serves (detected at start; default policy/v1). */
   pdbApiVersion?: PdbApiVersion;
   now?: () => Date;
+  /** The operator's CA (tls/serving.ts CaStore); needed by spec.tls generated and spec.auth. */
+  ca?: () => Promise<OperatorCa>;
+  /** The cluster's DNS domain for the serving certificates' names (default cluster.local). */
+  clusterDomain?: string;
+  /** Asks for another reconcile of key at that time (a certificate's renewal). */
+  requeueAt?: (key: string, at: Date) => void;
 }
 
 /** An apply the apiserver refused; the status says so and the key is retried with backoff. */
@@ -52,6 +61,7 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
 
   let outcome: Outcome;
   let failure: unknown;
+  let tlsStatus: TlsStatus | undefined;
   const policy = d.policy ?? DEFAULT_POLICY;
   const resolved = resolveSpec(cr);
   const upstreamProblem = resolved.ok ? upstreamRefusal(policy, namespace, resolved.spec) : undefined;
@@ -80,7 +90,21 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
       if ('blocked' in r) blocked = r.blocked;
       else s3Credentials = r.form;
     }
-    const rendered = blocked ? undefined : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth, s3Credentials, pdbApiVersion: d.pdbApiVersion });
+    let tls: TlsPlan | undefined;
+    if (!blocked && spec.tls.mode !== 'disabled') {
+      try {
+        const r = await planTls(cr, spec, d);
+        if ('blocked' in r) blocked = r.blocked;
+        else tls = r;
+      } catch (err) {
+        failure = err;
+        blocked = { kind: 'applyFailed', message: `TLS: ${errorText(err)}` };
+      }
+    }
+    tlsStatus = tls?.status;
+    const rendered = blocked
+      ? undefined
+      : render(cr, spec, { defaultImage: d.defaultImage, credentials, auth, s3Credentials, pdbApiVersion: d.pdbApiVersion, ca: tls?.bundles });
     const configProblem = rendered && mirrorConfigProblem((rendered.configMap.data as Record<string, string>)[CONFIG_KEY] ?? '');
     if (configProblem) {
       blocked = { kind: 'blocked', reason: 'InvalidSpec', message: `the mirror would refuse the rendered configuration (${configProblem}); nothing was applied` };
@@ -88,6 +112,13 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
     if (blocked || !rendered) outcome = blocked!;
     else {
       try {
+        if (tls?.servingSecret) {
+          // Before the Deployment that mounts it. A private key: its content is never logged.
+          await apply(d.kube, tls.servingSecret);
+          d.metrics.applies.inc({ kind: 'Secret' });
+          log.info({ kind: 'Secret', name: tls.servingSecret.metadata.name, reason: tls.issuedBecause, notAfter: tls.status.notAfter }, 'serving certificate issued');
+        }
+        if (tls?.status.renewAfter) d.requeueAt?.(key, new Date(tls.status.renewAfter));
         outcome = await applyAll(cr, rendered, d, log);
       } catch (err) {
         failure = err;
@@ -100,7 +131,8 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
   }
 
   if (outcome.kind !== 'applied') log.info({ reason: 'reason' in outcome ? outcome.reason : 'ApplyFailed', message: outcome.message }, 'not applied');
-  await writeStatus(cr, outcome, nodeConfigUpdate(cr, resolved.ok ? resolved.spec : undefined, policy), d, log);
+  const tlsOn = resolved.ok ? resolved.spec.tls.mode !== 'disabled' : cr.spec?.tls?.mode !== 'disabled';
+  await writeStatus(cr, outcome, nodeConfigUpdate(cr, resolved.ok ? resolved.spec : undefined, policy), d, log, { tls: tlsOn, status: tlsStatus });
   if (failure && !(failure instanceof ConflictError)) throw failure;
 }
 
@@ -129,7 +161,7 @@ function secretForm<F extends object>(
   namespace: string,
   name: string,
   field: string,
-  reasonPrefix: 'CredentialsSecret' | 'AuthSecret' | 'S3CredentialsSecret',
+  reasonPrefix: 'CredentialsSecret' | 'AuthSecret' | 'S3CredentialsSecret' | 'TLSSecret',
   parse: (s: SecretSummary) => F | { problem: string },
 ): { form: F } | { blocked: Outcome } {
   const secret = d.caches.secret(namespace, name);
@@ -147,9 +179,9 @@ async function applyAll(cr: RegistryMirror, r: ReturnType<typeof render>, d: Rec
   const ns = cr.metadata.namespace;
   let deployment = d.caches.owned('Deployment', ns, r.deployment.metadata.name) as DeploymentLike | undefined;
   let warning: { reason: string; message: string } | undefined;
-  // ConfigMap and PVC before the Deployment that mounts them, and the peers Service before the
+  // ConfigMaps and PVC before the Deployment that mounts them, and the peers Service before the
   // pods that resolve it; the client Service and the PodDisruptionBudget last.
-  for (const m of [r.configMap, r.pvc, r.peersService, r.deployment, r.service, r.pdb]) {
+  for (const m of [r.configMap, r.caConfigMap, r.pvc, r.peersService, r.deployment, r.service, r.pdb]) {
     if (!m) continue;
     let live = d.caches.owned(m.kind, ns, m.metadata.name);
     if (!live) {
@@ -189,10 +221,17 @@ function isOurs(live: Record<string, any>, cr: RegistryMirror): boolean {
   return !refs.some((r) => r.controller) && labels[INSTANCE_LABEL] === cr.metadata.name && labels['app.kubernetes.io/managed-by'] === MANAGED_BY;
 }
 
-async function writeStatus(cr: RegistryMirror, outcome: Outcome, nodeConfig: NodeConfigUpdate, d: ReconcileDeps, log: Logger): Promise<void> {
+async function writeStatus(
+  cr: RegistryMirror,
+  outcome: Outcome,
+  nodeConfig: NodeConfigUpdate,
+  d: ReconcileDeps,
+  log: Logger,
+  tls: { tls: boolean; status?: TlsStatus },
+): Promise<void> {
   const key = `${cr.metadata.namespace}/${cr.metadata.name}`;
   const now = d.now?.() ?? new Date();
-  const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr), cache: d.caches.cacheStats(key), nodeConfig }, now);
+  const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr, tls.tls), cache: d.caches.cacheStats(key), nodeConfig, tls: tls.status }, now);
   if (statusEqual(cr.status, status)) return;
   try {
     await replaceStatus(d.kube, cr, status);
@@ -205,6 +244,70 @@ async function writeStatus(cr: RegistryMirror, outcome: Outcome, nodeConfig: Nod
     if (statusOf(err) === 404) return;
     throw err;
   }
+}
+
+/** What spec.tls adds to a reconcile: the CA bundles to publish, status.tls, and a new serving Secret to apply. */
+interface TlsPlan {
+  bundles: CaBundles;
+  status: TlsStatus;
+  servingSecret?: Manifest;
+  issuedBecause?: string;
+}
+
+/**
+ * spec.tls generated or secret: what the mirror's clients are to trust, and in generated mode
+ * the serving certificate, (re)issued when missing, for other names or addresses than the
+ * Service has now, from another CA, or past its renewal time. With spec.auth the operator's
+ * CA is published as client-ca.crt too: it signs the nodes' client certificates.
+ */
+async function planTls(cr: RegistryMirror, spec: ResolvedSpec, d: ReconcileDeps): Promise<TlsPlan | { blocked: Outcome }> {
+  const ns = cr.metadata.namespace;
+  const names = objectNames(cr);
+  const needCa = spec.tls.mode === 'generated' || !!spec.auth;
+  if (needCa && !d.ca) throw new Error('the operator has no CA configured');
+  const ca = needCa ? await d.ca!() : undefined;
+  if (spec.tls.mode === 'secret') {
+    const r = secretForm(d, ns, spec.tls.secretName, 'spec.tls.secretName', 'TLSSecret', (s) => {
+      const missing = ['tls.crt', 'tls.key'].filter((k) => !s.keys.includes(k));
+      if (missing.length > 0) return { problem: `Secret "${s.metadata.name}" named by spec.tls.secretName lacks ${missing.join(' and ')}` };
+      if (spec.s3 && !s.caCrt) {
+        return {
+          problem: `Secret "${s.metadata.name}" named by spec.tls.secretName has no ca.crt (of at most 16 KiB): with spec.storage.s3 the replicas check each other's certificates against it`,
+        };
+      }
+      return { caCrt: s.caCrt };
+    });
+    if ('blocked' in r) return r;
+    const serving = r.form.caCrt;
+    return {
+      bundles: { serving, operator: ca?.certPem },
+      status: { mode: 'secret', caConfigMap: names.caConfigMap, ...(serving ? { caBundle: serving } : {}) },
+    };
+  }
+  const svc = d.caches.owned('Service', ns, names.service) as { spec?: { clusterIPs?: string[] } } | undefined;
+  const hosts = [...serviceDnsNames(cr, d.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN), ...(svc?.spec?.clusterIPs ?? [])];
+  const live = d.caches.secret(ns, names.tlsSecret);
+  const now = d.now?.() ?? new Date();
+  const action = servingAction(live, { ownerUid: cr.metadata.uid, hosts, caFingerprint: ca!.fingerprint }, now);
+  const base = { mode: 'generated' as const, caConfigMap: names.caConfigMap, caBundle: ca!.certPem };
+  const bundles = { serving: ca!.certPem, operator: ca!.certPem };
+  if (action.issue && action.why === 'foreign') {
+    return {
+      blocked: {
+        kind: 'blocked',
+        reason: 'ObjectConflict',
+        message: `Secret "${names.tlsSecret}" already exists and is not managed by this RegistryMirror; rename or delete it (spec.tls generated keeps the serving certificate there)`,
+      },
+    };
+  }
+  if (!action.issue) return { bundles, status: { ...base, ...servingDates(live) } };
+  const issued = await issueServingSecret(cr, ca!, hosts, now);
+  return {
+    bundles,
+    status: { ...base, notAfter: issued.notAfter.toISOString(), renewAfter: issued.renewAfter.toISOString() },
+    servingSecret: issued.secret,
+    issuedBecause: action.why,
+  };
 }
 
 export type { Manifest };

@@ -22,7 +22,16 @@ export const MAX_PROBLEMS_KEPT = 3;
 /** Key names kept besides the ones the operator reads (the first ones, sorted). */
 export const MAX_KEY_NAMES_KEPT = 10;
 /** The keys the operator reads; always kept when present. */
-const KNOWN_KEYS = ['.dockerconfigjson', 'accessKeyId', 'htpasswd', 'password', 'secretAccessKey', 'tokens', 'username'];
+const KNOWN_KEYS = ['.dockerconfigjson', 'accessKeyId', 'ca.crt', 'htpasswd', 'password', 'secretAccessKey', 'tls.crt', 'tls.key', 'tokens', 'username'];
+/**
+ * A TLS Secret's ca.crt (public) is kept up to this size, so that spec.tls mode secret can
+ * publish it; only for Secrets with tls.crt and tls.key (not, e.g., every ServiceAccount
+ * token Secret, which has a ca.crt too).
+ */
+export const MAX_CA_CRT_KEPT = 16 * 1024;
+/** Annotations the operator writes on the serving certificate Secrets it issues (tls/serving.ts). */
+export const TLS_ANNOTATION_PREFIX = 'registry-mirror.io/tls-';
+const MAX_TLS_ANNOTATIONS = 8;
 /** The keys of an S3 credentials Secret (spec.storage.s3.credentialsSecret), as the mirror reads them. */
 export const S3_CREDENTIAL_KEYS = ['accessKeyId', 'secretAccessKey'] as const;
 
@@ -47,6 +56,12 @@ export interface SecretSummary {
   dataHash: string;
   /** Present for the keys named htpasswd and tokens. */
   auth?: { htpasswd?: AuthKeySummary; tokens?: AuthKeySummary };
+  /** A TLS Secret's ca.crt, when it has one of at most MAX_CA_CRT_KEPT bytes (public data). */
+  caCrt?: string;
+  /** The uid of its controller (ownerReferences), if any. */
+  controllerUid?: string;
+  /** The registry-mirror.io/tls-* annotations (at most MAX_TLS_ANNOTATIONS, 256 characters each). */
+  tlsAnnotations?: Record<string, string>;
 }
 
 /**
@@ -71,7 +86,28 @@ export function summarizeSecret(s: any): SecretSummary {
     keyCount: all.length,
     dataHash: createHmac('sha256', uid).update(stableStringify(data)).digest('hex').slice(0, 16),
     ...authSummary(data),
+    ...tlsSummary(s, data),
   };
+}
+
+function tlsSummary(s: any, data: Record<string, string>): Pick<SecretSummary, 'caCrt' | 'controllerUid' | 'tlsAnnotations'> {
+  const out: Pick<SecretSummary, 'caCrt' | 'controllerUid' | 'tlsAnnotations'> = {};
+  if (typeof data['tls.crt'] === 'string' && typeof data['tls.key'] === 'string' && typeof data['ca.crt'] === 'string') {
+    const ca = Buffer.from(data['ca.crt'], 'base64');
+    if (ca.length > 0 && ca.length <= MAX_CA_CRT_KEPT) out.caCrt = ca.toString('utf8');
+  }
+  const refs = Array.isArray(s?.metadata?.ownerReferences) ? (s.metadata.ownerReferences as Array<{ uid?: unknown; controller?: unknown }>) : [];
+  const ctrl = refs.find((r) => r?.controller === true);
+  if (typeof ctrl?.uid === 'string') out.controllerUid = copy(ctrl.uid.slice(0, 128));
+  const ann = s?.metadata?.annotations;
+  if (ann && typeof ann === 'object') {
+    const kept = Object.entries(ann as Record<string, unknown>)
+      .filter(([k, v]) => k.startsWith(TLS_ANNOTATION_PREFIX) && typeof v === 'string')
+      .slice(0, MAX_TLS_ANNOTATIONS)
+      .map(([k, v]) => [copy(k.slice(0, 253)), copy((v as string).slice(0, 256))]);
+    if (kept.length > 0) out.tlsAnnotations = Object.fromEntries(kept);
+  }
+  return out;
 }
 
 /** A flat copy of a string, so a kept name never pins a larger string it was sliced from. */

@@ -16,6 +16,7 @@ import { PEERS_SUFFIX } from './render/names.js';
 import { isDuration, parseDuration } from '../mirror/duration.js';
 import { parseQuantity } from './quantity.js';
 import type { RegistryMirror } from './types.js';
+import { TLS_MODES, type TlsMode } from './types.js';
 import { defaultUpstreamUrl, defaultV1Source } from './well-known-registries.js';
 
 /** A spec with every default applied: what render/ works from. */
@@ -42,7 +43,11 @@ export interface ResolvedSpec {
   resources: { requests: Record<string, string>; limits: Record<string, string> };
   /** spec.prefetch as the mirror config takes it (empty = none). */
   prefetch: Array<{ image: string; platforms: string[]; pin: boolean }>;
+  /** spec.tls: generated unless the spec says otherwise; secretName only with mode secret. */
+  tls: ResolvedTls;
 }
+
+export type ResolvedTls = { mode: 'generated' } | { mode: 'secret'; secretName: string } | { mode: 'disabled' };
 
 /** spec.storage.s3, checked; absent optional fields stay absent (the mirror's defaults apply). */
 export interface ResolvedS3 {
@@ -338,6 +343,8 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
     }
   }
 
+  const tls = resolveTls(s.tls, problems);
+
   if (problems.length > 0) return finish(problems);
   return {
     ok: true,
@@ -359,8 +366,42 @@ export function resolveSpec(cr: RegistryMirror): SpecResult {
       logLevel,
       resources,
       prefetch,
+      tls: tls!,
     },
   };
+}
+
+/**
+ * spec.tls: generated when absent (secure by default: the operator can always issue a
+ * certificate, and plain http must be asked for). secretName belongs to mode secret alone.
+ */
+function resolveTls(raw: unknown, problems: string[]): ResolvedTls | undefined {
+  if (raw === undefined || raw === null) return { mode: 'generated' };
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    problems.push('spec.tls must be an object');
+    return undefined;
+  }
+  const o = raw as { mode?: unknown; secretName?: unknown };
+  const mode = (text(o.mode, 'spec.tls.mode', problems) ?? 'generated') as TlsMode;
+  if (!TLS_MODES.includes(mode)) {
+    problems.push(`spec.tls.mode ${show(mode)} must be one of ${TLS_MODES.join(', ')}`);
+    return undefined;
+  }
+  const given = o.secretName !== undefined && o.secretName !== null && o.secretName !== '';
+  if (mode !== 'secret') {
+    if (given) problems.push(`spec.tls.secretName applies only to spec.tls.mode secret (mode is ${mode}); remove it or set mode: secret`);
+    return { mode };
+  }
+  if (!given) {
+    problems.push('spec.tls.secretName is required with spec.tls.mode secret: a Secret in this namespace with tls.crt and tls.key');
+    return undefined;
+  }
+  const name = o.secretName;
+  if (typeof name !== 'string' || name.length > 253 || !DNS_SUBDOMAIN_RE.test(name)) {
+    problems.push(`spec.tls.secretName ${show(name)} is not a valid Secret name (a DNS subdomain: lower-case letters, digits, "-" and ".")`);
+    return undefined;
+  }
+  return { mode, secretName: name };
 }
 
 /**

@@ -8,6 +8,7 @@
 // headers and body together), and accepts only a JSON object whose figures are non-negative
 // integers (parseMirrorStats). Pods are scraped STATS_PARALLELISM at a time.
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { parseMirrorStats, type MirrorStats } from './cache-stats.js';
 
 /**
@@ -30,16 +31,22 @@ export function isPodReady(p: PodLike): boolean {
   return p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
 }
 
-export function statsUrl(podIP: string, port: number): string {
+export function statsUrl(podIP: string, port: number, tls = false): string {
   const host = podIP.includes(':') ? `[${podIP}]` : podIP;
-  return `http://${host}:${port}/stats`;
+  return `${tls ? 'https' : 'http'}://${host}:${port}/stats`;
 }
 
-export type FetchStats = (url: string) => Promise<MirrorStats>;
+/**
+ * https /stats (spec.tls): the pod is reached by its IP, which its certificate does not name,
+ * so the chain is checked against ca (the mirror's published CA; the system's roots when
+ * absent) and the host name is not.
+ */
+export type FetchStats = (url: string, tls?: { ca?: string }) => Promise<MirrorStats>;
 
 export interface StatsFetchLimits {
   timeoutMs?: number;
   maxBytes?: number;
+  ca?: string;
 }
 
 /** GET url with node:http (which follows nothing), within the limits; the body as text. */
@@ -56,7 +63,11 @@ export function boundedGet(url: string, limits: StatsFetchLimits = {}): Promise<
       reject(err);
     };
     const timer = setTimeout(() => fail(new Error(`${url} did not answer within ${timeoutMs} ms`)), timeoutMs);
-    const req = request(url, { method: 'GET', headers: { accept: 'application/json' }, agent: false }, (res) => {
+    const options = { method: 'GET', headers: { accept: 'application/json' }, agent: false as const };
+    const req = (url.startsWith('https:')
+      ? (cb: Parameters<typeof request>[2]) =>
+          httpsRequest(url, { ...options, ...(limits.ca ? { ca: limits.ca } : {}), minVersion: 'TLSv1.2', checkServerIdentity: () => undefined }, cb)
+      : (cb: Parameters<typeof request>[2]) => request(url, options, cb))((res) => {
       const status = res.statusCode ?? 0;
       if (status !== 200) {
         res.resume();
@@ -89,8 +100,8 @@ export function boundedGet(url: string, limits: StatsFetchLimits = {}): Promise<
 }
 
 export function httpStatsFetcher(timeoutMs: number = STATS_TIMEOUT_MS, maxBytes: number = STATS_MAX_BYTES): FetchStats {
-  return async (url) => {
-    const text = await boundedGet(url, { timeoutMs, maxBytes });
+  return async (url, tls) => {
+    const text = await boundedGet(url, { timeoutMs, maxBytes, ca: tls?.ca });
     let body: unknown;
     try {
       body = JSON.parse(text);

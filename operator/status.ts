@@ -3,7 +3,7 @@
 // controller writes the result only when it differs from the live status.
 import { setConditions, type ConditionInput } from './conditions.js';
 import { stableStringify } from './hash.js';
-import type { CacheStatus, Condition, RegistryMirror, RegistryMirrorStatus } from './types.js';
+import type { CacheStatus, Condition, RegistryMirror, RegistryMirrorStatus, TlsStatus } from './types.js';
 
 /** The node agent's condition; the operator sets it only for the admin policy's refusals. */
 export const NODE_CONFIG = 'NodeConfig';
@@ -74,7 +74,7 @@ export function rolloutState(d: DeploymentLike | undefined): RolloutState {
 export function computeStatus(
   cr: RegistryMirror,
   outcome: Outcome,
-  extra: { endpoint: string; cache?: CacheStatus; nodeConfig?: NodeConfigUpdate },
+  extra: { endpoint: string; cache?: CacheStatus; nodeConfig?: NodeConfigUpdate; tls?: TlsStatus },
   now: Date,
 ): RegistryMirrorStatus {
   const prev = cr.status ?? {};
@@ -140,6 +140,9 @@ export function computeStatus(
     readyReplicas,
     endpoint: extra.endpoint,
   };
+  // A blocked reconcile keeps what clients were last told to trust (the pods still serve it).
+  const tls = extra.tls ?? (outcome.kind === 'applied' ? undefined : prev.tls);
+  if (tls) status.tls = tls;
   const cache = extra.cache ?? prev.cache;
   if (cache) {
     // The merged prefetch status travels with the figures but is its own status field.

@@ -52,6 +52,25 @@ export interface RegistryMirrorSpec {
   };
   /** Images the mirror pulls at start and again when their tag moves (README "Prefetch and pin"). */
   prefetch?: Array<{ image?: string; platforms?: string[]; pin?: boolean }>;
+  /** How the mirror serves TLS (README "TLS"); absent = generated. */
+  tls?: { mode?: TlsMode; secretName?: string };
+}
+
+/** generated: the operator's CA issues the certificate; secret: the user's Secret; disabled: plain http. */
+export type TlsMode = 'generated' | 'secret' | 'disabled';
+export const TLS_MODES: readonly TlsMode[] = ['generated', 'secret', 'disabled'];
+
+/** status.tls: how clients find the CA that signs the mirror's certificate. */
+export interface TlsStatus {
+  mode: TlsMode;
+  /** ConfigMap in the mirror's namespace whose key ca.crt holds caBundle (absent when there is none). */
+  caConfigMap?: string;
+  /** The PEM CA certificate(s) clients trust for this mirror (public; the node agents read it here). */
+  caBundle?: string;
+  /** Serving certificate's end of validity (generated mode). */
+  notAfter?: string;
+  /** When the operator replaces it (generated mode). */
+  renewAfter?: string;
 }
 
 /** spec.storage.s3. Credentials only by reference: a Secret, or the pods' ServiceAccount. */
@@ -136,6 +155,7 @@ export interface RegistryMirrorStatus {
   endpoint?: string;
   cache?: CacheStatus;
   prefetch?: PrefetchImageStatus[];
+  tls?: TlsStatus;
 }
 
 export interface ObjectMeta {

@@ -90,6 +90,8 @@ export const RESOURCES = {
   pvcs: { apiVersion: 'v1', kind: 'PersistentVolumeClaim', plural: 'persistentvolumeclaims' },
   pods: { apiVersion: 'v1', kind: 'Pod', plural: 'pods' },
   secrets: { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' },
+  /** Cluster-scoped: node client certificate requests (tls/csr.ts). */
+  csrs: { apiVersion: 'certificates.k8s.io/v1', kind: 'CertificateSigningRequest', plural: 'certificatesigningrequests' },
 } satisfies Record<string, ResourceType>;
 
 /** PodDisruptionBudgets, in the API version the apiserver serves (detectPdbApiVersion). */

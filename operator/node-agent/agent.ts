@@ -30,6 +30,7 @@ import { DEFAULT_POLICY, type NodePolicy } from '../node-policy.js';
 import { GROUP, PLURAL, VERSION } from '../types.js';
 import { HostsDir, RegistriesConfDir, type ManagedDir } from './files.js';
 import type { Runtime } from './runtime.js';
+import { NodeCredential } from './client-cert.js';
 import { NODE_CONFIG_CONDITION, plan, summarizeMirror, summarizeService, type MirrorLike, type NodeConfigState, type NodeMirror, type ServiceLike } from './plan.js';
 
 export interface AgentOptions {
@@ -46,6 +47,8 @@ export interface AgentOptions {
   policy?: NodePolicy;
   /** This agent's instance (namespace/DaemonSet): the owner of the files it writes. */
   instance?: string;
+  /** The node this agent runs on: the CN of its client certificate for spec.auth mirrors (node:<name>). */
+  nodeName?: string;
   reportStatus: boolean;
   resyncIntervalMs: number;
   /** Debounce between an event and the sync it triggers. */
@@ -86,6 +89,8 @@ export class NodeAgent {
   private firstSync = false;
   private lastError = '';
   private lastForeign = '';
+  private readonly credential: NodeCredential | undefined;
+  private warnedNoNode = false;
 
   constructor(private readonly o: AgentOptions) {
     this.dir =
@@ -107,6 +112,7 @@ export class NodeAgent {
       });
     this.mirrors = make<Mirror>(RESOURCES.registryMirrors, (x: MirrorLike) => summarizeMirror(x, policy) as Mirror);
     this.services = make<Service>(RESOURCES.services, (x: ServiceLike) => summarizeService(x) as Service, MANAGED_SELECTOR);
+    if (o.nodeName) this.credential = new NodeCredential({ kube: o.kube, nodeName: o.nodeName, log: o.log, onChange: () => this.schedule(0) });
     for (const inf of [this.mirrors, this.services] as Informer<KubeObject>[]) {
       inf.on('add', () => this.schedule()).on('update', () => this.schedule()).on('delete', () => this.schedule());
     }
@@ -162,7 +168,18 @@ export class NodeAgent {
   private async syncOnce(): Promise<void> {
     if (this.stopped) return;
     const mirrors = this.mirrors.list();
-    const p = plan(mirrors, this.services.list(), { dialTimeout: this.o.dialTimeout, policy: this.o.policy ?? DEFAULT_POLICY });
+    const p = plan(mirrors, this.services.list(), {
+      dialTimeout: this.o.dialTimeout,
+      policy: this.o.policy ?? DEFAULT_POLICY,
+      clientCredential: this.credential?.current(),
+    });
+    if (p.needsClientCredential) {
+      if (this.credential) this.credential.want();
+      else if (!this.warnedNoNode) {
+        this.warnedNoNode = true;
+        this.o.log.warn('a mirror nodes use asks for client credentials, but this agent does not know its node ($NODE_NAME): it is not configured here');
+      }
+    }
     const { changes, errors, foreign } = this.dir.sync(p.entries);
     this.lastError = errors.map((e) => `${e.registry}: ${e.message}`).join('; ');
     const foreignText = foreign.map((f) => f.message).join('; ');
@@ -246,6 +263,7 @@ export class NodeAgent {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.credential?.stop();
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.resyncTimer) clearTimeout(this.resyncTimer);

@@ -19,7 +19,7 @@
 //    existed) counts as the file of whichever agent finds it.
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { BACKUP_SUFFIX, isManaged, managedOwner, registryDirName, renderHostsToml, type HostsEntry } from './hosts-toml.js';
+import { BACKUP_SUFFIX, COMPANION, companionFiles, isManaged, managedOwner, registryDirName, renderHostsToml, type HostsEntry } from './hosts-toml.js';
 import { dropInFileName, registryOfDropIn, renderRegistriesConf } from './registries-conf.js';
 
 /** One kind of file the agent writes, one per registry. */
@@ -31,6 +31,8 @@ export interface FileKind {
   /** Registries whose file of this kind may be in the directory (ownership is checked apart). */
   candidates(dir: string): string[];
   render(e: HostsEntry, previous?: string): string;
+  /** Files written next to the registry's file (TLS material it names), and every name they may have. */
+  companions?: { files(e: HostsEntry): Array<{ name: string; content: string; mode: number }>; names: readonly string[] };
 }
 
 /** containerd: <dir>/<registry>/hosts.toml. */
@@ -39,6 +41,7 @@ export const HOSTS_TOML: FileKind = {
   file: (registry) => join(registryDirName(registry), 'hosts.toml'),
   candidates: (dir) => readdirSync(dir).filter((n) => existsSync(join(dir, n, 'hosts.toml'))),
   render: renderHostsToml,
+  companions: { files: companionFiles, names: Object.values(COMPANION) },
 };
 
 /** CRI-O (containers/image): <dir>/<nn>-registry-mirror-<registry>.conf. */
@@ -92,9 +95,9 @@ function readIfExists(path: string): string | undefined {
   }
 }
 
-function atomicWrite(path: string, text: string): void {
+function atomicWrite(path: string, text: string, mode = 0o644): void {
   const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w', 0o644);
+  const fd = openSync(tmp, 'w', mode);
   try {
     writeSync(fd, text);
     fsyncSync(fd);
@@ -169,11 +172,33 @@ export class ManagedDir {
       fsyncDir(p.dir);
       backedUp = true;
     }
+    // Companions first: the file never names one that is not there yet.
+    const companionsChanged = this.syncCompanions(p.dir, e);
     const previous = readIfExists(p.backup);
     const text = this.kind.render({ ...e, owner: `${e.owner}@${this.instance}` }, previous);
-    if (!backedUp && current === text) return undefined;
+    if (!backedUp && current === text) return companionsChanged ? { registry: e.registry, action: 'written', backedUp } : undefined;
     atomicWrite(p.file, text);
     return { registry: e.registry, action: 'written', backedUp };
+  }
+
+  /** Writes the entry's companion files that differ, removes the ones it no longer needs; true when any changed. */
+  private syncCompanions(dir: string, e: HostsEntry | undefined): boolean {
+    const c = this.kind.companions;
+    if (!c) return false;
+    const want = e ? c.files(e) : [];
+    let changed = false;
+    for (const f of want) {
+      const path = join(dir, f.name);
+      if (readIfExists(path) === f.content) continue;
+      atomicWrite(path, f.content, f.mode);
+      changed = true;
+    }
+    for (const name of c.names) {
+      if (want.some((f) => f.name === name) || !existsSync(join(dir, name))) continue;
+      unlinkSync(join(dir, name));
+      changed = true;
+    }
+    return changed;
   }
 
   /**
@@ -191,6 +216,7 @@ export class ManagedDir {
     } else {
       unlinkSync(p.file);
     }
+    this.syncCompanions(p.dir, undefined);
     fsyncDir(p.dir);
     if (p.ownDir) {
       try {

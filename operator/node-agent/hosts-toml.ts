@@ -4,9 +4,11 @@
 //   # registry-mirror node-agent: managed file (owner: ns/name) ...   <- the marker
 //   server = "https://registry-1.docker.io"                            <- the upstream: last resort
 //
-//   [host."http://10.96.0.10:5000"]                                    <- the mirror Service's ClusterIP
+//   [host."https://10.96.0.10:5000"]                                   <- the mirror Service's ClusterIP
 //   capabilities = [ "pull", "resolve" ]
 //   dial_timeout = "200ms"
+//   ca = "registry-mirror-ca.crt"                                      <- https: the mirror's CA (status.tls)
+//   client = [ [ "registry-mirror-client.crt", "registry-mirror-client.key" ] ]  <- spec.auth: the node's certificate
 //
 //   [host."https://registry.example.com"]                              <- hosts of a file that was
 //   ...                                                                   there before us, kept
@@ -32,6 +34,33 @@ export interface HostsEntry {
   /** namespace/name of the RegistryMirror. */
   owner: string;
   dialTimeout?: string;
+  /** https mirror: the PEM CA bundle to trust for it (absent: the system's roots). */
+  caPem?: string;
+  /** The mirror asks clients to authenticate (spec.auth): the node's client certificate and key (PEM). */
+  client?: { certPem: string; keyPem: string };
+}
+
+/**
+ * Files written next to hosts.toml for the mirror's host, named relative to it (containerd
+ * resolves a relative ca/client path against the hosts.toml's directory). The key is 0600.
+ */
+export const COMPANION = {
+  ca: 'registry-mirror-ca.crt',
+  clientCert: 'registry-mirror-client.crt',
+  clientKey: 'registry-mirror-client.key',
+} as const;
+
+/** The companion files an entry needs, with their content and mode. */
+export function companionFiles(e: HostsEntry): Array<{ name: string; content: string; mode: number }> {
+  return [
+    ...(e.caPem ? [{ name: COMPANION.ca, content: e.caPem, mode: 0o644 }] : []),
+    ...(e.client
+      ? [
+          { name: COMPANION.clientCert, content: e.client.certPem, mode: 0o644 },
+          { name: COMPANION.clientKey, content: e.client.keyPem, mode: 0o600 },
+        ]
+      : []),
+  ];
 }
 
 /** True when the text is a hosts.toml the node agent wrote (it starts with the marker). */
@@ -65,7 +94,12 @@ type TomlTable = Record<string, unknown>;
 export function renderHostsToml(e: HostsEntry, previous?: string): string {
   const mirror = e.mirrorUrl.replace(/\/+$/, '');
   const hosts: Record<string, TomlTable> = {};
-  hosts[mirror] = { capabilities: ['pull', 'resolve'], dial_timeout: e.dialTimeout ?? DEFAULT_DIAL_TIMEOUT };
+  hosts[mirror] = {
+    capabilities: ['pull', 'resolve'],
+    dial_timeout: e.dialTimeout ?? DEFAULT_DIAL_TIMEOUT,
+    ...(e.caPem ? { ca: COMPANION.ca } : {}),
+    ...(e.client ? { client: [[COMPANION.clientCert, COMPANION.clientKey]] } : {}),
+  };
   let serverSettings: TomlTable = {};
   let kept = '';
   if (previous !== undefined) {
@@ -129,7 +163,10 @@ function normalizeUrl(u: string): string {
 }
 
 /** What a managed file says, for tests and the agent's own checks. */
-export function readHostsToml(text: string): { server?: string; hosts: Array<{ url: string; capabilities?: string[]; dialTimeout?: string }> } {
+export function readHostsToml(text: string): {
+  server?: string;
+  hosts: Array<{ url: string; capabilities?: string[]; dialTimeout?: string; ca?: string; client?: string[][] }>;
+} {
   const doc = parse(text) as TomlTable;
   const hostTable = (doc.host ?? {}) as Record<string, TomlTable>;
   return {
@@ -138,6 +175,8 @@ export function readHostsToml(text: string): { server?: string; hosts: Array<{ u
       url,
       capabilities: Array.isArray(t.capabilities) ? (t.capabilities as string[]) : undefined,
       dialTimeout: typeof t.dial_timeout === 'string' ? t.dial_timeout : undefined,
+      ...(typeof t.ca === 'string' ? { ca: t.ca } : {}),
+      ...(Array.isArray(t.client) ? { client: t.client as string[][] } : {}),
     })),
   };
 }

@@ -78,6 +78,7 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
     dialTimeout: flags.dialTimeout,
     policy: flags.policy,
     instance: flags.instance,
+    nodeName: flags.nodeName,
     reportStatus: flags.reportStatus,
     resyncIntervalMs: flags.resyncIntervalMs,
   });

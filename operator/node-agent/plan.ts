@@ -12,8 +12,9 @@
 // nodes. The winner is chosen the same way by every node agent, whatever order events arrive
 // in: the oldest creationTimestamp, then namespace/name. Every loser gets False/RegistryConflict
 // naming the winner; the winner (once its Service has a ClusterIP) True/HostsConfigured.
-// Mirrors with spec.auth are never candidates (False/ClientAuthRequired): nodes have no
-// credentials for them.
+// Mirrors with spec.auth are candidates over TLS only (nodes present their client
+// certificate); with spec.tls disabled they get False/ClientAuthRequired. An https mirror is
+// configured once status.tls publishes its CA (False/WaitingForCertificate until then).
 //
 // The node agent's informers keep only summaries (summarizeMirror, summarizeService): the
 // verdict is computed on the whole object as it arrives, then the object is dropped.
@@ -65,12 +66,24 @@ export interface NodeMirror {
   /** spec.nodeConfig.enabled is not false. */
   nodeConfig: boolean;
   /** The validated spec's fields the nodes need; absent when the spec is refused. */
-  spec?: { upstream: { registry: string; url: string }; auth?: { secret: { name: string } } };
+  spec?: { upstream: { registry: string; url: string }; auth?: { secret: { name: string } }; tls?: NodeMirrorTls };
   /** Why the operator's validation or the admin's policy refuses it for nodes. */
   refused?: { reason: string; message: string };
   /** Where the NodeConfig condition is in status.conditions (for a JSON patch). */
   nodeStatus: { hasStatus: boolean; conditions?: number; index: number; current?: NodeConfigCondition };
 }
+
+/** spec.tls not disabled: the mode, and what status.tls publishes (once the operator has). */
+export interface NodeMirrorTls {
+  mode: 'generated' | 'secret';
+  /** status.tls.mode, when the operator has written it. */
+  published?: string;
+  /** status.tls.caBundle (at most MAX_CA_BUNDLE characters). */
+  caBundle?: string;
+}
+
+/** The largest status.tls.caBundle a node agent keeps (the CRD allows 64 KiB). */
+export const MAX_CA_BUNDLE = 64 * 1024;
 
 export interface NodeConfigState {
   status: 'True' | 'False';
@@ -81,12 +94,16 @@ export interface NodeConfigState {
 export interface Plan {
   /** registry -> the entry the node agent writes. */
   entries: Map<string, HostsEntry>;
+  /** A mirror nodes should use asks for client credentials: the node needs its certificate. */
+  needsClientCredential: boolean;
   /** namespace/name -> the NodeConfig condition it should carry (only nodeConfig-enabled ones). */
   conditions: Map<string, NodeConfigState>;
 }
 
 export interface PlanOptions {
   dialTimeout?: string;
+  /** This node's client certificate (spec.auth mirrors are configured only once it exists). */
+  clientCredential?: { certPem: string; keyPem: string };
   /** The admin's node policy; the default lets only nothing through (no admin namespace). */
   policy?: NodePolicy;
 }
@@ -145,6 +162,12 @@ export function summarizeMirror(raw: MirrorLike, policy: NodePolicy = DEFAULT_PO
     return out;
   }
   out.spec = { upstream: { registry: s.registry, url: s.url }, ...(s.auth ? { auth: { secret: { name: s.auth.secret } } } : {}) };
+  if (s.tls.mode !== 'disabled') {
+    const st = raw.status?.tls as { mode?: unknown; caBundle?: unknown } | undefined;
+    out.spec.tls = { mode: s.tls.mode };
+    if (typeof st?.mode === 'string') out.spec.tls.published = st.mode.slice(0, 16);
+    if (typeof st?.caBundle === 'string' && st.caBundle.length <= MAX_CA_BUNDLE) out.spec.tls.caBundle = st.caBundle;
+  }
   return out;
 }
 
@@ -194,8 +217,9 @@ export function ownedBy(svc: ServiceLike, uid: string | undefined): boolean {
 }
 
 /** IPv6 ClusterIPs need brackets in a URL. */
-export function mirrorUrl(clusterIP: string): string {
-  return clusterIP.includes(':') ? `http://[${clusterIP}]:${MIRROR_PORT}` : `http://${clusterIP}:${MIRROR_PORT}`;
+export function mirrorUrl(clusterIP: string, tls = false): string {
+  const scheme = tls ? 'https' : 'http';
+  return clusterIP.includes(':') ? `${scheme}://[${clusterIP}]:${MIRROR_PORT}` : `${scheme}://${clusterIP}:${MIRROR_PORT}`;
 }
 
 export function plan(mirrors: Array<MirrorLike | NodeMirror>, services: ServiceLike[], opts: PlanOptions = {}): Plan {
@@ -205,6 +229,7 @@ export function plan(mirrors: Array<MirrorLike | NodeMirror>, services: ServiceL
   const entries = new Map<string, HostsEntry>();
   const conditions = new Map<string, NodeConfigState>();
   const byRegistry = new Map<string, NodeMirror[]>();
+  let needsClientCredential = false;
   for (const raw of mirrors) {
     const m = isSummary(raw) ? raw : summarizeMirror(raw, policy);
     if (!m.nodeConfig || m.metadata.deletionTimestamp) continue;
@@ -217,17 +242,18 @@ export function plan(mirrors: Array<MirrorLike | NodeMirror>, services: ServiceL
     byRegistry.set(r, [...(byRegistry.get(r) ?? []), m]);
   }
   for (const [registry, list] of [...byRegistry].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    // A mirror that requires client credentials cannot serve the nodes: the agent has no
-    // credentials to give containerd (the Secret holds bcrypt hashes or token digests), so
-    // every pull would be refused by the mirror first (at best falling back to the upstream,
-    // at worst failing). Such mirrors are not candidates; another mirror of the registry may
-    // serve the nodes.
-    const candidates = list.filter((m) => !m.spec?.auth).sort(compareMirrors);
-    for (const m of list.filter((x) => x.spec?.auth)) {
+    // A mirror that requires client credentials serves the nodes over TLS only: each node
+    // authenticates with its own client certificate from the operator's CA (CN node:<name>).
+    // With spec.tls disabled nodes have nothing to give (the auth Secret holds bcrypt hashes
+    // or token digests), so every pull would be refused: such a mirror is not a candidate;
+    // another mirror of the registry may serve the nodes.
+    const noCredentials = (m: NodeMirror) => !!m.spec?.auth && !m.spec.tls;
+    const candidates = list.filter((m) => !noCredentials(m)).sort(compareMirrors);
+    for (const m of list.filter(noCredentials)) {
       conditions.set(key(m), {
         status: 'False',
         reason: 'ClientAuthRequired',
-        message: `spec.auth makes the mirror ask clients for credentials, which nodes cannot give; it is not configured on nodes (set nodeConfig.enabled: false to silence this)`,
+        message: `spec.auth makes the mirror ask clients for credentials, and with spec.tls disabled nodes have none (their client certificates need TLS); it is not configured on nodes (enable spec.tls, or set nodeConfig.enabled: false to silence this)`,
       });
     }
     if (candidates.length === 0) continue;
@@ -255,14 +281,30 @@ export function plan(mirrors: Array<MirrorLike | NodeMirror>, services: ServiceL
       conditions.set(key(winner), { status: 'False', reason: 'WaitingForService', message: `Service ${svcName} has no ClusterIP yet` });
       continue;
     }
-    const entry: HostsEntry = { registry, server, mirrorUrl: mirrorUrl(ip), owner: key(winner) };
+    const tls = winner.spec!.tls;
+    if (tls && (tls.published !== tls.mode || (tls.mode === 'generated' && !tls.caBundle))) {
+      conditions.set(key(winner), {
+        status: 'False',
+        reason: 'WaitingForCertificate',
+        message: `the operator has not published the mirror's ${tls.mode} TLS certificate authority in status.tls yet`,
+      });
+      continue;
+    }
+    const entry: HostsEntry = { registry, server, mirrorUrl: mirrorUrl(ip, !!tls), owner: key(winner) };
     if (opts.dialTimeout) entry.dialTimeout = opts.dialTimeout;
-    entries.set(registry, entry);
+    if (tls?.caBundle) entry.caPem = tls.caBundle;
+    if (winner.spec!.auth) {
+      needsClientCredential = true;
+      // Until this node holds its certificate, its pulls skip the mirror (no file): a mirror
+      // that refuses them would only cost a round trip each.
+      if (opts.clientCredential) entry.client = opts.clientCredential;
+    }
+    if (!winner.spec!.auth || entry.client) entries.set(registry, entry);
     conditions.set(key(winner), {
       status: 'True',
       reason: 'HostsConfigured',
       message: `Node agents point containerd's ${registry} pulls at ${entry.mirrorUrl} (fallback ${server})`,
     });
   }
-  return { entries, conditions };
+  return { entries, conditions, needsClientCredential };
 }

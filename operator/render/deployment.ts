@@ -7,7 +7,7 @@ import { MIRROR_PORT } from '../types.js';
 import { ANNOTATION, commonLabels, MOUNT, objectNames, selectorLabels } from './names.js';
 import { ownedMetadata } from './owner.js';
 import { CONFIG_KEY } from './config-map.js';
-import { CLUSTER_SELF_ENV } from './mirror-config.js';
+import { CA_BUNDLE_KEY, CLIENT_CA_KEY, CLUSTER_SELF_ENV, renderTls } from './mirror-config.js';
 import { S3_CREDENTIAL_KEYS } from '../secrets.js';
 
 /** The uid/gid the mirror runs as (the image's non-root user; fsGroup makes volumes writable). */
@@ -80,6 +80,22 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
     mounts.push({ name: 'auth', mountPath: MOUNT.auth, readOnly: true });
   }
 
+  const tls = renderTls(spec);
+  if (tls) {
+    // Mounted whole (no subPath), so a renewed certificate reaches the pod, which re-reads it.
+    const secretName = spec.tls.mode === 'secret' ? spec.tls.secretName : names.tlsSecret;
+    volumes.push({
+      name: 'tls',
+      secret: { secretName, defaultMode: 0o440, items: ['tls.crt', 'tls.key'].map((k) => ({ key: k, path: k })) },
+    });
+    mounts.push({ name: 'tls', mountPath: MOUNT.tls, readOnly: true });
+    const caKeys = [...(tls.peerCAFile ? [CA_BUNDLE_KEY] : []), ...(tls.clientCAFile ? [CLIENT_CA_KEY] : [])];
+    if (caKeys.length > 0) {
+      volumes.push({ name: 'ca', configMap: { name: names.caConfigMap, items: caKeys.map((k) => ({ key: k, path: k })) } });
+      mounts.push({ name: 'ca', mountPath: MOUNT.ca, readOnly: true });
+    }
+  }
+
   // The replicas of a bucket (spec.storage.s3) form a fleet: each learns its own address as
   // its peers see it from the downward API (the ConfigMap is the same for all of them);
   // Kubernetes expands $(POD_IP) because POD_IP is defined before it.
@@ -90,8 +106,10 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
       ]
     : undefined;
 
+  // kubelet does not verify a probe's certificate: HTTPS is all it needs to know.
+  const portName = tls ? 'https' : 'http';
   const probe = (path: string, period: number, failures: number) => ({
-    httpGet: { path, port: 'http' },
+    httpGet: { path, port: portName, ...(tls ? { scheme: 'HTTPS' } : {}) },
     periodSeconds: period,
     timeoutSeconds: 2,
     failureThreshold: failures,
@@ -145,7 +163,7 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
               name: 'mirror',
               image: spec.image ?? inputs.defaultImage,
               args: ['serve', '--config', MOUNT.configFile],
-              ports: [{ name: 'http', containerPort: MIRROR_PORT, protocol: 'TCP' }],
+              ports: [{ name: portName, containerPort: MIRROR_PORT, protocol: 'TCP' }],
               ...(env ? { env } : {}),
               livenessProbe: { ...probe('/healthz', 10, 3), initialDelaySeconds: 5 },
               // /readyz: the store is reachable (and, in a fleet, the peers have been resolved

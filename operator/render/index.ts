@@ -6,6 +6,7 @@
 import { hashOf } from '../hash.js';
 import type { ResolvedSpec } from '../spec.js';
 import type { AuthForm, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm } from '../types.js';
+import { renderCaConfigMap, type CaBundles } from './ca-config-map.js';
 import { renderConfigMap } from './config-map.js';
 import { renderDeployment } from './deployment.js';
 import { ANNOTATION } from './names.js';
@@ -20,10 +21,14 @@ export interface RenderInputs {
   s3Credentials?: S3CredentialsForm;
   /** Default policy/v1. */
   pdbApiVersion?: PdbApiVersion;
+  /** The public CA certificates for the <name>-ca ConfigMap (spec.tls not disabled). */
+  ca?: CaBundles;
 }
 
 export interface Rendered {
   configMap: Manifest;
+  /** spec.tls not disabled: <name>-ca. */
+  caConfigMap?: Manifest;
   pvc?: Manifest;
   /** spec.storage.s3 only. */
   peersService?: Manifest;
@@ -37,10 +42,13 @@ export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInp
   const configMap = renderConfigMap(cr, spec, inputs.credentials, inputs.auth);
   const configHash = hashOf(configMap.data);
   const pdbApiVersion = inputs.pdbApiVersion ?? 'policy/v1';
+  const tls = spec.tls.mode !== 'disabled';
+  const caConfigMap = renderCaConfigMap(cr, spec, inputs.ca ?? {});
   const out: Rendered = {
     configMap,
+    ...(caConfigMap ? { caConfigMap } : {}),
     pvc: renderPvc(cr, spec),
-    ...(spec.s3 ? { peersService: renderPeersService(cr) } : {}),
+    ...(spec.s3 ? { peersService: renderPeersService(cr, tls) } : {}),
     deployment: renderDeployment(cr, spec, {
       defaultImage: inputs.defaultImage,
       configHash,
@@ -48,7 +56,7 @@ export function render(cr: RegistryMirror, spec: ResolvedSpec, inputs: RenderInp
       auth: inputs.auth,
       s3Credentials: inputs.s3Credentials,
     }),
-    service: renderService(cr),
+    service: renderService(cr, tls),
     ...(spec.s3 && pdbApiVersion !== 'none' ? { pdb: renderPdb(cr, pdbApiVersion) } : {}),
   };
   for (const m of Object.values(out)) if (m) stampAppliedHash(m as Manifest);
@@ -69,4 +77,4 @@ function withoutKey(m: Record<string, string> | undefined, k: string): Record<st
   return Object.keys(rest).length ? rest : undefined;
 }
 
-export { renderConfigMap, renderDeployment, renderPdb, renderPeersService, renderPvc, renderService };
+export { renderCaConfigMap, renderConfigMap, renderDeployment, renderPdb, renderPeersService, renderPvc, renderService };

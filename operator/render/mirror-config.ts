@@ -22,6 +22,35 @@ export interface MirrorConfig {
   auth?: { htpasswdFile?: string; tokensFile?: string; protectMetrics: boolean };
   prefetch?: Array<{ image: string; platforms?: string[]; pin: boolean }>;
   cluster?: MirrorClusterConfig;
+  tls?: MirrorTlsConfig;
+}
+
+/**
+ * The `tls` section (spec.tls not disabled): files the Deployment mounts; the mirror re-reads
+ * them when they change, so a renewed certificate needs no restart.
+ *  - clientCAFile with spec.auth: the operator's CA, which signs the nodes' client
+ *    certificates (a node then pulls as cert:node:<name>; others still use basic/bearer);
+ *  - peerCAFile in a fleet (spec.storage.s3): the CA the replicas check each other against.
+ */
+export interface MirrorTlsConfig {
+  certFile: string;
+  keyFile: string;
+  clientCAFile?: string;
+  peerCAFile?: string;
+}
+
+/** The keys of the <name>-ca ConfigMap. */
+export const CA_BUNDLE_KEY = 'ca.crt';
+export const CLIENT_CA_KEY = 'client-ca.crt';
+
+export function renderTls(spec: ResolvedSpec): MirrorTlsConfig | undefined {
+  if (spec.tls.mode === 'disabled') return undefined;
+  return {
+    certFile: `${MOUNT.tls}/tls.crt`,
+    keyFile: `${MOUNT.tls}/tls.key`,
+    ...(spec.auth ? { clientCAFile: `${MOUNT.ca}/${CLIENT_CA_KEY}` } : {}),
+    ...(spec.s3 ? { peerCAFile: `${MOUNT.ca}/${CA_BUNDLE_KEY}` } : {}),
+  };
 }
 
 /**
@@ -130,6 +159,7 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
       ? { prefetch: spec.prefetch.map((p) => ({ image: p.image, ...(p.platforms.length > 0 ? { platforms: [...p.platforms] } : {}), pin: p.pin })) }
       : {}),
     ...(spec.s3 && peersDns ? { cluster: { peers: { dns: peersDns, port: MIRROR_PORT }, refresh: CLUSTER_REFRESH } } : {}),
+    ...(spec.tls.mode !== 'disabled' ? { tls: renderTls(spec) } : {}),
   };
 }
 

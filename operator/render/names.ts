@@ -24,6 +24,10 @@ export const MOUNT = {
   configFile: '/etc/registry-mirror/config.yaml',
   credentials: '/etc/registry-mirror/credentials',
   auth: '/etc/registry-mirror/auth',
+  /** The serving certificate (tls.crt, tls.key): the operator's Secret or the user's. */
+  tls: '/etc/registry-mirror/tls',
+  /** The <name>-ca ConfigMap: ca.crt (peers' CA), client-ca.crt (the CA of node client certificates). */
+  ca: '/etc/registry-mirror/ca',
   /** The S3 credentials Secret's accessKeyId and secretAccessKey. */
   s3Credentials: '/etc/registry-mirror/s3',
   /** The cache (PVC or emptyDir), or with S3 only the scratch space for downloads in flight. */
@@ -42,6 +46,10 @@ export function objectNames(cr: RegistryMirror) {
     peers: `${n}${PEERS_SUFFIX}`,
     /** spec.storage.s3 only. */
     pdb: n,
+    /** spec.tls generated: the serving certificate the operator issues. */
+    tlsSecret: `${n}-tls`,
+    /** spec.tls not disabled: the CA bundle for clients (key ca.crt). */
+    caConfigMap: `${n}-ca`,
   };
 }
 
@@ -66,7 +74,17 @@ export function commonLabels(cr: RegistryMirror): Record<string, string> {
   };
 }
 
-/** What clients (and the node agent, via the ClusterIP) use: http://<name>.<ns>.svc:5000 */
-export function endpointOf(cr: RegistryMirror): string {
-  return `http://${objectNames(cr).service}.${cr.metadata.namespace}.svc:${MIRROR_PORT}`;
+/** What clients (and the node agent, via the ClusterIP) use: https://<name>.<ns>.svc:5000 (http with spec.tls disabled). */
+export function endpointOf(cr: RegistryMirror, tls = true): string {
+  return `${tls ? 'https' : 'http'}://${objectNames(cr).service}.${cr.metadata.namespace}.svc:${MIRROR_PORT}`;
+}
+
+/** The cluster's DNS domain, as kubelet's --cluster-domain has it unless configured otherwise. */
+export const DEFAULT_CLUSTER_DOMAIN = 'cluster.local';
+
+/** The Service's DNS names, as a serving certificate lists them (the first is its CN). */
+export function serviceDnsNames(cr: RegistryMirror, clusterDomain = DEFAULT_CLUSTER_DOMAIN): string[] {
+  const n = objectNames(cr).service;
+  const ns = cr.metadata.namespace;
+  return [n, `${n}.${ns}`, `${n}.${ns}.svc`, `${n}.${ns}.svc.${clusterDomain}`];
 }

@@ -4,7 +4,9 @@ import { MIRROR_PORT } from '../types.js';
 import { objectNames, selectorLabels } from './names.js';
 import { ownedMetadata } from './owner.js';
 
-export function renderService(cr: RegistryMirror): Manifest {
+/** The port's name says what it speaks (meshes and humans read it): https unless spec.tls is disabled. */
+export function renderService(cr: RegistryMirror, tls = true): Manifest {
+  const port = tls ? 'https' : 'http';
   return {
     apiVersion: 'v1',
     kind: 'Service',
@@ -12,7 +14,7 @@ export function renderService(cr: RegistryMirror): Manifest {
     spec: {
       type: 'ClusterIP',
       selector: selectorLabels(cr),
-      ports: [{ name: 'http', port: MIRROR_PORT, targetPort: 'http', protocol: 'TCP' }],
+      ports: [{ name: port, port: MIRROR_PORT, targetPort: port, protocol: 'TCP' }],
     },
   };
 }
@@ -24,7 +26,8 @@ export function renderService(cr: RegistryMirror): Manifest {
  * resolved its peers, so a list of ready pods alone would leave the first pods of a fleet
  * (or all of them, after they restart together) waiting on each other. Clients never use it.
  */
-export function renderPeersService(cr: RegistryMirror): Manifest {
+export function renderPeersService(cr: RegistryMirror, tls = true): Manifest {
+  const port = tls ? 'https' : 'http';
   return {
     apiVersion: 'v1',
     kind: 'Service',
@@ -34,7 +37,7 @@ export function renderPeersService(cr: RegistryMirror): Manifest {
       clusterIP: 'None',
       publishNotReadyAddresses: true,
       selector: selectorLabels(cr),
-      ports: [{ name: 'http', port: MIRROR_PORT, targetPort: 'http', protocol: 'TCP' }],
+      ports: [{ name: port, port: MIRROR_PORT, targetPort: port, protocol: 'TCP' }],
     },
   };
 }

@@ -12,6 +12,8 @@
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { request as httpsRequest } from 'node:https';
+import { X509Certificate } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { readHostsToml, managedOwner } from '../../operator/node-agent/hosts-toml.js';
 import { BRIDGE_IP, clusterAvailable, startCluster, type Cluster } from '../rig/cluster.js';
@@ -27,6 +29,10 @@ const RELEASE = 'rm';
 const RELEASE_NS = 'rm-system';
 const FIXTURE = 'rm-e2e-sleeper';
 const FIXTURE_REF = `docker.io/library/${FIXTURE}:v1`;
+/** A second image (its own layer), pulled in the TLS story. */
+const TLS_FIXTURE = 'rm-e2e-sleeper-tls';
+const TLS_FIXTURE_REF = `docker.io/library/${TLS_FIXTURE}:v1`;
+const CLIENT_TOKEN = 'e2e-other-client-token-7f3a9c';
 
 function mirrorYaml(upstreamUrl: string, storage?: string): string {
   return [
@@ -36,6 +42,9 @@ function mirrorYaml(upstreamUrl: string, storage?: string): string {
     'spec:',
     `  upstream: {registry: docker.io, url: "${upstreamUrl}"}`,
     '  cache: {tagTTL: 1m}',
+    // This story checks the pull path over plain http (its assertions fetch http://ClusterIP);
+    // spec.tls defaults to generated, so it says so.
+    '  tls: {mode: disabled}',
     ...(storage ? [`  storage: {size: ${storage}}`] : []),
     '  logLevel: info',
     '',
@@ -53,6 +62,18 @@ spec:
   persistentVolumeReclaimPolicy: Retain
   hostPath: {path: "${path}", type: Directory}
 `;
+}
+
+/** The status of a GET over https trusting only ca (the certificate names the ClusterIP, which is checked). */
+function fetchHttps(url: string, ca: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, { ca }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 const SLEEPER = `apiVersion: apps/v1
@@ -77,6 +98,7 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
   let hostsFile: string;
   let clusterIP = '';
   let cacheDir = '';
+  let tlsSleeper: Awaited<ReturnType<typeof busyboxImage>>;
   const t0 = Date.now();
   const mark = (what: string) => process.stderr.write(`# e2e ${((Date.now() - t0) / 1000).toFixed(1)}s: ${what}\n`);
 
@@ -115,11 +137,14 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
 
   before(
     step(async () => {
-      const [project, sleeper] = await Promise.all([
+      const [project, sleeper, tlsImage] = await Promise.all([
         projectImage(),
         // Its own layer and config (not the pause image's), so every blob of it is pulled.
         busyboxImage(FIXTURE_REF, ['/bin/busybox', 'sh', '-c', `echo ${FIXTURE} started; ${WAIT_FOREVER}`], 'e2e-sleeper', {
           '/etc/rm-e2e-fixture': `${FIXTURE}\n`,
+        }),
+        busyboxImage(TLS_FIXTURE_REF, ['/bin/busybox', 'sh', '-c', `echo ${TLS_FIXTURE} started; ${WAIT_FOREVER}`], 'e2e-sleeper-tls', {
+          '/etc/rm-e2e-fixture': `${TLS_FIXTURE}\n`,
         }),
         (async () => {
           cluster = await startCluster();
@@ -133,6 +158,8 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
       // and the node's containerd reach it. The fixture is pushed there, never imported.
       upstream = await startRegistry({ listenHost: BRIDGE_IP });
       await skopeoCopy(`oci:${sleeper.layoutDir}:${sleeper.tag}`, `docker://${upstream.host}/library/${FIXTURE}:v1`);
+      await skopeoCopy(`oci:${tlsImage.layoutDir}:${tlsImage.tag}`, `docker://${upstream.host}/library/${TLS_FIXTURE}:v1`);
+      tlsSleeper = tlsImage;
       hostsFile = join(cluster.certsDir, 'docker.io', 'hosts.toml');
       cacheDir = join(cluster.dir, 'pv', 'rm-e2e-cache');
       // A registry the agent has nothing to do with: its file must survive everything.
@@ -249,6 +276,55 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
       assert.equal(cols[2], 'True');
       assert.equal(cols[3], '1', `Pods column (ready replicas): ${row}`);
       assert.match(cols[5]!, /^[1-9][\d.]*(Ki|Mi|Gi|B)?/, `Stored column: ${row}`);
+    }),
+  );
+
+  it(
+    'TLS with spec.auth: the node pulls over TLS with its own client certificate, and the mirror logs who pulled',
+    step(async () => {
+      assert.ok(tlsSleeper);
+      // Other clients keep a bearer token; the node gets a certificate from the operator's CA.
+      await cluster.kubectl(['apply', '-f', '-'], {
+        stdin: `apiVersion: v1\nkind: Secret\nmetadata: {name: hub-clients, namespace: ${NS}}\nstringData: {tokens: "${CLIENT_TOKEN}"}\n`,
+      });
+      await k('patch', 'registrymirror', '-n', NS, 'docker-hub', '--type', 'merge', '-p', JSON.stringify({ spec: { tls: { mode: 'generated' }, auth: { secret: { name: 'hub-clients' } } } }));
+      await waitFor(
+        () => existsSync(hostsFile) && readHostsToml(readFileSync(hostsFile, 'utf8')).hosts[0]?.client !== undefined,
+        180_000,
+        'hosts.toml with https, the CA and the node client certificate',
+      );
+      mark('hosts.toml over TLS');
+      const doc = readHostsToml(readFileSync(hostsFile, 'utf8'));
+      assert.deepEqual(doc.hosts, [
+        {
+          url: `https://${clusterIP}:5000`,
+          capabilities: ['pull', 'resolve'],
+          dialTimeout: '200ms',
+          ca: 'registry-mirror-ca.crt',
+          client: [['registry-mirror-client.crt', 'registry-mirror-client.key']],
+        },
+      ]);
+      const dir = join(cluster.certsDir, 'docker.io');
+      const ca = readFileSync(join(dir, 'registry-mirror-ca.crt'), 'utf8');
+      assert.equal(ca.trim(), (await jsonpath(['get', 'configmap', '-n', NS, 'docker-hub-ca'], '{.data.ca\\.crt}')).trim());
+      const nodeCert = new X509Certificate(readFileSync(join(dir, 'registry-mirror-client.crt'), 'utf8'));
+      const nodeName = await jsonpath(['get', 'nodes'], '{.items[0].metadata.name}');
+      assert.equal(nodeCert.subject, `CN=node:${nodeName}`);
+      await waitFor(async () => (await jsonpath(['get', 'registrymirror', '-n', NS, 'docker-hub'], '{.status.conditions[?(@.type=="Ready")].status}')) === 'True', 180_000, 'mirror Ready over TLS');
+      // Without credentials the mirror refuses; with the published CA the TLS is verified.
+      const noCreds = await fetchHttps(`https://${clusterIP}:5000/v2/`, ca);
+      assert.equal(noCreds, 401);
+
+      await cluster.kubectl(['apply', '-f', '-'], { stdin: SLEEPER.replaceAll('sleeper', 'sleeper-tls').replace(FIXTURE_REF, TLS_FIXTURE_REF) });
+      await waitFor(async () => (await jsonpath(['get', 'deploy', 'sleeper-tls'], '{.status.availableReplicas}')) === '1', 180_000, 'sleeper-tls available');
+      mark('sleeper-tls running');
+      const log = await k('logs', '-n', NS, 'deploy/docker-hub');
+      const lines = log.split('\n').filter((l) => l.includes(`/v2/library/${TLS_FIXTURE}/`));
+      assert.ok(lines.some((l) => /manifests\/v1/.test(l) && l.includes(`"principal":"cert:node:${nodeName}"`)), lines.join('\n'));
+      assert.ok(lines.filter((l) => /blobs\/sha256:/.test(l) && /"status":200/.test(l)).every((l) => l.includes(`"principal":"cert:node:${nodeName}"`)));
+      assert.doesNotMatch(log, new RegExp(CLIENT_TOKEN), 'no token in the log');
+      assert.doesNotMatch(log, /PRIVATE KEY/);
+      await k('delete', 'deploy', 'sleeper-tls', '--wait=true');
     }),
   );
 

@@ -181,12 +181,15 @@ describe('helm chart RBAC', () => {
     assert.deepEqual(rulesOf(rendered, 'Role', '-operator-leader-election'), rulesOf(reference, 'Role', '-operator-leader-election'));
     // The node agent: lists and watches RegistryMirrors and Services (informers only, never a
     // single GET), patches only /status (its NodeConfig condition), and may get its own
-    // DaemonSet (to tell an uninstall from a restart).
+    // DaemonSet (to tell an uninstall from a restart); for its node's client certificate it
+    // creates a CSR and reads that one back by name.
     assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-node-agent'), [
       { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors'], verbs: ['list', 'watch'] },
       { apiGroups: [''], resources: ['services'], verbs: ['list', 'watch'] },
       { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors/status'], verbs: ['patch'] },
+      { apiGroups: ['certificates.k8s.io'], resources: ['certificatesigningrequests'], verbs: ['create', 'get'] },
     ]);
+    assert.match(r.stdout, /--node-agent-service-account=rm-system\/rm-registry-mirror-node-agent/);
     assert.deepEqual(rulesOf(rendered, 'Role', '-node-agent'), [
       { apiGroups: ['apps'], resources: ['daemonsets'], resourceNames: ['rm-registry-mirror-node-agent'], verbs: ['get'] },
     ]);

@@ -24,6 +24,8 @@ const NS = 'mirrors';
 const managedOwner = (t: string) => (markerOwner(t) === undefined ? undefined : fileOwner(t)?.mirror);
 const ORIGINAL = '# written by the node\'s admin\nserver = "https://registry-1.docker.io"\n\n[host."https://corp-cache.example.com"]\n  capabilities = ["pull", "resolve"]\n';
 
+// No operator runs here (Services are made by hand): the mirrors are plain http, so nothing waits
+// for a certificate. The TLS path is in operator-tls.test.ts and node-tenancy.test.ts.
 describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)' }, () => {
   let cluster: Cluster;
   let hostsDir: string;
@@ -73,7 +75,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   });
 
   it('writes hosts.toml for a mirror once its Service has a ClusterIP, backing up the file that was there', async () => {
-    await createMirror(cluster.kube, NS, 'hub', { upstream: { registry: 'docker.io', url: 'http://10.88.0.1:5999' } });
+    await createMirror(cluster.kube, NS, 'hub', { upstream: { registry: 'docker.io', url: 'http://10.88.0.1:5999' }, tls: { mode: 'disabled' } });
     // No Service yet: nothing is written, the condition says why.
     await waitMirror(cluster.kube, NS, 'hub', (cr) => condition(cr, 'NodeConfig')?.reason === 'WaitingForService', 'WaitingForService');
     assert.equal(readFile('docker.io'), ORIGINAL);
@@ -92,7 +94,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   });
 
   it('lets the older of two mirrors for one registry win, and reports the conflict on the newer', async () => {
-    await createMirror(cluster.kube, NS, 'hub-too', { upstream: { registry: 'docker.io', url: 'http://10.88.0.1:5998' } });
+    await createMirror(cluster.kube, NS, 'hub-too', { upstream: { registry: 'docker.io', url: 'http://10.88.0.1:5998' }, tls: { mode: 'disabled' } });
     await createService('hub-too');
     const loser = await waitMirror(cluster.kube, NS, 'hub-too', (c) => condition(c, 'NodeConfig')?.reason === 'RegistryConflict', 'RegistryConflict');
     assert.match(condition(loser, 'NodeConfig')!.message, /mirrors\/hub/);
@@ -101,7 +103,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   });
 
   it('handles a second registry, and nodeConfig.enabled=false removes its file and directory', async () => {
-    await createMirror(cluster.kube, NS, 'ghcr', { upstream: { registry: 'ghcr.io' } });
+    await createMirror(cluster.kube, NS, 'ghcr', { upstream: { registry: 'ghcr.io' }, tls: { mode: 'disabled' } });
     const ip = await createService('ghcr');
     await waitFile('ghcr.io', (t) => !!t && readHostsToml(t).hosts[0]?.url === `http://${ip}:5000`, 'ghcr.io file');
     assert.equal(readHostsToml(readFile('ghcr.io')!).server, 'https://ghcr.io');
@@ -128,7 +130,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   });
 
   it('keeps its files over a restart, and removes them when its DaemonSet is gone at shutdown', async () => {
-    await createMirror(cluster.kube, NS, 'k8s', { upstream: { registry: 'registry.k8s.io' } });
+    await createMirror(cluster.kube, NS, 'k8s', { upstream: { registry: 'registry.k8s.io' }, tls: { mode: 'disabled' } });
     await createService('k8s');
     await waitFile('registry.k8s.io', (t) => managedOwner(t ?? '') === `${NS}/k8s`, 'registry.k8s.io file');
     // There is no DaemonSet rm-node-agent in kube-system: stop() takes that as an uninstall.

@@ -243,7 +243,8 @@ describe('on a real kube-apiserver', { skip }, () => {
       data: { blob: big },
     } as any);
 
-    const cr = await createMirror(cluster.kube, NS, 'hub', { upstream: { registry: 'docker.io' } });
+    // Plain http: the fake pods' /stats server speaks http (TLS scraping: operator-tls.test.ts).
+    const cr = await createMirror(cluster.kube, NS, 'hub', { upstream: { registry: 'docker.io' }, tls: { mode: 'disabled' } });
     const PODS = 20;
     for (let i = 0; i < PODS; i++) {
       await fakeReadyPod(cluster, NS, `hub-${i}`, { ...commonLabels(cr), [INSTANCE_LABEL]: 'hub' }, '127.0.0.1');

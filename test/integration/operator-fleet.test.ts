@@ -64,7 +64,7 @@ describe('operator: a fleet on one bucket', { skip: !kubeAvailable() && 'kube-ap
     await new Promise<void>((r) => stats.listen(0, '127.0.0.1', r));
     const statsPort = (stats.address() as AddressInfo).port;
     // The chart's permissions, not the admin's.
-    op = await startInProcessOperator(cluster, ['--kubeconfig', cluster.kubeconfigFor('operator-user'), '--stats-port', String(statsPort)]);
+    op = await startInProcessOperator(cluster, ['--kubeconfig', cluster.kubeconfigFor('operator-user'), '--stats-port', String(statsPort), '--ca-namespace', OPS_NS]);
   });
   after(async () => {
     await op?.stop();
@@ -86,7 +86,8 @@ describe('operator: a fleet on one bucket', { skip: !kubeAvailable() && 'kube-ap
   const selector = { 'app.kubernetes.io/name': 'registry-mirror', 'app.kubernetes.io/instance': 'fleet' };
 
   test('replicas: 3 on a bucket: Deployment, headless peers Service, PodDisruptionBudget, cluster config', async () => {
-    await createMirror(cluster.kube, NS, 'fleet', { upstream: { registry: 'docker.io' }, replicas: 3, storage: { s3: { bucket: 'fleet-bucket' } } });
+    // Plain http: the stand-in pods' /stats server below speaks http (a TLS fleet: operator-tls.test.ts).
+    await createMirror(cluster.kube, NS, 'fleet', { upstream: { registry: 'docker.io' }, replicas: 3, storage: { s3: { bucket: 'fleet-bucket' } }, tls: { mode: 'disabled' } });
 
     const dep = await object('apps/v1', 'Deployment', 'fleet');
     assert.equal(dep.spec.replicas, 3);

@@ -77,7 +77,8 @@ test('status.cache is summed from the ready mirror pods\' /stats', { skip }, asy
   const direct = (await (await fetch(`${mirror.url}/stats`)).json()) as Record<string, number>;
   assert.ok(direct.hits >= 1 && direct.misses >= 1, `mirror counted a miss and a hit: ${JSON.stringify(direct)}`);
 
-  const cr = await createMirror(cluster.kube, 'stats', 'hub', { upstream: { registry: 'docker.io' } });
+  // Plain http: the mirror process stands in for the pod and serves http.
+  const cr = await createMirror(cluster.kube, 'stats', 'hub', { upstream: { registry: 'docker.io' }, tls: { mode: 'disabled' } });
   // The pod a Deployment would have made: our labels, Ready, reachable at 127.0.0.1.
   await fakeReadyPod(cluster, 'stats', 'hub-abc12', { ...commonLabels(cr), [INSTANCE_LABEL]: 'hub' }, '127.0.0.1');
 

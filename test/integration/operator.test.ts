@@ -69,7 +69,7 @@ describe('operator reconciles RegistryMirrors', { skip: !kubeAvailable() && 'kub
     assert.ok(managers.includes('registry-mirror/Apply'), `server-side applied: ${managers}`);
 
     const cr = await waitMirror(cluster.kube, NS, 'hub', (m) => m.status?.observedGeneration === 1, 'status written');
-    assert.equal(cr.status?.endpoint, 'http://hub.mirrors.svc:5000');
+    assert.equal(cr.status?.endpoint, 'https://hub.mirrors.svc:5000', 'TLS by default (spec.tls generated)');
     assert.equal(condition(cr, 'Ready')?.status, 'False', 'no pods run without a controller-manager');
     assert.equal(condition(cr, 'Progressing')?.status, 'True');
     assert.equal(condition(cr, 'Degraded')?.status, 'False');

@@ -19,8 +19,10 @@ const plan = (m: MirrorLike[], s: ServiceLike[], o: PlanOptions = {}) => planWit
 
 const entry = { registry: 'docker.io', server: 'https://registry-1.docker.io', mirrorUrl: 'http://10.96.0.10:5000', owner: 'infra/hub' };
 
+// Plain http unless a case says otherwise: these cases are about choosing mirrors; the TLS
+// cases ('https mirrors') give spec.tls and status.tls themselves.
 function mirror(ns: string, name: string, registry: string, created: string, extra: Partial<MirrorLike['spec']> = {}): MirrorLike {
-  return { metadata: { namespace: ns, name, creationTimestamp: created, uid: `uid-${ns}-${name}` }, spec: { upstream: { registry }, ...extra } };
+  return { metadata: { namespace: ns, name, creationTimestamp: created, uid: `uid-${ns}-${name}` }, spec: { upstream: { registry }, tls: { mode: 'disabled' }, ...extra } };
 }
 function service(ns: string, name: string, ip: string): ServiceLike {
   const ownerReferences = [{ apiVersion: 'registry-mirror.io/v1alpha1', kind: 'RegistryMirror', name, uid: `uid-${ns}-${name}`, controller: true }];

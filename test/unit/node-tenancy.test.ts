@@ -21,7 +21,8 @@ import type { RegistryMirror } from '../../operator/types.js';
 const ADMIN: NodePolicy = { ...DEFAULT_POLICY, adminNamespace: 'registry-mirror' };
 
 function mirror(ns: string, name: string, spec: Record<string, unknown>, created = '2024-01-01T00:00:00Z'): MirrorLike {
-  return { metadata: { namespace: ns, name, creationTimestamp: created, uid: `uid-${ns}-${name}` }, spec: spec as MirrorLike['spec'] };
+  // Plain http: tenancy is the subject here, not TLS.
+  return { metadata: { namespace: ns, name, creationTimestamp: created, uid: `uid-${ns}-${name}` }, spec: { tls: { mode: 'disabled' }, ...spec } as MirrorLike['spec'] };
 }
 function ownedService(ns: string, name: string, ip: string, uid = `uid-${ns}-${name}`): ServiceLike {
   return {

@@ -34,7 +34,11 @@ test('mirror config follows the DESIGN §3 contract', () => {
     defaultUpstream: 'docker.io',
     upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } },
     v1: { enabled: true, source: 'https://index.docker.io', tagsCacheTTL: '48h' },
+    // spec.tls defaults to generated: the operator's certificate, mounted from <name>-tls.
+    tls: { certFile: '/etc/registry-mirror/tls/tls.crt', keyFile: '/etc/registry-mirror/tls/tls.key' },
   });
+  const plain = cr({ upstream: { registry: 'docker.io' }, tls: { mode: 'disabled' } });
+  assert.equal(renderMirrorConfig(resolved(plain)).tls, undefined, 'disabled: plain http, no tls section');
 });
 
 test('credentials: dockerconfigjson -> credentialsFile, username/password -> files', () => {
@@ -93,7 +97,16 @@ test('Deployment: image, args, probes, security, volumes, hash annotations', () 
   assert.equal(vols.config.configMap.name, 'hub-config');
   assert.deepEqual(vols.credentials.secret.items.map((i: any) => i.key), ['username', 'password']);
   const mounts = Object.fromEntries(ctr.volumeMounts.map((m: any) => [m.name, m.mountPath]));
-  assert.deepEqual(mounts, { config: '/etc/registry-mirror', 'cache-tmp': '/var/lib/registry-mirror', tmp: '/tmp', credentials: '/etc/registry-mirror/credentials' });
+  assert.deepEqual(mounts, {
+    config: '/etc/registry-mirror',
+    'cache-tmp': '/var/lib/registry-mirror',
+    tmp: '/tmp',
+    credentials: '/etc/registry-mirror/credentials',
+    tls: '/etc/registry-mirror/tls',
+  });
+  assert.deepEqual(vols.tls.secret, { secretName: 'hub-tls', defaultMode: 0o440, items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] });
+  assert.deepEqual(ctr.readinessProbe.httpGet, { path: '/readyz', port: 'https', scheme: 'HTTPS' });
+  assert.equal(ctr.ports[0].name, 'https');
 });
 
 test('Deployment: spec.image overrides the default; PVC storage uses Recreate; no credentials, no volume', () => {
@@ -127,13 +140,15 @@ test('pvcChange: create, grow, shrink, unchanged', () => {
   assert.equal(pvcChange(live('10240Mi'), want), 'unchanged');
 });
 
-test('Service: stable name, port 5000 to the http port, selects the pods', () => {
+test('Service: stable name, port 5000 to the https port (http with tls disabled), selects the pods', () => {
   const c = cr({ upstream: { registry: 'docker.io' } });
   const s = renderService(c) as any;
   assert.equal(s.metadata.name, objectNames(c).service);
-  assert.deepEqual(s.spec.ports, [{ name: 'http', port: 5000, targetPort: 'http', protocol: 'TCP' }]);
+  assert.deepEqual(s.spec.ports, [{ name: 'https', port: 5000, targetPort: 'https', protocol: 'TCP' }]);
   assert.deepEqual(s.spec.selector, { 'app.kubernetes.io/name': 'registry-mirror', 'app.kubernetes.io/instance': 'hub' });
-  assert.equal(endpointOf(c), 'http://hub.ns1.svc:5000');
+  assert.equal(endpointOf(c), 'https://hub.ns1.svc:5000');
+  assert.deepEqual((renderService(c, false) as any).spec.ports, [{ name: 'http', port: 5000, targetPort: 'http', protocol: 'TCP' }]);
+  assert.equal(endpointOf(c, false), 'http://hub.ns1.svc:5000');
 });
 
 test('render: pure and deterministic; a config or credentials change changes the pod template', () => {
@@ -269,7 +284,7 @@ describe('spec.storage.s3', () => {
       const d = renderDeployment(c, resolved(c), { defaultImage: 'i', configHash: 'x' }) as any;
       assert.equal('serviceAccountName' in d.spec.template.spec, false);
       assert.equal('serviceAccount' in d.spec.template.spec, false);
-      assert.deepEqual(d.spec.template.spec.volumes.map((v: any) => v.name), ['config', storage ? 'cache-pvc' : 'cache-tmp', 'tmp']);
+      assert.deepEqual(d.spec.template.spec.volumes.map((v: any) => v.name), ['config', storage ? 'cache-pvc' : 'cache-tmp', 'tmp', 'tls']);
     }
   });
 });
@@ -330,7 +345,7 @@ describe('a fleet on one bucket (spec.storage.s3)', () => {
       clusterIP: 'None',
       publishNotReadyAddresses: true,
       selector,
-      ports: [{ name: 'http', port: 5000, targetPort: 'http', protocol: 'TCP' }],
+      ports: [{ name: 'https', port: 5000, targetPort: 'https', protocol: 'TCP' }],
     });
     assert.deepEqual(r.service.spec, renderService(c).spec);
     assert.equal((r.service.spec as any).clusterIP, undefined, 'clients keep a ClusterIP of ready pods');
