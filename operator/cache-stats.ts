@@ -1,7 +1,7 @@
 // The mirror's /stats figures, summed over the ready pods into status.cache (the store's own
 // figures of a shared bucket excepted: see aggregateCache), plus the fleet's upstream blob
 // transfers per blob added. Pure.
-import type { CacheStatus, PrefetchImageStatus } from './types.js';
+import type { CacheStatus, PrefetchImageStatus, UpstreamRateLimit } from './types.js';
 import { formatBytes } from './quantity.js';
 import type { Stats } from '../mirror/metrics.js';
 
@@ -9,12 +9,14 @@ import type { Stats } from '../mirror/metrics.js';
  * The JSON a mirror pod answers on GET /stats (DESIGN.md §3): the mirror's own type, with the
  * fleet's two counters optional (a mirror of an earlier version does not report them).
  */
-export type MirrorStats = Omit<Stats, 'since' | (typeof FLEET_FIELDS)[number]> & {
+export type MirrorStats = Omit<Stats, 'since' | 'rateLimits' | (typeof FLEET_FIELDS)[number]> & {
   since?: string;
   /** Blob GETs this process sent to an upstream that answered 200 (a transfer began). */
   upstreamBlobFetches?: number;
   /** Blobs this process added to the store: a commit that created the blob (not one already there). */
   blobsAdded?: number;
+  /** Upstream rate limits the pod saw in upstream answers (a mirror of an earlier version has none). */
+  rateLimits?: UpstreamRateLimit[];
 };
 
 /** Bounds on the prefetch part of a pod's /stats (the mirror's own: config prefetch). */
@@ -57,7 +59,77 @@ export function parseMirrorStats(body: unknown): MirrorStats | undefined {
   if (typeof b.since === 'string' && b.since.length <= 64) out.since = b.since;
   const prefetch = parsePrefetch(b.prefetch);
   if (prefetch) out.prefetch = prefetch;
+  const rateLimits = parseRateLimits(b.rateLimits);
+  if (rateLimits) out.rateLimits = rateLimits;
   return out;
+}
+
+/** Upstreams whose rate limit one pod may report, and status.rateLimits holds. */
+export const RATE_LIMITS_MAX_UPSTREAMS = 32;
+const UPSTREAM_NAME_MAX = 253;
+/** Printable ASCII without spaces: a host[:port] or an upstream's configured name. */
+const UPSTREAM_NAME_RE = /^[\x21-\x7e]+$/;
+
+/**
+ * The `rateLimits` array of an untrusted /stats body: at most RATE_LIMITS_MAX_UPSTREAMS
+ * entries read; an entry is dropped unless its upstream is a short printable name, limit and
+ * remaining are absent or non-negative safe integers (at least one there, remaining <= limit
+ * when both are), and observedAt is a date (kept as ISO 8601 UTC). windowSeconds is kept when it is a positive safe integer. The same
+ * upstream twice keeps the lower remaining. Undefined when nothing usable is there.
+ */
+export function parseRateLimits(v: unknown): UpstreamRateLimit[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const by = new Map<string, UpstreamRateLimit>();
+  for (const item of v.slice(0, RATE_LIMITS_MAX_UPSTREAMS)) {
+    if (!item || typeof item !== 'object' || Array.isArray(item)) continue;
+    const e = item as Record<string, unknown>;
+    const { upstream, limit, remaining, windowSeconds, observedAt } = e;
+    if (typeof upstream !== 'string' || upstream.length > UPSTREAM_NAME_MAX || !UPSTREAM_NAME_RE.test(upstream)) continue;
+    if ((limit !== undefined && !isCount(limit)) || (remaining !== undefined && !isCount(remaining))) continue;
+    if (limit === undefined && remaining === undefined) continue;
+    if (limit !== undefined && remaining !== undefined && remaining > limit) continue;
+    if (typeof observedAt !== 'string' || observedAt.length > 64) continue;
+    const at = Date.parse(observedAt);
+    if (!Number.isFinite(at)) continue;
+    const r: UpstreamRateLimit = {
+      upstream,
+      ...(limit !== undefined ? { limit } : {}),
+      ...(remaining !== undefined ? { remaining } : {}),
+      ...(isCount(windowSeconds) && windowSeconds > 0 ? { windowSeconds } : {}),
+      observedAt: new Date(at).toISOString(),
+    };
+    by.set(upstream, lower(by.get(upstream), r));
+  }
+  return by.size > 0 ? [...by.values()] : undefined;
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** The report with less left (an unstated remaining is no less); of equal ones the later observation. */
+function lower(a: UpstreamRateLimit | undefined, b: UpstreamRateLimit): UpstreamRateLimit {
+  if (!a) return b;
+  const ar = a.remaining ?? Infinity;
+  const br = b.remaining ?? Infinity;
+  if (ar !== br) return ar < br ? a : b;
+  return a.observedAt >= b.observedAt ? a : b;
+}
+
+/**
+ * Merges the pods' rate-limit reports per upstream: the lowest remaining any pod saw (what
+ * the next pull risks). At most RATE_LIMITS_MAX_UPSTREAMS upstreams, sorted by name.
+ */
+export function mergeRateLimits(samples: MirrorStats[]): UpstreamRateLimit[] | undefined {
+  const by = new Map<string, UpstreamRateLimit>();
+  for (const s of samples) {
+    for (const r of s.rateLimits ?? []) {
+      if (!by.has(r.upstream) && by.size >= RATE_LIMITS_MAX_UPSTREAMS) continue;
+      by.set(r.upstream, lower(by.get(r.upstream), r));
+    }
+  }
+  if (by.size === 0) return undefined;
+  return [...by.keys()].sort().map((u) => by.get(u)!);
 }
 
 /**
@@ -183,6 +255,8 @@ export function aggregateCache(samples: MirrorStats[], previous: CacheStatus | u
   };
   const prefetch = mergePrefetch(samples);
   if (prefetch) next.prefetch = prefetch;
+  const rateLimits = mergeRateLimits(samples);
+  if (rateLimits) next.rateLimits = rateLimits;
   if (previous && sameFigures(previous, next)) return { ...next, updated: previous.updated };
   return next;
 }
@@ -192,6 +266,7 @@ function sameFigures(a: CacheStatus, b: CacheStatus): boolean {
     FIELDS.every((f) => a[f] === b[f]) &&
     FLEET_FIELDS.every((f) => a[f] === b[f]) &&
     a.pods === b.pods &&
-    JSON.stringify(a.prefetch ?? []) === JSON.stringify(b.prefetch ?? [])
+    JSON.stringify(a.prefetch ?? []) === JSON.stringify(b.prefetch ?? []) &&
+    JSON.stringify(a.rateLimits ?? []) === JSON.stringify(b.rateLimits ?? [])
   );
 }

@@ -41,6 +41,8 @@ export interface ControllerOptions {
   concurrency?: number;
   /** The admin's node policy, handed to reconcile (operator/node-policy.ts). */
   policy?: import('./node-policy.js').NodePolicy;
+  /** Records Kubernetes Events about RegistryMirrors (operator/events.ts); none when absent. */
+  events?: import('./events.js').EventRecorder;
   /** The operator's CA (spec.tls generated, spec.auth's node client certificates). */
   ca?: () => Promise<OperatorCa>;
   clusterDomain?: string;
@@ -284,6 +286,7 @@ export class Controller {
       ca: this.o.ca,
       clusterDomain: this.o.clusterDomain,
       requeueAt: (k: string, at: Date) => this.requeueAt(k, at),
+      events: this.o.events,
     };
     return reconcile(key, deps).then(
       () => {

@@ -11,6 +11,8 @@ import { errorText } from './kube/informer.js';
 import { LeaderElector } from './leader.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
+import { EventRecorder } from './events.js';
+import { OPERATOR_CONTROLLER } from './event-reasons.js';
 import { httpStatsFetcher, type FetchStats } from './stats-scraper.js';
 import { CaStore } from './tls/serving.js';
 
@@ -37,6 +39,14 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
   const kube = connect(flags.kubeconfig);
   // One CA per process, loaded (or made) on first need and kept across leadership changes.
   const ca = new CaStore(kube, flags.caNamespace, flags.caSecret);
+  // One recorder for the process: its aggregation outlives a lost and regained leadership.
+  const events = new EventRecorder({
+    kc: kube.kc,
+    log,
+    controller: OPERATOR_CONTROLLER,
+    instance: flags.identity,
+    count: (result) => metrics.events.inc({ result }),
+  });
   let controller: Controller | undefined;
   let transition = Promise.resolve();
 
@@ -55,6 +65,7 @@ export async function startOperator(flags: OperatorFlags, opts: StartOptions = {
       ca: () => ca.get(),
       clusterDomain: flags.clusterDomain,
       nodeAgentUser: flags.nodeAgentUser,
+      events,
     });
   // Leadership changes are serialised: a stop always completes before the next start.
   const startLeading = () => {

@@ -29,6 +29,12 @@ export function createMetrics() {
     }),
     statsScrapeErrors: new Counter({ name: `${p}stats_scrape_error_total`, help: 'Failed /stats scrapes of mirror pods', registers: [registry] }),
     leader: new Gauge({ name: `${p}leader`, help: '1 while this replica holds the Lease', registers: [registry] }),
+    events: new Counter({
+      name: `${p}events_total`,
+      help: 'Kubernetes Events by result: created, series_updated (a repeat), rate_limited and backlog_full (dropped), failed (the write failed)',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
     managed: new Gauge({ name: `${p}registrymirrors`, help: 'RegistryMirrors in the cache', registers: [registry] }),
   };
 }

@@ -15,11 +15,13 @@ import { pvcChange } from './render/pvc.js';
 import { authForm, credentialsForm, s3CredentialsForm, type SecretSummary } from './secrets.js';
 import { DEFAULT_POLICY, nodeConfigRefusal, POLICY_REASONS, upstreamRefusal, type NodePolicy } from './node-policy.js';
 import { resolveSpec, type ResolvedSpec } from './spec.js';
-import { computeStatus, NODE_CONFIG, statusEqual, type DeploymentLike, type NodeConfigUpdate, type Outcome } from './status.js';
+import { computeStatus, NODE_CONFIG, rolloutState, statusEqual, type DeploymentLike, type NodeConfigUpdate, type Outcome } from './status.js';
 import type { CaBundles } from './render/ca-config-map.js';
 import { DEFAULT_CLUSTER_DOMAIN, objectNames, serviceDnsNames } from './render/names.js';
 import { issueServingSecret, servingAction, servingDates, type OperatorCa } from './tls/serving.js';
-import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror, S3CredentialsForm, TlsStatus } from './types.js';
+import type { AuthForm, CacheStatus, CredentialsForm, Manifest, RegistryMirror, RegistryMirrorStatus, S3CredentialsForm, TlsStatus } from './types.js';
+import type { EventRecorder } from './events.js';
+import { appliedEvent, eventObject, reconcileEvents } from './event-reasons.js';
 import { splitKey } from './types.js';
 
 export interface ReconcileCaches {
@@ -40,6 +42,8 @@ export interface ReconcileDeps {
   policy?: NodePolicy;
   /** The PodDisruptionBudget API the apiserver serves (detected at start; default policy/v1). */
   pdbApiVersion?: PdbApiVersion;
+  /** Kubernetes Events about the RegistryMirror (best effort; none when absent). */
+  events?: EventRecorder;
   now?: () => Date;
   /** The operator's CA (tls/serving.ts CaStore); needed by spec.tls generated and spec.auth. */
   ca?: () => Promise<OperatorCa>;
@@ -132,7 +136,13 @@ export async function reconcile(key: string, d: ReconcileDeps): Promise<void> {
 
   if (outcome.kind !== 'applied') log.info({ reason: 'reason' in outcome ? outcome.reason : 'ApplyFailed', message: outcome.message }, 'not applied');
   const tlsOn = resolved.ok ? resolved.spec.tls.mode !== 'disabled' : cr.spec?.tls?.mode !== 'disabled';
-  await writeStatus(cr, outcome, nodeConfigUpdate(cr, resolved.ok ? resolved.spec : undefined, policy), d, log, { tls: tlsOn, status: tlsStatus });
+  const nodeConfig = nodeConfigUpdate(cr, resolved.ok ? resolved.spec : undefined, policy);
+  const status = await writeStatus(cr, outcome, nodeConfig, d, log, { tls: tlsOn, status: tlsStatus });
+  if (status && d.events) {
+    const r = outcome.kind === 'applied' ? rolloutState(outcome.deployment) : undefined;
+    const rollout = r && { desired: r.desired, rollingOut: !r.complete && r.updated < r.desired };
+    for (const e of reconcileEvents({ previous: cr.status, next: status, rollout, nodeConfig })) d.events.record(eventObject(cr), e);
+  }
   if (failure && !(failure instanceof ConflictError)) throw failure;
 }
 
@@ -206,6 +216,7 @@ async function applyAll(cr: RegistryMirror, r: ReturnType<typeof render>, d: Rec
     if (live && live.metadata?.annotations?.[ANNOTATION.appliedHash] === m.metadata.annotations?.[ANNOTATION.appliedHash]) continue;
     const applied = await apply(d.kube, m);
     d.metrics.applies.inc({ kind: m.kind });
+    d.events?.record(eventObject(cr), appliedEvent(m.kind, m.metadata.name, !live));
     log.info({ kind: m.kind, name: m.metadata.name }, live ? 'updated' : 'created');
     if (m.kind === 'Deployment') deployment = applied as DeploymentLike;
   }
@@ -221,6 +232,7 @@ function isOurs(live: Record<string, any>, cr: RegistryMirror): boolean {
   return !refs.some((r) => r.controller) && labels[INSTANCE_LABEL] === cr.metadata.name && labels['app.kubernetes.io/managed-by'] === MANAGED_BY;
 }
 
+/** Writes the status if it changed; returns it (undefined when the RegistryMirror is gone). */
 async function writeStatus(
   cr: RegistryMirror,
   outcome: Outcome,
@@ -228,20 +240,21 @@ async function writeStatus(
   d: ReconcileDeps,
   log: Logger,
   tls: { tls: boolean; status?: TlsStatus },
-): Promise<void> {
+): Promise<RegistryMirrorStatus | undefined> {
   const key = `${cr.metadata.namespace}/${cr.metadata.name}`;
   const now = d.now?.() ?? new Date();
   const status = computeStatus(cr, outcome, { endpoint: endpointOf(cr, tls.tls), cache: d.caches.cacheStats(key), nodeConfig, tls: tls.status }, now);
-  if (statusEqual(cr.status, status)) return;
+  if (statusEqual(cr.status, status)) return status;
   try {
     await replaceStatus(d.kube, cr, status);
     d.metrics.statusWrites.inc();
     const ready = status.conditions?.find((c) => c.type === 'Ready');
     log.info({ ready: ready?.status, reason: ready?.reason, readyReplicas: status.readyReplicas }, 'status updated');
+    return status;
   } catch (err) {
     // 409: our cached copy is stale; the informer delivers the newer one, which re-queues.
     if (statusOf(err) === 409) throw new Error(`status write conflict for ${key}; retrying with the newer object`);
-    if (statusOf(err) === 404) return;
+    if (statusOf(err) === 404) return undefined;
     throw err;
   }
 }

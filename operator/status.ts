@@ -146,10 +146,13 @@ export function computeStatus(
   const cache = extra.cache ?? prev.cache;
   if (cache) {
     // The merged prefetch status travels with the figures but is its own status field.
-    const { prefetch, ...figures } = cache;
+    const { prefetch, rateLimits, ...figures } = cache;
     status.cache = figures;
     const images = extra.cache ? prefetch : prev.prefetch;
     if (images && images.length > 0) status.prefetch = images;
+    // Likewise the upstreams' rate limits (status.rateLimits).
+    const limits = extra.cache ? rateLimits : prev.rateLimits;
+    if (limits && limits.length > 0) status.rateLimits = limits;
   }
   return status;
 }

@@ -129,6 +129,21 @@ export interface CacheStatus {
   updated: string;
   /** Merged per-image prefetch status; written to status.prefetch, not under status.cache. */
   prefetch?: PrefetchImageStatus[];
+  /** Merged per-upstream rate limits; written to status.rateLimits, not under status.cache. */
+  rateLimits?: UpstreamRateLimit[];
+}
+
+/**
+ * An upstream's rate limit as the mirror pods last saw it in its answers (Docker Hub's
+ * ratelimit-limit / ratelimit-remaining): the lowest remaining any pod reports. An answer may
+ * state only one of limit and remaining.
+ */
+export interface UpstreamRateLimit {
+  upstream: string;
+  limit?: number;
+  remaining?: number;
+  windowSeconds?: number;
+  observedAt: string;
 }
 
 /** One prefetched image over the ready pods (status.prefetch). */
@@ -156,6 +171,7 @@ export interface RegistryMirrorStatus {
   cache?: CacheStatus;
   prefetch?: PrefetchImageStatus[];
   tls?: TlsStatus;
+  rateLimits?: UpstreamRateLimit[];
 }
 
 export interface ObjectMeta {

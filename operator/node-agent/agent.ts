@@ -19,7 +19,9 @@
 // first tests the resourceVersion it read (a concurrent write makes it fail; the resulting
 // update event brings the next attempt) and then replaces or appends that one list entry.
 // Every agent computes the same condition, so after the first write on a cluster the others
-// find nothing to change. Files another agent instance (another release) manages on this node
+// find nothing to change. A conflict only the agents can see (RegistryConflict,
+// ClientAuthRequired) is also a Warning Event on the RegistryMirror, recorded by the agent that
+// wrote the condition (so one per cluster, not one per node). Files another agent instance (another release) manages on this node
 // are left alone and reported (log, metric, /readyz detail), never fought over.
 import type { Logger } from 'pino';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -27,10 +29,11 @@ import { collectionPath, lister, RESOURCES, type Kube } from '../kube/client.js'
 import { errorText, Informer, statusOf, type KubeObject } from '../kube/informer.js';
 import { MANAGED_SELECTOR } from '../render/names.js';
 import { DEFAULT_POLICY, type NodePolicy } from '../node-policy.js';
-import { GROUP, PLURAL, VERSION } from '../types.js';
+import { API_VERSION, GROUP, KIND, PLURAL, VERSION } from '../types.js';
 import { HostsDir, RegistriesConfDir, type ManagedDir } from './files.js';
 import type { Runtime } from './runtime.js';
 import { NodeCredential } from './client-cert.js';
+import { EventRecorder } from '../events.js';
 import { NODE_CONFIG_CONDITION, plan, summarizeMirror, summarizeService, type MirrorLike, type NodeConfigState, type NodeMirror, type ServiceLike } from './plan.js';
 
 export interface AgentOptions {
@@ -50,6 +53,8 @@ export interface AgentOptions {
   /** The node this agent runs on: the CN of its client certificate for spec.auth mirrors (node:<name>). */
   nodeName?: string;
   reportStatus: boolean;
+  /** reportingInstance of the agent's Events (its node); with reportStatus, conflicts are Events. */
+  eventInstance?: string;
   resyncIntervalMs: number;
   /** Debounce between an event and the sync it triggers. */
   debounceMs?: number;
@@ -66,6 +71,12 @@ export function createAgentMetrics() {
     changes: new Counter({ name: `${p}file_change_total`, help: 'hosts.toml files written or removed', labelNames: ['action'], registers: [registry] }),
     managed: new Gauge({ name: `${p}managed_files`, help: 'hosts.toml files this agent manages', registers: [registry] }),
     statusWrites: new Counter({ name: `${p}status_write_total`, help: 'NodeConfig condition writes by result', labelNames: ['result'], registers: [registry] }),
+    events: new Counter({
+      name: `${p}events_total`,
+      help: 'Kubernetes Events by result: created, series_updated, rate_limited, backlog_full, failed',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
     foreign: new Gauge({
       name: `${p}foreign_owner_files`,
       help: 'Registries this agent would configure whose hosts.toml another agent instance (release) manages on this node',
@@ -75,6 +86,11 @@ export function createAgentMetrics() {
 }
 
 type Mirror = NodeMirror & KubeObject;
+
+/** reportingController of the node agents' Events. */
+export const NODE_AGENT_CONTROLLER = 'registry-mirror.io/node-agent';
+/** NodeConfig reasons only the agents determine (the operator records the policy refusals). */
+export const NODE_CONFLICT_REASONS: ReadonlySet<string> = new Set(['RegistryConflict', 'ClientAuthRequired']);
 type Service = ServiceLike & KubeObject;
 
 export class NodeAgent {
@@ -91,8 +107,19 @@ export class NodeAgent {
   private lastForeign = '';
   private readonly credential: NodeCredential | undefined;
   private warnedNoNode = false;
+  private readonly events: EventRecorder | undefined;
 
   constructor(private readonly o: AgentOptions) {
+    this.events =
+      o.reportStatus && o.eventInstance
+        ? new EventRecorder({
+            kc: o.kube.kc,
+            log: o.log,
+            controller: NODE_AGENT_CONTROLLER,
+            instance: o.eventInstance,
+            count: (result) => this.metrics.events.inc({ result }),
+          })
+        : undefined;
     this.dir =
       o.runtime === 'crio'
         ? new RegistriesConfDir(o.registriesConfDir ?? '/etc/containers/registries.conf.d', o.instance)
@@ -245,6 +272,10 @@ export class NodeAgent {
         });
         this.metrics.statusWrites.inc({ result: 'ok' });
         this.o.log.info({ registryMirror: key, condition: NODE_CONFIG_CONDITION, status: want.status, reason: want.reason }, 'condition set');
+        if (want.status === 'False' && NODE_CONFLICT_REASONS.has(want.reason) && m.metadata.uid) {
+          const obj = { apiVersion: API_VERSION, kind: KIND, namespace: m.metadata.namespace, name: m.metadata.name, uid: m.metadata.uid };
+          this.events?.record(obj, { type: 'Warning', reason: want.reason, action: 'ConfigureNodes', note: want.message });
+        }
       } catch (err) {
         const code = statusOf(err);
         // 409/422: someone wrote in between (the failed test op); the update event retries.

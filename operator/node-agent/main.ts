@@ -9,6 +9,7 @@
 // them, restoring any backups, before it exits. `--cleanup` does the same by hand. Either
 // way only the files of this agent's instance (its release) go; another release's stay.
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { connect, getObject, type Kube } from '../kube/client.js';
 import { errorText, statusOf } from '../kube/informer.js';
@@ -80,6 +81,7 @@ export async function startNodeAgent(flags: NodeAgentFlags, opts: { log?: Logger
     instance: flags.instance,
     nodeName: flags.nodeName,
     reportStatus: flags.reportStatus,
+    eventInstance: flags.nodeName ?? hostname(),
     resyncIntervalMs: flags.resyncIntervalMs,
   });
   const health = await startHealthServer({

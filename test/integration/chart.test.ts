@@ -180,13 +180,14 @@ describe('helm chart RBAC', () => {
     assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-operator'), rulesOf(reference, 'ClusterRole', '-operator'));
     assert.deepEqual(rulesOf(rendered, 'Role', '-operator-leader-election'), rulesOf(reference, 'Role', '-operator-leader-election'));
     // The node agent: lists and watches RegistryMirrors and Services (informers only, never a
-    // single GET), patches only /status (its NodeConfig condition), and may get its own
-    // DaemonSet (to tell an uninstall from a restart); for its node's client certificate it
-    // creates a CSR and reads that one back by name.
+    // single GET), patches only /status (its NodeConfig condition), writes Events (create, and
+    // patch for a repeat's series), and may get its own DaemonSet (to tell an uninstall from a
+    // restart); for its node's client certificate it creates a CSR and reads that one back by name.
     assert.deepEqual(rulesOf(rendered, 'ClusterRole', '-node-agent'), [
       { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors'], verbs: ['list', 'watch'] },
       { apiGroups: [''], resources: ['services'], verbs: ['list', 'watch'] },
       { apiGroups: ['registry-mirror.io'], resources: ['registrymirrors/status'], verbs: ['patch'] },
+      { apiGroups: ['events.k8s.io'], resources: ['events'], verbs: ['create', 'patch'] },
       { apiGroups: ['certificates.k8s.io'], resources: ['certificatesigningrequests'], verbs: ['create', 'get'] },
     ]);
     assert.match(r.stdout, /--node-agent-service-account=rm-system\/rm-registry-mirror-node-agent/);

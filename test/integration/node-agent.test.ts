@@ -16,7 +16,8 @@ import { startNodeAgent, type NodeAgentHandle } from '../../operator/node-agent/
 import { MANAGED_SELECTOR } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
 import { tempDir, waitFor } from '../../tools/launch/proc.js';
-import { condition, createMirror, createNamespace, deleteMirror, getMirror, patchMirror, startClusterWithCrd, waitMirror, type Cluster } from './operator-kit.js';
+import { condition, createMirror, createNamespace, deleteMirror, eventsAbout, getMirror, patchMirror, startClusterWithCrd, waitMirror, type Cluster } from './operator-kit.js';
+import { NODE_AGENT_CONTROLLER } from '../../operator/node-agent/agent.js';
 
 const [labelKey, labelValue] = MANAGED_SELECTOR.split('=') as [string, string];
 const NS = 'mirrors';
@@ -51,7 +52,7 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
   const start = async () => {
     const flags = parseNodeAgentFlags(
       ['--kubeconfig', cluster.kubeconfig, '--hosts-dir', hostsDir, '--containerd-config', join(hostsDir, '..', 'no-config.toml'), '--health-host', '127.0.0.1', '--health-port', '0', '--resync-interval', '2s', '--node-config-namespaces', NS],
-      { POD_NAMESPACE: 'kube-system', NODE_AGENT_DAEMONSET: 'rm-node-agent' },
+      { POD_NAMESPACE: 'kube-system', NODE_AGENT_DAEMONSET: 'rm-node-agent', NODE_NAME: 'node-a' },
     );
     return startNodeAgent(flags, { log: pino({ level: 'debug' }, createWriteStream(logFile, { flags: 'a' })) });
   };
@@ -100,6 +101,16 @@ describe('node agent on a real kube-apiserver', { skip: !kubeAvailable() && 'kub
     assert.match(condition(loser, 'NodeConfig')!.message, /mirrors\/hub/);
     assert.equal(condition(loser, 'NodeConfig')!.status, 'False');
     assert.equal(managedOwner(readFile('docker.io')!), `${NS}/hub`);
+    // A conflict only the agents see is also a Warning Event on the RegistryMirror.
+    const event = await waitFor(
+      async () => (await eventsAbout(cluster.kube, NS, loser.metadata.uid)).find((e) => e.reason === 'RegistryConflict'),
+      15_000,
+      'RegistryConflict Event',
+    );
+    assert.equal(event!.type, 'Warning');
+    assert.equal(event!.note, condition(loser, 'NodeConfig')!.message);
+    assert.equal(event!.reportingController, NODE_AGENT_CONTROLLER);
+    assert.equal(event!.reportingInstance, 'node-a');
   });
 
   it('handles a second registry, and nodeConfig.enabled=false removes its file and directory', async () => {

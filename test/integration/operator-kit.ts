@@ -1,6 +1,6 @@
 // Shared set-up for the operator's integration tests: a real etcd + kube-apiserver with the
 // RegistryMirror CRD installed, API helpers, and operators run in-process or as processes.
-import { loadAllYaml, loadYaml, PatchStrategy } from '@kubernetes/client-node';
+import { EventsV1Api, loadAllYaml, loadYaml, PatchStrategy, type EventsV1Event } from '@kubernetes/client-node';
 import { Agent } from 'undici';
 import { readFileSync, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
@@ -171,21 +171,33 @@ export async function fakeReadyPod(cluster: Cluster, namespace: string, name: st
     spec: { nodeName: 'fake-node', automountServiceAccountToken: false, containers: [{ name: 'mirror', image: 'registry-mirror:test' }] },
   } as any);
   const now = new Date().toISOString();
-  const res = await fetch(`${cluster.server}/api/v1/namespaces/${namespace}/pods/${name}/status`, {
+  await patchStatus(cluster, `/api/v1/namespaces/${namespace}/pods/${name}`, {
+    phase: 'Running',
+    podIP,
+    podIPs: [{ ip: podIP }],
+    conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }],
+  });
+}
+
+/**
+ * Merge-patches an object's /status as the admin, playing the controller no test cluster runs
+ * (kubelet for Pods, the Deployment controller for Deployments). objectPath: its API path.
+ */
+export async function patchStatus(cluster: Cluster, objectPath: string, status: unknown): Promise<void> {
+  const res = await fetch(`${cluster.server}${objectPath}/status`, {
     method: 'PATCH',
     headers: { authorization: `Bearer ${cluster.adminToken}`, 'content-type': 'application/merge-patch+json' },
-    body: JSON.stringify({
-      status: {
-        phase: 'Running',
-        podIP,
-        podIPs: [{ ip: podIP }],
-        conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }],
-      },
-    }),
+    body: JSON.stringify({ status }),
     // @ts-expect-error undici's fetch takes a dispatcher; Node's RequestInit type lacks it
     dispatcher: insecureAgent,
   });
-  if (res.status !== 200) throw new Error(`pod status patch: ${res.status} ${await res.text()}`);
+  if (res.status !== 200) throw new Error(`status patch of ${objectPath}: ${res.status} ${await res.text()}`);
+}
+
+/** The events.k8s.io/v1 Events about one object (by uid), as the apiserver holds them. */
+export async function eventsAbout(kube: Kube, namespace: string, uid: string): Promise<EventsV1Event[]> {
+  const list = await kube.kc.makeApiClient(EventsV1Api).listNamespacedEvent({ namespace });
+  return list.items.filter((e) => e.regarding?.uid === uid);
 }
 
 const insecureAgent = new Agent({ connect: { rejectUnauthorized: false } });

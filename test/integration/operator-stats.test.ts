@@ -2,6 +2,8 @@
 // is marked Ready with podIP 127.0.0.1, and the operator's --stats-port points at the mirror.
 // Traffic through the mirror (a miss, then a hit, for a blob pushed to a real upstream
 // registry) must show up in the RegistryMirror's status.
+// The upstream sits behind the fault proxy, which passes everything through except what a test
+// asks it to answer itself (the rate-limit headers Docker Hub sends).
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, test } from 'node:test';
@@ -9,12 +11,14 @@ import { INSTANCE_LABEL, commonLabels } from '../../operator/render/names.js';
 import { kubeAvailable } from '../rig/kube.js';
 import { startMirror, type MirrorHandle } from '../../tools/launch/mirror.js';
 import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
+import { startFaultProxy, type FaultProxyHandle } from '../rig/fault-proxy.js';
 import { waitFor } from '../../tools/launch/proc.js';
 import { pushRandomImage, type RandomImage } from './helpers.js';
 import {
   condition,
   createMirror,
   createNamespace,
+  eventsAbout,
   fakeReadyPod,
   getMirror,
   startClusterWithCrd,
@@ -26,6 +30,7 @@ import {
 const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';
 let cluster: Cluster;
 let upstream: RegistryHandle;
+let proxy: FaultProxyHandle;
 let mirror: MirrorHandle;
 let op: Awaited<ReturnType<typeof startInProcessOperator>>;
 let prefetched: RandomImage;
@@ -34,9 +39,10 @@ before(async () => {
   if (skip) return;
   upstream = await startRegistry();
   prefetched = await pushRandomImage(upstream.url, 'warm/app', 'v1', [10_000], 'operator-stats-prefetch');
+  proxy = await startFaultProxy(upstream.url);
   mirror = await startMirror({
     defaultUpstream: 'docker.io',
-    upstreams: { 'docker.io': { url: upstream.url } },
+    upstreams: { 'docker.io': { url: proxy.url } },
     prefetch: [{ image: 'docker.io/warm/app:v1', pin: true }],
   });
   // Prefetch done before any figure is compared: it adds to storedBytes.
@@ -52,6 +58,7 @@ after(async () => {
   await op?.stop();
   await cluster?.stop();
   await mirror?.stop();
+  await proxy?.stop();
   await upstream?.stop();
 });
 
@@ -110,4 +117,35 @@ test('status.prefetch reports each prefetched image from the pods\' /stats', { s
   assert.deepEqual(m.status!.prefetch, [
     { image: 'docker.io/warm/app:v1', digest: prefetched.digest, bytes: prefetched.totalBytes, ready: true, readyPods: 1, pinned: true },
   ]);
+});
+
+test('an upstream rate limit under 10% is status.rateLimits and a Warning Event UpstreamRateLimitLow', { skip }, async () => {
+  const image = await pushRandomImage(upstream.url, 'limited/app', 'v1', [1000], 'operator-stats-limited');
+  const direct = await fetch(`${upstream.url}/v2/limited/app/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+  const body = Buffer.from(await direct.arrayBuffer());
+  // Docker Hub's answer to an anonymous pull with 4 of 100 pulls left in its 6-hour window.
+  proxy.respondWith('/v2/limited/app/manifests/', {
+    status: 200,
+    headers: {
+      'content-type': direct.headers.get('content-type')!,
+      'docker-content-digest': image.digest,
+      'ratelimit-limit': '100;w=21600',
+      'ratelimit-remaining': '4;w=21600',
+    },
+    body,
+  });
+  const pulled = await fetch(`${mirror.url}/v2/limited/app/manifests/v1?ns=docker.io`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+  assert.equal(pulled.status, 200, await pulled.text());
+
+  const m = await waitMirror(cluster.kube, 'stats', 'hub', (x) => (x.status?.rateLimits?.length ?? 0) > 0, 'status.rateLimits', 20_000);
+  const [limit] = m.status!.rateLimits!;
+  assert.deepEqual({ ...limit, observedAt: undefined }, { upstream: 'docker.io', limit: 100, remaining: 4, windowSeconds: 21600, observedAt: undefined });
+  assert.ok(Date.parse(limit!.observedAt) > Date.now() - 60_000);
+  const event = await waitFor(
+    async () => (await eventsAbout(cluster.kube, 'stats', m.metadata.uid)).find((e) => e.reason === 'UpstreamRateLimitLow'),
+    20_000,
+    'UpstreamRateLimitLow Event',
+  );
+  assert.equal(event!.type, 'Warning');
+  assert.match(event!.note!, /docker\.io.*100 per 21600s/);
 });

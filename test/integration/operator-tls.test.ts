@@ -215,7 +215,9 @@ describe('operator: spec.tls and node client certificates', { skip: !kubeAvailab
       'private config',
     ).catch(dump);
     assert.equal(config.tls.clientCAFile, '/etc/registry-mirror/ca/client-ca.crt');
-    assert.deepEqual((await get(cluster.kube, 'v1', 'ConfigMap', NS, 'private-ca'))?.data, { 'ca.crt': caPem, 'client-ca.crt': caPem });
+    // The objects are applied one after another: the CA ConfigMap may land after the config.
+    const caMap = await waitFor(() => get(cluster.kube, 'v1', 'ConfigMap', NS, 'private-ca'), 20_000, 'private CA ConfigMap').catch(dump);
+    assert.deepEqual(caMap!.data, { 'ca.crt': caPem, 'client-ca.crt': caPem });
 
     hostsDir = join(tempDir('tls-agent'), 'certs.d');
     mkdirSync(hostsDir, { recursive: true });
