@@ -54,6 +54,9 @@ export interface MirrorConfig {
   /** Bounds on client connections (client-connections.ts). */
   clientTimeouts: ClientTimeouts;
   limits: { maxConnections: number };
+  /** After SIGTERM: /readyz says 503 but new connections are still served this long, so a
+   * Service stops routing here before the listener closes (0 = close at once). */
+  shutdownDelayMs: number;
   /** Images pulled at start and again when their tag moves (prefetch.ts); empty = none. */
   prefetch: PrefetchConfig[];
   /** Replicas on one shared store (storage.s3): who the peers are (cluster/peers.ts). */
@@ -172,10 +175,11 @@ export const embeddedDefault = {
   upstreamBreaker: { failures: 3, openFor: '10s' },
   clientTimeouts: { idle: '60s', write: '60s' },
   limits: { maxConnections: 1024 },
+  shutdownDelay: '0s',
 };
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'auth', 'prefetch', 'cluster', 'tls'];
+const topKeys = ['listen', 'logLevel', 'storage', 'cache', 'defaultUpstream', 'upstreams', 'v1', 'upstreamTimeouts', 'upstreamRetries', 'upstreamBreaker', 'clientTimeouts', 'limits', 'shutdownDelay', 'auth', 'prefetch', 'cluster', 'tls'];
 /** upstreamBreaker.failures: at most this many failed requests in a row. */
 const breakerFailuresBound = 100;
 /** limits.maxConnections: the listener's hard ceiling is twice this (client-connections.ts). */
@@ -292,6 +296,7 @@ export function parseConfig(doc: unknown, env: Env = {}): MirrorConfig {
     limits: {
       maxConnections: connections(limits.maxConnections ?? embeddedDefault.limits.maxConnections, 'limits.maxConnections'),
     },
+    shutdownDelayMs: shutdownDelay(user.shutdownDelay ?? embeddedDefault.shutdownDelay, 'shutdownDelay'),
     prefetch,
     ...(user.cluster !== undefined ? { cluster: parseCluster(user.cluster, env, storage.s3 !== undefined) } : {}),
     ...(user.tls !== undefined ? { tls: parseTls(user.tls, user.cluster !== undefined) } : {}),
@@ -340,6 +345,16 @@ function limit(v: unknown, key: string): number {
 function notFoundTTL(v: unknown, key: string): number {
   const ms = duration(v, key);
   if (ms > 3_600_000) throw new ConfigError(key, `"${String(v)}" must be at most 1h (0 turns it off)`);
+  return ms;
+}
+
+/**
+ * shutdownDelay: 0 up to 1m. kube-proxy and endpoint controllers take a few seconds to stop
+ * sending new connections to a terminating pod; longer only delays every rollout.
+ */
+function shutdownDelay(v: unknown, key: string): number {
+  const ms = duration(v, key);
+  if (ms > 60_000) throw new ConfigError(key, `"${String(v)}" must be at most 1m (0 closes at once)`);
   return ms;
 }
 

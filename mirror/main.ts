@@ -71,6 +71,11 @@ export async function runServe(argv: string[]): Promise<void> {
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    mirror.beginDrain();
+    if (config.shutdownDelayMs > 0) {
+      logger.info({ signal, shutdownDelayMs: config.shutdownDelayMs }, 'not ready; still serving until the shutdown delay ends');
+      await new Promise((r) => setTimeout(r, config.shutdownDelayMs));
+    }
     logger.info({ signal }, 'draining in-flight requests');
     const force = setTimeout(() => {
       logger.warn('grace period over: closing remaining connections');

@@ -46,6 +46,8 @@ export interface Mirror {
   repos: RepoIndex;
   metrics: MirrorMetrics;
   evictor: Evictor;
+  /** SIGTERM's first step: /readyz answers 503 while requests are still served. */
+  beginDrain(): void;
   /** Stops background work and flushes state; the HTTP server is closed by app.close(). */
   shutdown(): Promise<void>;
 }
@@ -294,6 +296,9 @@ export async function createMirror(config: MirrorConfig, logger: Logger): Promis
     repos,
     metrics,
     evictor,
+    beginDrain() {
+      closing = true;
+    },
     async shutdown() {
       clearInterval(flushTimer);
       tlsReloader?.stop();

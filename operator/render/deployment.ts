@@ -137,6 +137,9 @@ export function renderDeployment(cr: RegistryMirror, spec: ResolvedSpec, inputs:
           ...(spec.s3?.serviceAccountName ? { serviceAccountName: spec.s3.serviceAccountName, serviceAccount: spec.s3.serviceAccountName } : {}),
           automountServiceAccountToken: false,
           enableServiceLinks: false,
+          // The mirror's shutdown delay (5 s, still serving) plus its drain (25 s), with room
+          // to save state before the kubelet's SIGKILL.
+          terminationGracePeriodSeconds: 45,
           // A fleet spreads over the nodes, one node's loss taking as few replicas as can be;
           // ScheduleAnyway, so a cluster with fewer nodes than replicas still runs them all.
           ...(spec.s3

@@ -5,12 +5,20 @@ import type { AuthForm, CredentialsForm } from '../types.js';
 import { MIRROR_PORT } from '../types.js';
 import { MOUNT } from './names.js';
 
+/**
+ * After SIGTERM a mirror pod keeps serving this long with /readyz at 503: kube-proxy on every
+ * node needs a moment to drop the endpoint, and a connection refused meanwhile sends
+ * containerd around the mirror to the upstream. The Deployment's grace period covers it.
+ */
+export const MIRROR_SHUTDOWN_DELAY = '5s';
+
 /** Share of the volume the mirror may fill; the rest is headroom for temp files and the fs. */
 export const STORAGE_FILL_RATIO = 0.9;
 
 export interface MirrorConfig {
   listen: string;
   logLevel: string;
+  shutdownDelay: string;
   storage: { path: string; maxBytes: number; s3?: MirrorS3Config };
   cache: { ttl: string; tagTTL: string };
   defaultUpstream: string;
@@ -141,6 +149,7 @@ export function renderMirrorConfig(spec: ResolvedSpec, credentials?: Credentials
   return {
     listen: `0.0.0.0:${MIRROR_PORT}`,
     logLevel: spec.logLevel,
+    shutdownDelay: MIRROR_SHUTDOWN_DELAY,
     storage: { path: MOUNT.data, maxBytes: maxBytesFor(spec), ...(spec.s3 ? { s3: renderS3(spec.s3) } : {}) },
     cache: { ttl: spec.ttl, tagTTL: spec.tagTTL },
     defaultUpstream: spec.registry,

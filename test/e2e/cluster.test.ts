@@ -17,16 +17,14 @@ import { X509Certificate } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { readHostsToml, managedOwner } from '../../operator/node-agent/hosts-toml.js';
 import { BRIDGE_IP, clusterAvailable, startCluster, type Cluster } from '../rig/cluster.js';
-import { busyboxImage, projectImage, PROJECT_IMAGE, WAIT_FOREVER } from '../../tools/oci/image.js';
-import { repoRoot } from '../../tools/launch/mirror.js';
-import { run, tail, waitFor } from '../../tools/launch/proc.js';
+import { busyboxImage, projectImage, WAIT_FOREVER } from '../../tools/oci/image.js';
+import { run, waitFor } from '../../tools/launch/proc.js';
 import { startRegistry, type RegistryHandle } from '../../tools/launch/registry.js';
 import { skopeoCopy } from '../../tools/launch/skopeo.js';
+import { e2eKit, installChart, RELEASE, RELEASE_NS } from './kit.js';
 
 const avail = clusterAvailable();
 const NS = 'mirrors';
-const RELEASE = 'rm';
-const RELEASE_NS = 'rm-system';
 const FIXTURE = 'rm-e2e-sleeper';
 const FIXTURE_REF = `docker.io/library/${FIXTURE}:v1`;
 /** A second image (its own layer), pulled in the TLS story. */
@@ -99,41 +97,12 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
   let clusterIP = '';
   let cacheDir = '';
   let tlsSleeper: Awaited<ReturnType<typeof busyboxImage>>;
+  const { mark, k, jsonpath, step } = e2eKit('e2e', () => cluster, [
+    ['app.kubernetes.io/component=operator', RELEASE_NS],
+    ['app.kubernetes.io/component=node-agent', RELEASE_NS],
+    ['app.kubernetes.io/instance=docker-hub', NS],
+  ]);
   const t0 = Date.now();
-  const mark = (what: string) => process.stderr.write(`# e2e ${((Date.now() - t0) / 1000).toFixed(1)}s: ${what}\n`);
-
-  const k = async (...args: string[]) => (await cluster.kubectl(args)).stdout;
-  const jsonpath = async (args: string[], path: string) => (await cluster.kubectl([...args, '-o', `jsonpath=${path}`], { allowFail: true })).stdout.trim();
-
-  async function diagnose(): Promise<void> {
-    if (!cluster) return;
-    const out: string[] = [];
-    for (const args of [
-      ['get', 'nodes,pods,deploy,ds,svc', '-A', '-o', 'wide'],
-      ['get', 'registrymirrors', '-A', '-o', 'yaml'],
-      ['get', 'events', '-A', '--sort-by=.lastTimestamp'],
-    ]) {
-      const r = await cluster.kubectl(args, { allowFail: true }).catch((e: Error) => ({ stdout: '', stderr: e.message }));
-      out.push(`$ kubectl ${args.join(' ')}\n${tail(r.stdout + r.stderr, 60)}`);
-    }
-    for (const [sel, ns] of [['app.kubernetes.io/component=operator', RELEASE_NS], ['app.kubernetes.io/component=node-agent', RELEASE_NS], ['app.kubernetes.io/instance=docker-hub', NS]] as const) {
-      const r = await cluster.kubectl(['logs', '-n', ns, '-l', sel, '--tail=40', '--all-containers'], { allowFail: true }).catch((e: Error) => ({ stdout: '', stderr: e.message }));
-      out.push(`$ kubectl logs -n ${ns} -l ${sel}\n${r.stdout}${r.stderr}`);
-    }
-    for (const [name, log] of Object.entries(cluster.logs())) {
-      out.push(`== ${name}\n${tail(log.split('\n').filter((l) => /^E\d{4}|level=error|error/i.test(l)).join('\n'), 15)}`);
-    }
-    process.stderr.write(`\n---- e2e diagnostics ----\n${out.join('\n\n')}\n---- end ----\n`);
-  }
-  /** Runs a step; on failure prints the cluster's state before rethrowing. */
-  const step = (fn: () => Promise<void>) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      await diagnose();
-      throw err;
-    }
-  };
 
   before(
     step(async () => {
@@ -179,20 +148,9 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
   it(
     'installs with helm: operator and node agent run',
     step(async () => {
-      const [repo, tag] = [PROJECT_IMAGE.slice(0, PROJECT_IMAGE.lastIndexOf(':')), PROJECT_IMAGE.slice(PROJECT_IMAGE.lastIndexOf(':') + 1)];
-      const r = await cluster.helm([
-        'install', RELEASE, join(repoRoot(), 'charts/registry-mirror'),
-        '--namespace', RELEASE_NS, '--create-namespace',
-        '--set', `image.repository=${repo}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=Never',
-        '--set', `nodeAgent.hostsDir=${cluster.certsDir}`,
-        '--set', `nodeAgent.containerdConfig=${join(cluster.dir, 'containerd.toml')}`,
-        '--set', 'operator.statusInterval=3s',
-        // The RegistryMirror lives in its own namespace: steering the nodes from there is the
-        // admin's decision (README "Tenancy"), made here at install.
-        '--set', `nodeConfig.allowedNamespaces={${NS}}`,
-        '--wait', '--timeout', '3m',
-      ]);
-      assert.match(r.stdout, /STATUS: deployed/);
+      // The RegistryMirror lives in its own namespace: steering the nodes from there is the
+      // admin's decision (README "Tenancy"), made here at install.
+      assert.match(await installChart(cluster, [NS]), /STATUS: deployed/);
       mark('helm install done');
       assert.equal(await jsonpath(['get', 'ds', '-n', RELEASE_NS, `${RELEASE}-registry-mirror-node-agent`], '{.status.numberReady}'), '1');
       assert.equal(await jsonpath(['get', 'deploy', '-n', RELEASE_NS, `${RELEASE}-registry-mirror-operator`], '{.status.readyReplicas}'), '1');
@@ -350,7 +308,7 @@ describe('end to end on a single-node cluster', { skip: !avail.ok && avail.why, 
       await cluster.helm(['uninstall', RELEASE, '--namespace', RELEASE_NS, '--wait', '--timeout', '2m']);
       mark('helm uninstall returned');
       await waitFor(() => !existsSync(hostsFile), 60_000, 'hosts.toml removed by the node agent at uninstall');
-      await waitFor(async () => (await cluster.kubectl(['get', 'pods', '-n', RELEASE_NS, '-o', 'name'], { allowFail: true })).stdout.trim() === '', 60_000, 'operator and node agent pods gone');
+      await waitFor(async () => (await cluster.kubectl(['get', 'pods', '-n', RELEASE_NS, '-o', 'name'], { allowFail: true })).stdout.trim() === '', 120_000, 'operator and node agent pods gone');
       assert.equal((await cluster.kubectl(['get', 'ds,deploy,sa', '-n', RELEASE_NS, '-l', `app.kubernetes.io/instance=${RELEASE}`, '-o', 'name'])).stdout.trim(), '');
       assert.equal((await cluster.kubectl(['get', 'clusterrole', `${RELEASE}-registry-mirror-node-agent`], { allowFail: true })).code, 1);
       // The CRD stays (Helm never deletes crds/); the RegistryMirror applied by hand goes with kubectl.

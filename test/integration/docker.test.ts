@@ -31,6 +31,7 @@ const SCHEMA1 = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
 const systemPaths = ['/etc/docker', '/var/lib/docker', '/run/docker', '/run/docker.pid', '/run/docker.sock', '/var/lib/docker-engine', '/opt/containerd', '/root/.docker', '/etc/containerd'];
 
 /** Every file and directory under the paths, with size and mtime. */
+const DOCKERD_FIXED_DIRS = ['/run/docker', '/run/docker/plugins'];
 function snapshot(paths: string[]): string[] {
   const out: string[] = [];
   const walk = (p: string) => {
@@ -40,7 +41,10 @@ function snapshot(paths: string[]): string[] {
     } catch {
       return;
     }
-    out.push(`${p} ${st.isDirectory() ? 'd' : st.size} ${st.mtimeMs}`);
+    // dockerd's plugin manager uses a hard-coded exec root, /run/docker/plugins, whatever
+    // --exec-root says, and creates it (empty) on a machine that never ran Docker: those two
+    // directories are left out; anything inside them still counts.
+    if (!(st.isDirectory() && DOCKERD_FIXED_DIRS.includes(p))) out.push(`${p} ${st.isDirectory() ? 'd' : st.size} ${st.mtimeMs}`);
     if (st.isDirectory()) for (const e of readdirSync(p).sort()) walk(join(p, e));
   };
   for (const p of paths) walk(p);

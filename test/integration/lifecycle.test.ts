@@ -61,6 +61,21 @@ describe('mirror lifecycle', { timeout: 180_000 }, () => {
     assert.match(unknownFlag.stderr, /unknown argument "--bogus"/);
   });
 
+  it('shutdownDelay: after SIGTERM /readyz says 503 while new connections are still served, then it exits', async () => {
+    const m = await startMirror({ upstreams: { 'docker.io': { url: proxy.url } }, shutdownDelay: '3s' });
+    const t0 = Date.now();
+    const exit = m.stop(30_000);
+    // A fresh connection each time (no keep-alive), as kube-proxy would route a new client.
+    const ask = (path: string) => fetch(`${m.url}${path}`, { headers: { connection: 'close' } });
+    await waitForReady503(() => ask('/readyz'));
+    const v2 = await ask('/v2/');
+    assert.equal(v2.status, 200, 'a new connection during the delay is served');
+    await v2.arrayBuffer();
+    assert.equal(await exit, 0);
+    assert.ok(Date.now() - t0 >= 2900, `exited after the delay (${Date.now() - t0} ms)`);
+    assert.match(m.logText(), /still serving until the shutdown delay ends/);
+  });
+
   it('SIGTERM lets an in-flight download finish, then exits', async () => {
     const m = await startMirror({ upstreams: { 'docker.io': { url: proxy.url } } });
     const layer = pushed.big.bigLayer!;
@@ -76,3 +91,15 @@ describe('mirror lifecycle', { timeout: 180_000 }, () => {
     proxy.clear();
   });
 });
+
+/** Polls until /readyz answers 503 (the drain has begun); the SIGTERM is asynchronous. */
+async function waitForReady503(ask: () => Promise<Response>): Promise<void> {
+  const deadline = Date.now() + 2000;
+  for (;;) {
+    const r = await ask();
+    await r.arrayBuffer();
+    if (r.status === 503) return;
+    if (Date.now() > deadline) throw new Error(`/readyz still ${r.status} 2 s after SIGTERM`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}

@@ -71,7 +71,8 @@ describe('node tenancy on a real kube-apiserver', { skip: !kubeAvailable() && 'k
     assert.equal(c.status, 'False');
     assert.match(c.message, /an admin must list namespace team-a in nodeConfig\.allowedNamespaces of the registry-mirror chart/);
     // The tenant's mirror itself is still deployed for in-cluster clients (its Service exists).
-    assert.ok(await get(cluster.kube, 'v1', 'Service', 'team-a', 'hub'));
+    // (The agent's condition can come before the operator's apply: wait for the Service.)
+    await waitFor(() => get(cluster.kube, 'v1', 'Service', 'team-a', 'hub'), 15_000, "the tenant's Service");
 
     await nodeConfig(ADMIN_NS, 'hub', 'HostsConfigured');
     await waitFor(() => fileOwner(readFile('docker.io') ?? '')?.mirror === `${ADMIN_NS}/hub`, 15_000, 'docker.io hosts.toml of the admin mirror');

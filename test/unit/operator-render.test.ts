@@ -29,6 +29,9 @@ test('mirror config follows the DESIGN §3 contract', () => {
   assert.deepEqual(renderMirrorConfig(resolved(c)), {
     listen: '0.0.0.0:5000',
     logLevel: 'info',
+    // Still serving while the Service drops the terminating pod (a refused connection sends
+    // containerd around the mirror).
+    shutdownDelay: '5s',
     storage: { path: '/var/lib/registry-mirror', maxBytes: 0 },
     cache: { ttl: '24h', tagTTL: '1m' },
     defaultUpstream: 'docker.io',

@@ -59,6 +59,12 @@ export interface CephOptions {
   mgr?: boolean;
   /** RGW's port (default: a free one). */
   rgwPort?: number;
+  /**
+   * The address RGW listens on (default 127.0.0.1). The e2e cluster's pods reach the host on
+   * its bridge address (test/rig/cluster.ts BRIDGE_IP), never on loopback. Everything else
+   * (mon, OSD, mgr) stays on loopback.
+   */
+  rgwHost?: string;
   /** The S3 user's keys (default: random). */
   accessKeyId?: string;
   secretAccessKey?: string;
@@ -105,7 +111,7 @@ export interface RgwOp {
 }
 
 export interface CephHandle {
-  /** http://127.0.0.1:PORT, path-style. */
+  /** http://RGWHOST:PORT (127.0.0.1 unless rgwHost), path-style. */
   endpoint: string;
   host: string;
   port: number;
@@ -239,6 +245,7 @@ function cephConf(o: {
   fsid: string;
   monPort: number;
   rgwPort: number;
+  rgwHost: string;
   objectStore: CephObjectStore;
   storeBytes: number;
   opsLog: boolean;
@@ -301,7 +308,7 @@ function cephConf(o: {
     'auth_allow_insecure_global_id_reclaim = false',
     '',
     '[client.rgw]',
-    `rgw_frontends = beast endpoint=127.0.0.1:${o.rgwPort}`,
+    `rgw_frontends = beast endpoint=${o.rgwHost}:${o.rgwPort}`,
     // Bucket lifecycle workers sleep 5 s between lock attempts and hold up a SIGTERM by up to
     // ~8 s; the mirror expires its own objects and sweeps its own uploads, so they are off.
     'rgw_enable_lc_threads = false',
@@ -340,7 +347,8 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
   const fsid = randomUUID();
   const confFile = join(dir, 'ceph.conf');
   const keyring = join(dir, 'keyring');
-  writeFileSync(confFile, cephConf({ dir, fsid, monPort, rgwPort, objectStore, storeBytes, opsLog: opts.opsLog ?? false }));
+  const rgwHost = opts.rgwHost ?? '127.0.0.1';
+  writeFileSync(confFile, cephConf({ dir, fsid, monPort, rgwPort, rgwHost, objectStore, storeBytes, opsLog: opts.opsLog ?? false }));
   const env = { CEPH_CONF: confFile, CEPH_ARGS: undefined };
   const tool = (cmd: string, args: string[], o: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<RunResult> =>
     run(cmd, ['-c', confFile, ...args], { env, timeoutMs: o.timeoutMs ?? 60000, allowFail: o.allowFail });
@@ -418,7 +426,7 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
     const mgr = withMgr ? spawnDaemon('mgr') : undefined;
     // RGW creates its realm/zonegroup/zone and pools at first start; it blocks until the OSD
     // is up, so it is started at once and its HTTP answer is the readiness signal for all.
-    const endpoint = `http://127.0.0.1:${rgwPort}`;
+    const endpoint = `http://${rgwHost}:${rgwPort}`;
     const timeoutMs = opts.timeoutMs ?? 90000;
     const waitRgw = async (watch: Array<[CephDaemon, ProcessHandle | undefined]>): Promise<void> => {
       const deadline = Date.now() + timeoutMs;
@@ -463,7 +471,7 @@ export async function startCeph(opts: CephOptions = {}): Promise<CephHandle> {
 
     return {
       endpoint,
-      host: `127.0.0.1:${rgwPort}`,
+      host: `${rgwHost}:${rgwPort}`,
       port: rgwPort,
       region: 'us-east-1',
       ...user,

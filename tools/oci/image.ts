@@ -15,9 +15,10 @@
 // same input gives the same digest. Uncompressed keeps assembly fast (the node binary alone is
 // ~100 MiB) and is a valid OCI layer media type for every client used here.
 import { createHash } from 'node:crypto';
-import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, writeFileSync, chmodSync, symlinkSync, cpSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, writeFileSync, chmodSync, symlinkSync, cpSync, openSync, writeSync, closeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { run } from '../launch/proc.js';
+import { prngStream } from './layout.js';
 import { repoRoot } from '../launch/mirror.js';
 
 export const IMAGE_CACHE = process.env.IMAGE_CACHE_DIR ?? '/var/cache/registry-mirror/images';
@@ -154,21 +155,46 @@ export async function pauseImage(): Promise<BuiltImage> {
  * One-layer busybox image running `entrypoint`, built under IMAGE_CACHE/<cacheName>.
  * extraFiles (path -> content) make its layer differ from every other busybox image here: two
  * images with the same layer share the blob in containerd, and a pull of the second fetches
- * only what the first lacks.
+ * only what the first lacks. `randomLayerBytes` adds a second layer holding one file
+ * (/data/random) of that many pseudo-random bytes seeded by cacheName (incompressible, as a
+ * real large layer is), written in 1 MiB chunks: memory stays small whatever its size.
  */
-export async function busyboxImage(ref: string, entrypoint: string[], cacheName: string, extraFiles: Record<string, string> = {}): Promise<BuiltImage> {
+export async function busyboxImage(
+  ref: string,
+  entrypoint: string[],
+  cacheName: string,
+  extraFiles: Record<string, string> = {},
+  opts: { randomLayerBytes?: number } = {},
+): Promise<BuiltImage> {
   const outDir = join(IMAGE_CACHE, cacheName);
   const root = busyboxRoot(join(IMAGE_CACHE, `${cacheName}.root-${process.pid}`));
+  const dataRoot = join(IMAGE_CACHE, `${cacheName}.data-${process.pid}`);
   for (const [path, content] of Object.entries(extraFiles)) {
     mkdirSync(join(root, dirname(path)), { recursive: true });
     writeFileSync(join(root, path), content);
   }
   try {
-    return await buildImage({ ref, rootDirs: [root], config: { Entrypoint: entrypoint, Env: ['PATH=/bin'] }, outDir });
+    const rootDirs = [root];
+    if (opts.randomLayerBytes) {
+      rmSync(dataRoot, { recursive: true, force: true });
+      mkdirSync(join(dataRoot, 'data'), { recursive: true });
+      const next = prngStream(cacheName);
+      const fd = openSync(join(dataRoot, 'data', 'random'), 'w');
+      try {
+        for (let left = opts.randomLayerBytes; left > 0; left -= MiB) writeSync(fd, next(Math.min(MiB, left)));
+      } finally {
+        closeSync(fd);
+      }
+      rootDirs.push(dataRoot);
+    }
+    return await buildImage({ ref, rootDirs, config: { Entrypoint: entrypoint, Env: ['PATH=/bin'] }, outDir });
   } finally {
     rmSync(root, { recursive: true, force: true });
+    rmSync(dataRoot, { recursive: true, force: true });
   }
 }
+
+const MiB = 1024 * 1024;
 
 /** Shared libraries `ldd` reports for a binary (the loader included), as absolute paths. */
 export async function sharedLibraries(binary: string): Promise<string[]> {
