@@ -115,7 +115,9 @@ describe('a real Prometheus scraping with the chart\'s PodMonitors', { skip: !ku
     await createNamespace(cluster.kube, 'mirrors');
     op = await startInProcessOperator(cluster);
     // The operator renders the mirror pods' Deployment: its labels and port names are what the PodMonitor must select.
-    await createMirror(cluster.kube, 'mirrors', 'hub', { upstream: { registry: 'docker.io' } });
+    // Plain http: the mirror process standing in for the pod serves http (the https endpoint
+    // is rendered and modelled too: unit/pod-monitor).
+    await createMirror(cluster.kube, 'mirrors', 'hub', { upstream: { registry: 'docker.io' }, tls: { mode: 'disabled' } });
     const mirrorDeployment = await waitFor(() => get(cluster.kube, 'apps/v1', 'Deployment', 'mirrors', 'hub'), 20_000, 'mirror Deployment applied');
     // Our processes stand in for the pods: each named container port maps to where they listen.
     const operatorArgs = chart.operatorDeployment.spec.template.spec.containers[0].args as string[];

@@ -25,7 +25,7 @@ export interface Pod {
   ports: Record<string, number>;
 }
 
-const ENDPOINT_FIELDS = new Set(['port', 'path', 'scheme', 'interval', 'scrapeTimeout', 'relabelings', 'honorLabels']);
+const ENDPOINT_FIELDS = new Set(['port', 'path', 'scheme', 'tlsConfig', 'interval', 'scrapeTimeout', 'relabelings', 'honorLabels']);
 
 /** Kubernetes discovery's label-name sanitising (__meta_kubernetes_pod_label_<name>). */
 const metaName = (label: string) => label.replace(/[^a-zA-Z0-9_]/g, '_');
@@ -43,13 +43,16 @@ export function podMonitorScrapeConfigs(pm: PodMonitor, pods: Pod[]): Array<Reco
   if (pm.spec.selector.matchExpressions?.length) throw new Error(`${pm.metadata.name}: selector.matchExpressions is not modelled`);
   const selected = pods.filter((p) => selects(pm, p));
   if (selected.length === 0) throw new Error(`PodMonitor ${pm.metadata.name} selects none of ${pods.map((p) => `${p.namespace}/${p.name}`).join(', ')}`);
-  return pm.spec.podMetricsEndpoints.map((ep, i) => {
+  const configs = pm.spec.podMetricsEndpoints.map((ep, i) => {
     const unknown = Object.keys(ep).filter((k) => !ENDPOINT_FIELDS.has(k));
     if (unknown.length > 0) throw new Error(`${pm.metadata.name} endpoint ${i}: ${unknown.join(', ')} not modelled`);
+    const tlsConfig = (ep.tlsConfig ?? {}) as Record<string, unknown>;
+    const unknownTls = Object.keys(tlsConfig).filter((k) => k !== 'insecureSkipVerify');
+    if (unknownTls.length > 0) throw new Error(`${pm.metadata.name} endpoint ${i}: tlsConfig.${unknownTls.join(', ')} not modelled`);
     const portName = String(ep.port);
-    const targets = selected.map((p) => {
-      const port = p.ports[portName];
-      if (port === undefined) throw new Error(`${pm.metadata.name}: pod ${p.namespace}/${p.name} has no port named ${portName}`);
+    // As the Prometheus Operator's relabeling does: a pod without the endpoint's port is not a target of it.
+    const targets = selected.filter((p) => p.ports[portName] !== undefined).map((p) => {
+      const port = p.ports[portName]!;
       const meta: Record<string, string> = {
         __meta_kubernetes_namespace: p.namespace,
         __meta_kubernetes_pod_name: p.name,
@@ -67,6 +70,7 @@ export function podMonitorScrapeConfigs(pm: PodMonitor, pods: Pod[]): Array<Reco
       ...(ep.scrapeTimeout ? { scrape_timeout: ep.scrapeTimeout } : {}),
       metrics_path: ep.path ?? '/metrics',
       scheme: ep.scheme ?? 'http',
+      ...(tlsConfig.insecureSkipVerify ? { tls_config: { insecure_skip_verify: true } } : {}),
       ...(ep.honorLabels ? { honor_labels: true } : {}),
       static_configs: targets,
       // The Prometheus Operator's own relabelings come first, then the PodMonitor's.
@@ -79,4 +83,7 @@ export function podMonitorScrapeConfigs(pm: PodMonitor, pods: Pod[]): Array<Reco
       ],
     };
   });
+  const live = configs.filter((c) => c.static_configs.length > 0);
+  if (live.length === 0) throw new Error(`${pm.metadata.name}: no selected pod has the port of any endpoint`);
+  return live;
 }

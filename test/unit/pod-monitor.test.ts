@@ -39,8 +39,19 @@ describe('podMonitorScrapeConfigs', () => {
     assert.equal(podMonitorScrapeConfigs(pm({ port: 'http' }), [pod('monitoring', 'p', { app: 'a' })]).length, 1);
   });
 
-  it('refuses a port the pod does not have and endpoint fields it does not model', () => {
-    assert.throws(() => podMonitorScrapeConfigs(pm({ port: 'metrics' }, { any: true }), [pod('n', 'p', { app: 'a' })]), /no port named metrics/);
+  it('refuses a port no pod has and endpoint fields it does not model', () => {
+    assert.throws(() => podMonitorScrapeConfigs(pm({ port: 'metrics' }, { any: true }), [pod('n', 'p', { app: 'a' })]), /no selected pod has the port/);
+    assert.throws(() => podMonitorScrapeConfigs(pm({ port: 'http', tlsConfig: { ca: {} } }, { any: true }), [pod('n', 'p', { app: 'a' })]), /tlsConfig\.ca not modelled/);
     assert.throws(() => podMonitorScrapeConfigs(pm({ port: 'http', basicAuth: {} }, { any: true }), [pod('n', 'p', { app: 'a' })]), /basicAuth not modelled/);
+  });
+
+  it('a pod is a target only of the endpoint whose port it has; https without name checks', () => {
+    const both = { spec: { selector: { matchLabels: { app: 'a' } }, namespaceSelector: { any: true }, podMetricsEndpoints: [{ port: 'http' }, { port: 'https', scheme: 'https', tlsConfig: { insecureSkipVerify: true } }] } };
+    const tlsPod: Pod = { ...pod('n', 'q', { app: 'a' }), ports: { https: 5443 } };
+    const configs = podMonitorScrapeConfigs({ ...pm({ port: 'http' }), ...both } as any, [pod('n', 'p', { app: 'a' }), tlsPod]);
+    assert.deepEqual(configs.map((c: any) => [c.scheme, c.static_configs.map((t: any) => t.targets[0]), c.tls_config]), [
+      ['http', ['127.0.0.1:5000'], undefined],
+      ['https', ['127.0.0.1:5443'], { insecure_skip_verify: true }],
+    ]);
   });
 });
