@@ -9,22 +9,9 @@ import { after, before, test } from 'node:test';
 import type { EventsV1Event } from '@kubernetes/client-node';
 import { BURST } from '../../operator/events.js';
 import { OPERATOR_CONTROLLER } from '../../operator/event-reasons.js';
-import { connect } from '../../operator/kube/client.js';
-import { kubeAvailable, startKube } from '../rig/kube.js';
+import { kubeAvailable } from '../rig/kube.js';
 import { waitFor } from '../../tools/launch/proc.js';
-import {
-  createMirror,
-  createNamespace,
-  eventsAbout,
-  get,
-  installCrd,
-  installRbac,
-  patchMirror,
-  patchStatus,
-  startInProcessOperator,
-  waitMirror,
-  type Cluster,
-} from './operator-kit.js';
+import { createMirror, eventsAbout, get, patchMirror, patchStatus, startInProcessOperator, waitMirror, type Cluster, startRbacCluster } from './operator-kit.js';
 
 const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';
 const OPS_NS = 'registry-mirror-system';
@@ -35,12 +22,7 @@ let op: Awaited<ReturnType<typeof startInProcessOperator>>;
 
 before(async () => {
   if (skip) return;
-  const k = await startKube({ users: { 'operator-user': [] } });
-  cluster = Object.assign(k, { kube: connect(k.kubeconfig) });
-  await installCrd(cluster.kube);
-  await createNamespace(cluster.kube, OPS_NS);
-  await createNamespace(cluster.kube, NS);
-  await installRbac(cluster.kube, OPS_NS, 'operator-user');
+  cluster = await startRbacCluster(OPS_NS, [NS]);
   op = await startInProcessOperator(cluster, [
     '--kubeconfig',
     cluster.kubeconfigFor('operator-user'),

@@ -13,25 +13,12 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { Agent } from 'undici';
 import { parse } from 'yaml';
-import { connect, detectPdbApiVersion } from '../../operator/kube/client.js';
+import { detectPdbApiVersion } from '../../operator/kube/client.js';
 import { commonLabels } from '../../operator/render/names.js';
 import type { RegistryMirror } from '../../operator/types.js';
-import { kubeAvailable, startKube } from '../rig/kube.js';
+import { kubeAvailable } from '../rig/kube.js';
 import { tail, waitFor } from '../../tools/launch/proc.js';
-import {
-  condition,
-  createMirror,
-  createNamespace,
-  fakeReadyPod,
-  get,
-  getMirror,
-  installCrd,
-  installRbac,
-  patchMirror,
-  startInProcessOperator,
-  waitMirror,
-  type Cluster,
-} from './operator-kit.js';
+import { condition, createMirror, fakeReadyPod, get, getMirror, patchMirror, startInProcessOperator, waitMirror, type Cluster, startRbacCluster } from './operator-kit.js';
 
 const NS = 'fleet';
 const OPS_NS = 'registry-mirror-system';
@@ -50,12 +37,7 @@ describe('operator: a fleet on one bucket', { skip: !kubeAvailable() && 'kube-ap
   let statsRequests = 0;
 
   before(async () => {
-    const k = await startKube({ users: { 'operator-user': [] } });
-    cluster = Object.assign(k, { kube: connect(k.kubeconfig) });
-    await installCrd(cluster.kube);
-    await createNamespace(cluster.kube, OPS_NS);
-    await createNamespace(cluster.kube, NS);
-    await installRbac(cluster.kube, OPS_NS, 'operator-user');
+    cluster = await startRbacCluster(OPS_NS, [NS]);
     stats = createServer((req, res) => {
       const body = JSON.stringify(POD_STATS[statsRequests++ % 2]);
       res.writeHead(req.url === '/stats' ? 200 : 404, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });

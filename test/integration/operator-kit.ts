@@ -30,6 +30,20 @@ export async function startClusterWithCrd(): Promise<Cluster> {
   }
 }
 
+/**
+ * An apiserver for an operator run with exactly the chart's RBAC: the CRD, the operator's
+ * namespace with deploy/rbac/operator.yaml bound to the token user `operator-user` (plus any
+ * other `users`), and the RegistryMirrors' namespaces.
+ */
+export async function startRbacCluster(opsNamespace: string, namespaces: string[], users: Record<string, string[]> = {}): Promise<Cluster> {
+  const k = await startKube({ users: { 'operator-user': [], ...users } });
+  const cluster = Object.assign(k, { kube: connect(k.kubeconfig) });
+  await installCrd(cluster.kube);
+  for (const ns of [opsNamespace, ...namespaces]) await createNamespace(cluster.kube, ns);
+  await installRbac(cluster.kube, opsNamespace, 'operator-user');
+  return cluster;
+}
+
 /** Creates the CRD from crds/registrymirrors.yaml and waits until it is Established. */
 export async function installCrd(kube: Kube): Promise<void> {
   // loadYaml maps the file's field names (x-kubernetes-*) onto the client's typed model.

@@ -4,10 +4,9 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { kubeAvailable, startKube } from '../rig/kube.js';
+import { kubeAvailable } from '../rig/kube.js';
 import { startProcess, tail, waitFor, type ProcessHandle } from '../../tools/launch/proc.js';
-import { connect } from '../../operator/kube/client.js';
-import { createMirror, createNamespace, get, installCrd, installRbac, REPO, waitMirror, type Cluster } from './operator-kit.js';
+import { createMirror, get, REPO, waitMirror, type Cluster, startRbacCluster } from './operator-kit.js';
 
 const skip = !kubeAvailable() && 'kube-apiserver not built (test/rig/build-kube.sh)';
 const OPS_NS = 'registry-mirror-system';
@@ -16,12 +15,7 @@ const procs: ProcessHandle[] = [];
 
 before(async () => {
   if (skip) return;
-  const k = await startKube({ users: { 'operator-user': [] } });
-  cluster = Object.assign(k, { kube: connect(k.kubeconfig) });
-  await installCrd(cluster.kube);
-  await createNamespace(cluster.kube, OPS_NS);
-  await createNamespace(cluster.kube, 'apps');
-  await installRbac(cluster.kube, OPS_NS, 'operator-user');
+  cluster = await startRbacCluster(OPS_NS, ['apps']);
 });
 after(async () => {
   for (const p of procs) await p.stop(5000);

@@ -22,19 +22,9 @@ import { COMPANION, readHostsToml } from '../../operator/node-agent/hosts-toml.j
 import { startNodeAgent, type NodeAgentHandle } from '../../operator/node-agent/main.js';
 import { createCa, createCsr, issueServing, loadCa } from '../../operator/tls/ca.js';
 import { NODE_CLIENT_SIGNER } from '../../operator/tls/csr.js';
-import { kubeAvailable, startKube } from '../rig/kube.js';
+import { kubeAvailable } from '../rig/kube.js';
 import { tail, tempDir, waitFor } from '../../tools/launch/proc.js';
-import {
-  condition,
-  createMirror,
-  createNamespace,
-  get,
-  installCrd,
-  installRbac,
-  startInProcessOperator,
-  waitMirror,
-  type Cluster,
-} from './operator-kit.js';
+import { condition, createMirror, get, startInProcessOperator, waitMirror, type Cluster, startRbacCluster } from './operator-kit.js';
 
 const OPS_NS = 'rm-system';
 const NS = 'tls';
@@ -58,12 +48,7 @@ describe('operator: spec.tls and node client certificates', { skip: !kubeAvailab
   };
 
   before(async () => {
-    const k = await startKube({ users: { 'operator-user': [], [AGENT_USER]: [], 'tenant-user': [] } });
-    cluster = Object.assign(k, { kube: connect(k.kubeconfig) });
-    await installCrd(cluster.kube);
-    await createNamespace(cluster.kube, OPS_NS);
-    await createNamespace(cluster.kube, NS);
-    await installRbac(cluster.kube, OPS_NS, 'operator-user');
+    cluster = await startRbacCluster(OPS_NS, [NS], { [AGENT_USER]: [], 'tenant-user': [] });
     // The chart's node-agent rules (charts/registry-mirror/templates/rbac.yaml), for the agent's
     // ServiceAccount user; a tenant who may create CSRs too (to forge one).
     const role = (name: string, rules: unknown[], user: string) => [
